@@ -1,0 +1,33 @@
+# Installs the Debian packages the scripts need, once. Sourced by the other scripts.
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]}" >&2
+    if [ -z "${SSE_APT_UPDATED:-}" ]; then
+        apt-get update -qq >&2
+        export SSE_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+ensure_build_deps() {
+    apt_install nginx nginx-dev g++ make libhiredis-dev nlohmann-json3-dev \
+        libpcre2-dev libssl-dev zlib1g-dev
+}
+
+ensure_test_deps() {
+    ensure_build_deps
+    apt_install libgtest-dev curl perl libio-socket-ssl-perl
+}
+
+ensure_bench_deps() {
+    ensure_build_deps
+    apt_install libnginx-mod-nchan
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds and runs the unit tests of the pure C++ core (src/protocol): no nginx needed.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+mkdir -p build/unit
+g++ -std=c++17 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined -I src \
+    src/protocol/*.cpp t/unit/*.cpp -lgtest -lgtest_main -pthread -o build/unit/protocol_test
+build/unit/protocol_test --gtest_brief=1

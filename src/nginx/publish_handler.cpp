@@ -1,0 +1,282 @@
+// sse_publish: POST/PUT stores events (formatted once, into the zone) and wakes the workers
+// that have subscribers on their channels; it never waits for delivery. GET reports a
+// channel's state, DELETE closes it. Works as a subrequest too (mirror, and any module that
+// makes subrequests), the body then being the main request's.
+#include <string>
+#include <vector>
+
+#include "nginx/sse_module.h"
+#include "protocol/channel_list.h"
+#include "protocol/event_frame.h"
+#include "protocol/publish_body.h"
+#include "protocol/utf8.h"
+
+namespace sse {
+
+namespace {
+
+struct PublishTarget {
+    std::vector<std::string_view> channels;
+    std::string reason;
+};
+
+bool header_value(ngx_http_request_t* r, std::string_view name, ngx_str_t& out) {
+    ngx_list_part_t* part = &r->headers_in.headers.part;
+    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) return false;
+            part = part->next;
+            h = static_cast<ngx_table_elt_t*>(part->elts);
+            i = 0;
+        }
+        if (h[i].hash == 0 || h[i].key.len != name.size()) continue;
+        if (ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) == 0) {
+            out = h[i].value;
+            return true;
+        }
+    }
+}
+
+// The event name: the X-SSE-Event header, else the "event" query argument (URL-decoded).
+bool event_name(ngx_http_request_t* r, ngx_str_t& name, std::string& reason) {
+    name.len = 0;
+    name.data = nullptr;
+    if (!header_value(r, "X-SSE-Event", name)) {
+        ngx_str_t raw;
+        if (ngx_http_arg(r, (u_char*)"event", 5, &raw) == NGX_OK && raw.len > 0) {
+            auto* decoded = static_cast<u_char*>(ngx_pnalloc(r->pool, raw.len));
+            if (decoded == nullptr) {
+                reason = "out of memory";
+                return false;
+            }
+            // Forms encode spaces as '+'; ngx_unescape_uri leaves them.
+            for (size_t i = 0; i < raw.len; i++) decoded[i] = raw.data[i] == '+' ? ' ' : raw.data[i];
+            u_char* src = decoded;
+            u_char* dst = decoded;
+            ngx_unescape_uri(&dst, &src, raw.len, 0);
+            name.data = decoded;
+            name.len = size_t(dst - decoded);
+        }
+    }
+    std::string_view v = to_view(name);
+    if (v.size() > kMaxEventNameLength) {
+        reason = "event name longer than 128 bytes";
+        return false;
+    }
+    if (!is_valid_event_name(v)) {
+        reason = "event name contains CR or LF";
+        return false;
+    }
+    if (!is_valid_utf8(v)) {
+        reason = "event name is not valid UTF-8";
+        return false;
+    }
+    return true;
+}
+
+bool is_batch(ngx_http_request_t* r) {
+    if (r->headers_in.content_type == nullptr) return false;
+    std::string_view type = to_view(r->headers_in.content_type->value);
+    std::string_view want = "text/event-stream";
+    if (type.size() < want.size()) return false;
+    if (ngx_strncasecmp(reinterpret_cast<u_char*>(const_cast<char*>(type.data())),
+                        reinterpret_cast<u_char*>(const_cast<char*>(want.data())), want.size()) != 0) {
+        return false;
+    }
+    return type.size() == want.size() || type[want.size()] == ';' || type[want.size()] == ' ';
+}
+
+// The request body as one contiguous piece; a body nginx buffered to a file is read back.
+bool request_body(ngx_http_request_t* r, std::string_view& body) {
+    body = {};
+    if (r->request_body == nullptr || r->request_body->bufs == nullptr) return true;
+    ngx_chain_t* bufs = r->request_body->bufs;
+    if (bufs->next == nullptr && !bufs->buf->in_file) {
+        body = {reinterpret_cast<const char*>(bufs->buf->pos), size_t(bufs->buf->last - bufs->buf->pos)};
+        return true;
+    }
+    size_t total = 0;
+    for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
+        total += cl->buf->in_file ? size_t(cl->buf->file_last - cl->buf->file_pos) : size_t(cl->buf->last - cl->buf->pos);
+    }
+    auto* data = static_cast<u_char*>(ngx_pnalloc(r->pool, total ? total : 1));
+    if (data == nullptr) return false;
+    u_char* p = data;
+    for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
+        ngx_buf_t* b = cl->buf;
+        if (b->in_file) {
+            size_t len = size_t(b->file_last - b->file_pos);
+            ssize_t n = ngx_read_file(b->file, p, len, b->file_pos);
+            if (n != ssize_t(len)) return false;
+            p += len;
+        } else {
+            p = ngx_cpymem(p, b->pos, size_t(b->last - b->pos));
+        }
+    }
+    body = {reinterpret_cast<const char*>(data), total};
+    return true;
+}
+
+std::string id_string(std::uint64_t id) { return std::to_string(id); }
+
+ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
+    WorkerContext* w = worker_context();
+    std::string reason;
+    ngx_str_t name;
+    if (!event_name(r, name, reason)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
+        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+    std::string_view body;
+    if (!request_body(r, body)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: cannot read the buffered request body");
+        return send_text(r, NGX_HTTP_INTERNAL_SERVER_ERROR, "cannot read the request body");
+    }
+    if (!is_valid_utf8(body)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: data is not valid UTF-8");
+        return send_text(r, NGX_HTTP_BAD_REQUEST, "event data is not valid UTF-8");
+    }
+
+    std::vector<BatchEvent> batch;
+    std::vector<EventInput> events;
+    if (is_batch(r)) {
+        if (!parse_event_stream_batch(body, batch, reason)) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
+            return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+        }
+        events.reserve(batch.size());
+        for (const BatchEvent& e : batch) {
+            events.push_back({e.name.empty() ? to_view(name) : std::string_view(e.name), e.data});
+        }
+    } else {
+        events.push_back({to_view(name), body});
+    }
+
+    PublishResult result;
+    if (!w->store.publish(events, channels, result)) {
+        size_t bytes = 0;
+        for (const EventInput& e : events) bytes += e.data.size();
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sse: shared zone is full, publish of %uz event(s), %uz bytes refused; raise sse_shm_size",
+                      events.size(), bytes);
+        return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the event was not stored");
+    }
+    w->store.wake_slots(result.wake, w->generation);
+
+    std::string json = "{\"id\":\"" + id_string(result.last_id) + "\",\"events\":" + std::to_string(result.events) +
+                       ",\"subscribers\":" + std::to_string(result.subscribers) + "}\n";
+    return send_json(r, NGX_HTTP_ACCEPTED, json);
+}
+
+ngx_int_t channel_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels) {
+    auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    ngx_str_t text;
+    if (ngx_http_complex_value(r, conf->publish, &text) != NGX_OK) return NGX_ERROR;
+    std::string reason;
+    if (!parse_channel_list(to_view(text), conf->max_channels, channels, reason)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
+        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+    return NGX_OK;
+}
+
+void body_ready(ngx_http_request_t* r) noexcept {
+    ngx_int_t rc;
+    try {
+        std::vector<std::string_view> channels;
+        rc = channel_channels(r, channels);
+        if (rc == NGX_OK) rc = publish_body(r, channels);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception publishing");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_http_finalize_request(r, rc);
+}
+
+std::string channel_json(std::string_view name, const ChannelState& st) {
+    std::string json = "{\"channel\":\"" + std::string(name) + "\",\"subscribers\":" + std::to_string(st.subscribers) +
+                       ",\"last_event_id\":";
+    json += st.last_event_id ? "\"" + id_string(st.last_event_id) + "\"" : "null";
+    json += ",\"events_published\":" + std::to_string(st.events_published) + "}";
+    return json;
+}
+
+ngx_int_t describe(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
+    WorkerContext* w = worker_context();
+    std::string items;
+    size_t found = 0;
+    for (std::string_view name : channels) {
+        ChannelState st = w->store.channel_state(name);
+        if (!st.found) continue;
+        if (found++) items += ",";
+        items += channel_json(name, st);
+    }
+    if (found == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "no such channel");
+    if (channels.size() == 1) return send_json(r, NGX_HTTP_OK, items + "\n");
+    return send_json(r, NGX_HTTP_OK, "{\"channels\":[" + items + "]}\n");
+}
+
+ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
+    WorkerContext* w = worker_context();
+    std::string items;
+    size_t found = 0;
+    for (std::string_view name : channels) {
+        PublishResult result;
+        std::uint32_t closed = 0;
+        bool no_memory = false;
+        if (!w->store.close_channel(name, result, closed, no_memory)) continue;
+        if (no_memory) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "sse: shared zone is full, cannot close channel \"%*s\"; raise sse_shm_size", name.size(),
+                          name.data());
+            return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the channel was not closed");
+        }
+        w->store.wake_slots(result.wake, w->generation);
+        if (found++) items += ",";
+        items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":" + std::to_string(closed) + "}";
+    }
+    if (found == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "no such channel");
+    if (channels.size() == 1) return send_json(r, NGX_HTTP_OK, items + "\n");
+    return send_json(r, NGX_HTTP_OK, "{\"channels\":[" + items + "]}\n");
+}
+
+ngx_int_t publish(ngx_http_request_t* r) {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) {
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving events");
+    }
+    if (r->method & (NGX_HTTP_POST | NGX_HTTP_PUT)) {
+        // Channels are checked once the body is in, so that a refusal does not leave it unread.
+        ngx_int_t rc = ngx_http_read_client_request_body(r, body_ready);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
+        return NGX_DONE;
+    }
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE))) {
+        auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
+        if (h != nullptr) {
+            h->hash = 1;
+            ngx_str_set(&h->key, "Allow");
+            ngx_str_set(&h->value, "GET, HEAD, POST, PUT, DELETE");
+        }
+        return send_text(r, NGX_HTTP_NOT_ALLOWED, "a publish location takes POST or PUT to publish, GET, DELETE");
+    }
+    std::vector<std::string_view> channels;
+    ngx_int_t rc = channel_channels(r, channels);
+    if (rc != NGX_OK) return rc;
+    if (r->method == NGX_HTTP_DELETE) return close_channels(r, channels);
+    return describe(r, channels);
+}
+
+}  // namespace
+
+ngx_int_t publish_handler(ngx_http_request_t* r) {
+    try {
+        return publish(r);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception in a publish");
+    }
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+}  // namespace sse

@@ -1,0 +1,351 @@
+// The nginx face of the module: directives, configuration, the shared zone and the life of a
+// worker process. Handlers live in subscribe_handler.cpp, publish_handler.cpp, stats_handler.cpp.
+#include "nginx/sse_module.h"
+
+#include <new>
+
+#include "protocol/channel_list.h"
+#include "wakeup/worker_wakeup.h"
+
+namespace sse {
+
+namespace {
+
+ngx_str_t zone_name = ngx_string("ngx_http_sse_module");
+
+WorkerContext* the_worker = nullptr;
+
+void* create_main_conf(ngx_conf_t* cf);
+char* init_main_conf(ngx_conf_t* cf, void* conf);
+void* create_loc_conf(ngx_conf_t* cf);
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child);
+char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* check_max_channels(ngx_conf_t* cf, void* post, void* data);
+ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
+ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
+void exit_process(ngx_cycle_t* cycle) noexcept;
+
+ngx_conf_post_t max_channels_post = {check_max_channels};
+
+ngx_command_t commands[] = {
+    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_subscribe, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
+    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
+    {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
+     nullptr},
+    {ngx_string("sse_heartbeat"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_heartbeat, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, heartbeat), nullptr},
+    {ngx_string("sse_retry"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, retry), nullptr},
+    {ngx_string("sse_send_buffer"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, send_buffer), nullptr},
+    {ngx_string("sse_max_channels"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, max_channels), &max_channels_post},
+    ngx_null_command};
+
+ngx_http_module_t module_ctx = {
+    nullptr,           // preconfiguration
+    nullptr,           // postconfiguration
+    create_main_conf,  // create main configuration
+    init_main_conf,    // init main configuration
+    nullptr,           // create server configuration
+    nullptr,           // merge server configuration
+    create_loc_conf,   // create location configuration
+    merge_loc_conf     // merge location configuration
+};
+
+constexpr size_t kDefaultShmSize = 32 * 1024 * 1024;
+constexpr size_t kMinShmSize = 256 * 1024;
+constexpr ngx_msec_t kDefaultHeartbeat = 30000;
+constexpr size_t kDefaultSendBuffer = 256 * 1024;
+
+void* create_main_conf(ngx_conf_t* cf) {
+    auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
+    if (mcf == nullptr) return nullptr;
+    mcf->shm_size = NGX_CONF_UNSET_SIZE;
+    return mcf;
+}
+
+ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
+    auto* pool = reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr);
+    if (data != nullptr) {
+        // Reload: the zone and all it holds carry over.
+        zone->data = data;
+        return NGX_OK;
+    }
+    if (zone->shm.exists) {
+        zone->data = pool->data;
+        return NGX_OK;
+    }
+    StoreHeader* hdr = Store::create(pool);
+    if (hdr == nullptr) return NGX_ERROR;
+    zone->data = hdr;
+    return NGX_OK;
+}
+
+char* init_main_conf(ngx_conf_t* cf, void* conf) {
+    auto* mcf = static_cast<MainConf*>(conf);
+    ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
+    if (!mcf->used) return NGX_CONF_OK;
+    mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
+    if (mcf->zone == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    mcf->zone->init = init_zone;
+    return NGX_CONF_OK;
+}
+
+void* create_loc_conf(ngx_conf_t* cf) {
+    auto* lcf = static_cast<LocConf*>(ngx_pcalloc(cf->pool, sizeof(LocConf)));
+    if (lcf == nullptr) return nullptr;
+    lcf->stats = NGX_CONF_UNSET;
+    lcf->heartbeat = NGX_CONF_UNSET_MSEC;
+    lcf->retry = NGX_CONF_UNSET_MSEC;
+    lcf->send_buffer = NGX_CONF_UNSET_SIZE;
+    lcf->max_channels = NGX_CONF_UNSET_UINT;
+    return lcf;
+}
+
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
+    auto* prev = static_cast<LocConf*>(parent);
+    auto* conf = static_cast<LocConf*>(child);
+    ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, kDefaultHeartbeat);
+    ngx_conf_merge_msec_value(conf->retry, prev->retry, NGX_CONF_UNSET_MSEC);
+    ngx_conf_merge_size_value(conf->send_buffer, prev->send_buffer, kDefaultSendBuffer);
+    ngx_conf_merge_uint_value(conf->max_channels, prev->max_channels, kDefaultMaxChannels);
+    ngx_conf_merge_value(conf->stats, prev->stats, 0);
+    if (conf->send_buffer < 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"sse_send_buffer\" must be at least 1k");
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    return NGX_CONF_OK;
+}
+
+char* check_max_channels(ngx_conf_t* cf, void* post, void* data) {
+    auto* n = static_cast<ngx_uint_t*>(data);
+    if (*n == 0 || *n > 1024) return const_cast<char*>("must be between 1 and 1024");
+    return NGX_CONF_OK;
+}
+
+// Sets the content handler of the location; only one of sse_subscribe, sse_publish, sse_stats
+// may be in a location.
+char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler) {
+    if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": a location takes only one of sse_subscribe, sse_publish and sse_stats",
+                           &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    clcf->handler = handler;
+    return NGX_CONF_OK;
+}
+
+char* compile_channels(ngx_conf_t* cf, ngx_command_t* cmd, ngx_http_complex_value_t** out) {
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" needs a channel list, got an empty string", &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ccv));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = cv;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    *out = cv;
+    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    mcf->used = 1;
+    return NGX_CONF_OK;
+}
+
+char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = set_handler(cf, cmd, lcf, subscribe_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    return compile_channels(cf, cmd, &lcf->subscribe);
+}
+
+char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = set_handler(cf, cmd, lcf, publish_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    return compile_channels(cf, cmd, &lcf->publish);
+}
+
+char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = set_handler(cf, cmd, lcf, stats_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    lcf->stats = 1;
+    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    mcf->used = 1;
+    return NGX_CONF_OK;
+}
+
+char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->heartbeat != NGX_CONF_UNSET_MSEC) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        lcf->heartbeat = 0;
+        return NGX_CONF_OK;
+    }
+    ngx_msec_t ms = ngx_parse_time(&value[1], 0);
+    if (ms == (ngx_msec_t)NGX_ERROR || ms == 0) return const_cast<char*>("has an invalid value: use a time such as 30s, or off");
+    lcf->heartbeat = ms;
+    return NGX_CONF_OK;
+}
+
+char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* mcf = static_cast<MainConf*>(conf);
+    if (mcf->shm_size != NGX_CONF_UNSET_SIZE) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ssize_t size = ngx_parse_size(&value[1]);
+    if (size == NGX_ERROR) return const_cast<char*>("has an invalid value: use a size such as 32m");
+    if (size_t(size) < kMinShmSize) return const_cast<char*>("is too small: the zone needs at least 256k");
+    mcf->shm_size = size_t(size);
+    return NGX_CONF_OK;
+}
+
+MainConf* main_conf(ngx_cycle_t* cycle) {
+    auto* ctx = reinterpret_cast<ngx_http_conf_ctx_t*>(cycle->conf_ctx[ngx_http_module.index]);
+    if (ctx == nullptr) return nullptr;
+    return static_cast<MainConf*>(ctx->main_conf[ngx_http_sse_module.ctx_index]);
+}
+
+ngx_int_t init_module(ngx_cycle_t* cycle) noexcept try {
+    MainConf* mcf = main_conf(cycle);
+    if (mcf == nullptr || !mcf->used) return NGX_OK;
+    auto* ccf = reinterpret_cast<ngx_core_conf_t*>(ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+    return WorkerWakeup::create_for_cycle(cycle, ccf->worker_processes);
+} catch (...) {
+    ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: unexpected exception in init_module");
+    return NGX_ERROR;
+}
+
+void on_shutdown() noexcept {
+    if (the_worker == nullptr || the_worker->shutting_down) return;
+    the_worker->shutting_down = true;
+    end_local_streams();
+    WorkerWakeup::stop();
+}
+
+void on_wake() noexcept { deliver_to_local_subscribers(); }
+
+ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
+    MainConf* mcf = main_conf(cycle);
+    if (mcf == nullptr || !mcf->used || mcf->zone == nullptr) return NGX_OK;
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) return NGX_OK;
+
+    auto* pool = reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
+    auto* w = new WorkerContext();
+    w->store = Store(pool, static_cast<StoreHeader*>(mcf->zone->data));
+    w->generation = WorkerWakeup::generation();
+    ngx_uint_t index = ngx_process == NGX_PROCESS_SINGLE ? 0 : ngx_worker;
+    ngx_fd_t fd = WorkerWakeup::descriptor_of(index);
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: no wake-up descriptor for worker %ui", index);
+        delete w;
+        return NGX_OK;
+    }
+    w->slot = w->store.claim_slot(ngx_pid, w->generation, fd, cycle->log);
+    if (w->slot == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken",
+                      kMaxWorkerSlots);
+        delete w;
+        return NGX_OK;
+    }
+    if (WorkerWakeup::listen(cycle, fd, on_wake, on_shutdown) != NGX_OK) {
+        w->store.release_slot(ngx_uint_t(w->slot));
+        delete w;
+        return NGX_ERROR;
+    }
+    the_worker = w;
+    return NGX_OK;
+} catch (...) {
+    ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: unexpected exception in init_process");
+    return NGX_ERROR;
+}
+
+void exit_process(ngx_cycle_t* cycle) noexcept {
+    if (the_worker == nullptr) return;
+    try {
+        WorkerWakeup::stop();
+        the_worker->store.release_slot(ngx_uint_t(the_worker->slot));
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: unexpected exception in exit_process");
+    }
+    delete the_worker;
+    the_worker = nullptr;
+}
+
+}  // namespace
+
+WorkerContext* worker_context() { return the_worker; }
+
+Store* store_for(ngx_http_request_t* r) {
+    if (the_worker == nullptr) return nullptr;
+    return &the_worker->store;
+}
+
+std::string_view to_view(const ngx_str_t& s) { return {reinterpret_cast<const char*>(s.data), s.len}; }
+
+static ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body) {
+    if (r->header_sent) return NGX_ERROR;
+    ngx_http_discard_request_body(r);
+    r->headers_out.status = status;
+    r->headers_out.content_type.len = type.size();
+    r->headers_out.content_type.data = reinterpret_cast<u_char*>(const_cast<char*>(type.data()));
+    r->headers_out.content_type_len = type.size();
+    r->headers_out.content_length_n = off_t(body.size());
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+
+    auto* b = static_cast<ngx_buf_t*>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) return NGX_ERROR;
+    auto* data = static_cast<u_char*>(ngx_pnalloc(r->pool, body.size()));
+    if (data == nullptr && !body.empty()) return NGX_ERROR;
+    ngx_memcpy(data, body.data(), body.size());
+    b->pos = data;
+    b->last = data + body.size();
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
+
+ngx_int_t send_text(ngx_http_request_t* r, ngx_uint_t status, std::string_view text) {
+    std::string line(text);
+    line += '\n';
+    return send_body(r, status, "text/plain", line);
+}
+
+ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view json) {
+    return send_body(r, status, "application/json", json);
+}
+
+}  // namespace sse
+
+extern "C" {
+ngx_module_t ngx_http_sse_module = {
+    NGX_MODULE_V1,
+    &sse::module_ctx,         // module context
+    sse::commands,            // module directives
+    NGX_HTTP_MODULE,          // module type
+    nullptr,                  // init master
+    sse::init_module,         // init module
+    sse::init_process,        // init process
+    nullptr,                  // init thread
+    nullptr,                  // exit thread
+    sse::exit_process,        // exit process
+    nullptr,                  // exit master
+    NGX_MODULE_V1_PADDING};
+}

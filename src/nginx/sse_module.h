@@ -1,0 +1,63 @@
+// Declarations shared by the files of the nginx boundary: configuration, the per-worker context
+// and the handlers. Only src/nginx/ sees nginx's HTTP types.
+#pragma once
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+}
+
+#include <string_view>
+
+#include "store/event_store.h"
+
+extern "C" ngx_module_t ngx_http_sse_module;
+
+namespace sse {
+
+struct MainConf {
+    ngx_shm_zone_t* zone;
+    size_t shm_size;
+    ngx_flag_t used;  // some location subscribes or publishes: the zone and wake-ups are needed
+};
+
+struct LocConf {
+    ngx_http_complex_value_t* subscribe;
+    ngx_http_complex_value_t* publish;
+    ngx_flag_t stats;
+    ngx_msec_t heartbeat;      // 0: off
+    ngx_msec_t retry;          // NGX_CONF_UNSET_MSEC: no retry field
+    size_t send_buffer;
+    ngx_uint_t max_channels;
+};
+
+// What one worker process owns; built in init_process, torn down in exit_process.
+struct WorkerContext {
+    Store store;
+    ngx_int_t slot = -1;
+    ngx_uint_t generation = 0;
+    bool shutting_down = false;
+};
+
+// nullptr outside a worker that serves the module (e.g. in the master or before init).
+WorkerContext* worker_context();
+Store* store_for(ngx_http_request_t* r);
+
+ngx_int_t subscribe_handler(ngx_http_request_t* r);
+ngx_int_t publish_handler(ngx_http_request_t* r);
+ngx_int_t stats_handler(ngx_http_request_t* r);
+
+// Called when this worker is woken: delivers what the log holds for it.
+void deliver_to_local_subscribers() noexcept;
+// Graceful shutdown of this worker: every local stream ends cleanly.
+void end_local_streams() noexcept;
+
+// Answers with a status and a one-line plain-text reason.
+ngx_int_t send_text(ngx_http_request_t* r, ngx_uint_t status, std::string_view text);
+// Answers with a JSON body.
+ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view json);
+
+std::string_view to_view(const ngx_str_t& s);
+
+}  // namespace sse

@@ -1,0 +1,486 @@
+// sse_subscribe: a request becomes a long-lived event stream. The worker keeps a local index of
+// its streams by channel; when woken it takes its events from the shared log and hands each
+// stream a buffer that points at the event's frame bytes in the zone (no copy, no formatting),
+// passing them through nginx's filters (chunked, gzip, HTTP/2) like any other response body.
+#include <unordered_map>
+#include <vector>
+
+#include "nginx/sse_module.h"
+#include "protocol/channel_list.h"
+#include "protocol/event_frame.h"
+
+namespace sse {
+
+namespace {
+
+// This worker's hold on an event whose bytes some of its streams have not sent yet.
+struct EventHold {
+    ShmEvent* event;
+    std::uint32_t frames;  // frames still pointing at the event's bytes
+};
+
+// A buffer handed to nginx's output chain; recycled through a per-worker free list.
+struct Frame {
+    ngx_buf_t buf;
+    ngx_chain_t link;
+    EventHold* hold;  // nullptr for bytes of our own (preamble, heartbeat)
+    Frame* next;
+};
+
+struct Subscriber;
+
+struct Membership {
+    ngx_queue_t link;  // in LocalChannel::members
+    Subscriber* subscriber;
+};
+
+struct LocalChannel {
+    ngx_queue_t members;
+};
+
+struct Subscriber {
+    ngx_http_request_t* request;
+    LocConf* conf;
+    ShmChannel** channels;
+    Membership* memberships;
+    std::size_t channel_count;
+    std::uint64_t last_id;        // events up to this id were queued or predate the stream
+    Frame* sent_head;             // frames given to nginx, oldest first, until consumed
+    Frame* sent_tail;
+    Frame* new_head;              // frames queued by the current delivery round
+    Frame* new_tail;
+    std::size_t unsent_bytes;     // of sent_* frames: what the client has not taken yet
+    std::size_t new_bytes;
+    ngx_event_t heartbeat;
+    ngx_msec_t last_write;
+    Subscriber* next_dirty;
+    bool dirty;
+    bool ending;                  // the stream is being ended by us
+    bool registered;              // counted in the store
+};
+
+struct LocalIndex {
+    std::unordered_map<ShmChannel*, LocalChannel> channels;
+    Frame* free_frames = nullptr;
+    std::vector<ShmEvent*> taken;
+    std::vector<Subscriber*> all;  // for shutdown; indexed by Subscriber slot below
+};
+
+LocalIndex* local = nullptr;
+
+LocalIndex& local_index() {
+    if (local == nullptr) local = new LocalIndex();
+    return *local;
+}
+
+Frame* get_frame() {
+    LocalIndex& li = local_index();
+    Frame* f = li.free_frames;
+    if (f != nullptr) {
+        li.free_frames = f->next;
+    } else {
+        f = static_cast<Frame*>(ngx_alloc(sizeof(Frame), ngx_cycle->log));
+        if (f == nullptr) return nullptr;
+    }
+    ngx_memzero(f, sizeof(Frame));
+    f->link.buf = &f->buf;
+    return f;
+}
+
+void put_frame(Frame* f) {
+    if (f->hold != nullptr && --f->hold->frames == 0) {
+        Store::release_event(f->hold->event, ngx_uint_t(worker_context()->slot));
+        delete f->hold;
+    }
+    LocalIndex& li = local_index();
+    f->next = li.free_frames;
+    li.free_frames = f;
+}
+
+void fill_frame(Frame* f, u_char* data, std::size_t len) {
+    f->buf.pos = data;
+    f->buf.last = data + len;
+    f->buf.start = data;
+    f->buf.end = data + len;
+    f->buf.memory = 1;
+    f->buf.tag = reinterpret_cast<ngx_buf_tag_t>(&ngx_http_sse_module);
+}
+
+void append_new(Subscriber* s, Frame* f) {
+    if (s->new_tail) {
+        s->new_tail->next = f;
+        s->new_tail->link.next = &f->link;
+    } else {
+        s->new_head = f;
+    }
+    s->new_tail = f;
+    s->new_bytes += std::size_t(f->buf.last - f->buf.pos);
+}
+
+// Returns the frames nginx has finished with (written to the socket or taken in by gzip).
+void reclaim_sent(Subscriber* s) {
+    while (s->sent_head != nullptr && s->sent_head->buf.pos == s->sent_head->buf.last) {
+        Frame* f = s->sent_head;
+        s->sent_head = f->next;
+        put_frame(f);
+    }
+    if (s->sent_head == nullptr) s->sent_tail = nullptr;
+    std::size_t unsent = 0;
+    for (Frame* f = s->sent_head; f != nullptr; f = f->next) unsent += std::size_t(f->buf.last - f->buf.pos);
+    s->unsent_bytes = unsent;
+}
+
+void release_all_frames(Subscriber* s) {
+    for (Frame* f = s->sent_head; f != nullptr;) {
+        Frame* next = f->next;
+        put_frame(f);
+        f = next;
+    }
+    for (Frame* f = s->new_head; f != nullptr;) {
+        Frame* next = f->next;
+        put_frame(f);
+        f = next;
+    }
+    s->sent_head = s->sent_tail = s->new_head = s->new_tail = nullptr;
+    s->unsent_bytes = s->new_bytes = 0;
+}
+
+void unregister(Subscriber* s) {
+    if (!s->registered) return;
+    s->registered = false;
+    LocalIndex& li = local_index();
+    for (std::size_t i = 0; i < s->channel_count; i++) {
+        ngx_queue_remove(&s->memberships[i].link);
+        auto it = li.channels.find(s->channels[i]);
+        if (it != li.channels.end() && ngx_queue_empty(&it->second.members)) li.channels.erase(it);
+    }
+    for (std::size_t i = 0; i < li.all.size(); i++) {
+        if (li.all[i] == s) {
+            li.all[i] = li.all.back();
+            li.all.pop_back();
+            break;
+        }
+    }
+    WorkerContext* w = worker_context();
+    if (w != nullptr && w->slot >= 0) w->store.unsubscribe(ngx_uint_t(w->slot), s->channels, s->channel_count);
+}
+
+void cleanup_subscriber(void* data) noexcept {
+    auto* s = static_cast<Subscriber*>(data);
+    try {
+        if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+        release_all_frames(s);
+        unregister(s);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception releasing a subscriber");
+    }
+}
+
+// Passes the round's new frames (or nothing, to push what is pending) to nginx's filters.
+ngx_int_t flush(Subscriber* s) {
+    ngx_http_request_t* r = s->request;
+    ngx_chain_t* out = nullptr;
+    if (s->new_head != nullptr) {
+        // Flush each round through gzip and past postpone_output: events are never held back.
+        s->new_tail->buf.flush = 1;
+        s->new_tail->link.next = nullptr;
+        out = &s->new_head->link;
+        if (s->sent_tail) {
+            s->sent_tail->next = s->new_head;
+        } else {
+            s->sent_head = s->new_head;
+        }
+        s->sent_tail = s->new_tail;
+        s->new_head = s->new_tail = nullptr;
+        s->new_bytes = 0;
+        s->last_write = ngx_current_msec;
+    }
+    ngx_int_t rc = ngx_http_output_filter(r, out);
+    reclaim_sent(s);
+    return rc;
+}
+
+void end_stream(Subscriber* s, bool shutting_down) {
+    if (s->ending) return;
+    s->ending = true;
+    ngx_http_request_t* r = s->request;
+    if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+    unregister(s);
+    if (shutting_down) r->keepalive = 0;
+    ngx_int_t rc = flush(s);
+    if (rc != NGX_ERROR) rc = ngx_http_send_special(r, NGX_HTTP_LAST);
+    ngx_http_finalize_request(r, rc);
+}
+
+void drop_slow(Subscriber* s) {
+    ngx_http_request_t* r = s->request;
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "sse: client too slow, %uz bytes unsent exceed sse_send_buffer %uz; closing the stream",
+                  s->unsent_bytes + s->new_bytes, s->conf->send_buffer);
+    ngx_atomic_fetch_add(&worker_context()->store.header()->counters.slow_disconnects, 1);
+    s->ending = true;
+    if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+    release_all_frames(s);
+    unregister(s);
+    r->connection->error = 1;
+    ngx_http_finalize_request(r, NGX_HTTP_CLOSE);
+}
+
+void write_handler(ngx_http_request_t* r) noexcept {
+    auto* s = static_cast<Subscriber*>(ngx_http_get_module_ctx(r, ngx_http_sse_module));
+    if (s == nullptr) return;
+    ngx_connection_t* c = r->connection;
+    if (c->write->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT, "sse: client timed out reading the stream");
+        c->timedout = 1;
+        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+    if (flush(s) == NGX_ERROR) ngx_http_finalize_request(r, NGX_ERROR);
+}
+
+void send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
+    Frame* f = get_frame();
+    if (f == nullptr) return;
+    fill_frame(f, const_cast<u_char*>(data), len);
+    append_new(s, f);
+}
+
+void heartbeat_handler(ngx_event_t* ev) noexcept {
+    auto* s = static_cast<Subscriber*>(ev->data);
+    if (s->ending) return;
+    ngx_msec_t interval = s->conf->heartbeat;
+    ngx_msec_t idle = ngx_current_msec - s->last_write;
+    if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
+        send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size());
+        if (flush(s) == NGX_ERROR) {
+            ngx_http_finalize_request(s->request, NGX_ERROR);
+            return;
+        }
+        idle = 0;
+    }
+    ngx_add_timer(&s->heartbeat, interval - idle);
+}
+
+void add_header(ngx_http_request_t* r, const char* key, const char* value) {
+    auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
+    if (h == nullptr) return;
+    h->hash = 1;
+    h->key.data = reinterpret_cast<u_char*>(const_cast<char*>(key));
+    h->key.len = ngx_strlen(key);
+    h->value.data = reinterpret_cast<u_char*>(const_cast<char*>(value));
+    h->value.len = ngx_strlen(value);
+}
+
+ngx_int_t send_stream_header(ngx_http_request_t* r) {
+    r->headers_out.status = NGX_HTTP_OK;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_length_n = -1;
+    add_header(r, "Cache-Control", "no-cache");
+    add_header(r, "X-Accel-Buffering", "no");
+    ngx_http_clear_content_length(r);
+    ngx_http_clear_accept_ranges(r);
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+    return ngx_http_send_header(r);
+}
+
+ngx_int_t subscribe(ngx_http_request_t* r) {
+    auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        add_header(r, "Allow", "GET, HEAD");
+        return send_text(r, NGX_HTTP_NOT_ALLOWED, "an event stream is read with GET");
+    }
+    if (r != r->main) return send_text(r, NGX_HTTP_BAD_REQUEST, "an event stream cannot be a subrequest");
+
+    ngx_str_t text;
+    if (ngx_http_complex_value(r, conf->subscribe, &text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    std::vector<std::string_view> names;
+    std::string reason;
+    if (!parse_channel_list(to_view(text), conf->max_channels, names, reason)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
+        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    if (r->method == NGX_HTTP_HEAD) {
+        ngx_int_t rc = send_stream_header(r);
+        return rc == NGX_ERROR || rc > NGX_OK ? rc : ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0 || w->shutting_down) {
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving event streams");
+    }
+
+    auto* s = static_cast<Subscriber*>(ngx_pcalloc(r->pool, sizeof(Subscriber)));
+    if (s == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    s->request = r;
+    s->conf = conf;
+    s->channel_count = names.size();
+    s->channels = static_cast<ShmChannel**>(ngx_palloc(r->pool, names.size() * sizeof(ShmChannel*)));
+    s->memberships = static_cast<Membership*>(ngx_palloc(r->pool, names.size() * sizeof(Membership)));
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (s->channels == nullptr || s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    std::vector<ShmChannel*> channels;
+    if (!w->store.subscribe(ngx_uint_t(w->slot), names, channels, s->last_id)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the event zone is full");
+    }
+    s->registered = true;
+    cln->handler = cleanup_subscriber;
+    cln->data = s;
+
+    LocalIndex& li = local_index();
+    for (std::size_t i = 0; i < channels.size(); i++) {
+        s->channels[i] = channels[i];
+        s->memberships[i].subscriber = s;
+        auto [it, added] = li.channels.try_emplace(channels[i]);
+        if (added) {
+            ngx_queue_init(&it->second.members);
+        }
+        ngx_queue_insert_tail(&it->second.members, &s->memberships[i].link);
+    }
+    li.all.push_back(s);
+    ngx_http_set_ctx(r, s, ngx_http_sse_module);
+
+    ngx_int_t rc = send_stream_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK) return rc;
+
+    long retry = conf->retry == NGX_CONF_UNSET_MSEC ? -1 : long(conf->retry);
+    std::size_t len = stream_preamble_size(retry);
+    auto* preamble = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
+    if (preamble == nullptr) return NGX_ERROR;
+    write_stream_preamble(reinterpret_cast<char*>(preamble), retry);
+    send_own_bytes(s, preamble, len);
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = write_handler;
+    r->main->count++;
+
+    rc = flush(s);
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return NGX_DONE;
+    }
+
+    if (conf->heartbeat > 0) {
+        s->heartbeat.handler = heartbeat_handler;
+        s->heartbeat.data = s;
+        s->heartbeat.log = r->connection->log;
+        s->heartbeat.cancelable = 1;  // must not keep a retiring worker alive
+        ngx_add_timer(&s->heartbeat, conf->heartbeat);
+    }
+    return NGX_DONE;
+}
+
+}  // namespace
+
+ngx_int_t subscribe_handler(ngx_http_request_t* r) {
+    try {
+        return subscribe(r);
+    } catch (const std::bad_alloc&) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory setting up a stream");
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception setting up a stream");
+    }
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+void deliver_to_local_subscribers() noexcept {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) return;
+    try {
+        ngx_uint_t slot = ngx_uint_t(w->slot);
+        StoreHeader* hdr = w->store.header();
+        // Clear before reading the log: a publish after this point wakes us again.
+        __atomic_store_n(&hdr->slots[slot].wake_pending, 0, __ATOMIC_SEQ_CST);
+
+        LocalIndex& li = local_index();
+        w->store.take_events(slot, li.taken);
+
+        Subscriber* dirty = nullptr;
+        std::vector<Subscriber*> closing;
+        bool released = false;
+        for (ShmEvent* ev : li.taken) {
+            if (ev->kind == kEventCloseChannel) {
+                auto it = li.channels.find(ev->channels[0]);
+                if (it != li.channels.end()) {
+                    for (ngx_queue_t* q = ngx_queue_head(&it->second.members);
+                         q != ngx_queue_sentinel(&it->second.members); q = ngx_queue_next(q)) {
+                        closing.push_back((ngx_queue_data(q, Membership, link))->subscriber);
+                    }
+                }
+                Store::release_event(ev, slot);
+                released = true;
+                continue;
+            }
+            EventHold* hold = nullptr;
+            ngx_uint_t delivered = 0;
+            for (std::uint16_t i = 0; i < ev->nchannels; i++) {
+                auto it = li.channels.find(ev->channels[i]);
+                if (it == li.channels.end()) continue;
+                for (ngx_queue_t* q = ngx_queue_head(&it->second.members); q != ngx_queue_sentinel(&it->second.members);
+                     q = ngx_queue_next(q)) {
+                    Subscriber* s = (ngx_queue_data(q, Membership, link))->subscriber;
+                    // A stream on several of the event's channels takes it once.
+                    if (s->ending || s->last_id >= ev->id) continue;
+                    s->last_id = ev->id;
+                    Frame* f = get_frame();
+                    if (f == nullptr) continue;
+                    if (hold == nullptr) hold = new EventHold{ev, 0};
+                    hold->frames++;
+                    f->hold = hold;
+                    fill_frame(f, ev->frame, ev->frame_len);
+                    append_new(s, f);
+                    delivered++;
+                    if (!s->dirty) {
+                        s->dirty = true;
+                        s->next_dirty = dirty;
+                        dirty = s;
+                    }
+                }
+            }
+            if (hold == nullptr) {
+                Store::release_event(ev, slot);
+                released = true;
+            }
+            if (delivered) ngx_atomic_fetch_add(&hdr->counters.events_delivered, delivered);
+        }
+
+        while (dirty != nullptr) {
+            Subscriber* s = dirty;
+            dirty = s->next_dirty;
+            s->dirty = false;
+            if (s->ending) continue;
+            if (s->unsent_bytes + s->new_bytes > s->conf->send_buffer) {
+                drop_slow(s);
+                continue;
+            }
+            if (flush(s) == NGX_ERROR) {
+                s->ending = true;
+                ngx_http_finalize_request(s->request, NGX_ERROR);
+            }
+        }
+        for (Subscriber* s : closing) end_stream(s, false);
+        if (released) w->store.collect();
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception delivering events");
+    }
+}
+
+void end_local_streams() noexcept {
+    if (local == nullptr) return;
+    try {
+        std::vector<Subscriber*> all = local->all;
+        for (Subscriber* s : all) end_stream(s, true);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending streams");
+    }
+}
+
+}  // namespace sse

@@ -1,0 +1,72 @@
+#include "protocol/channel_list.h"
+
+#include <algorithm>
+
+namespace sse {
+
+namespace {
+
+bool is_channel_char(unsigned char c) noexcept {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.' || c == ':' || c == '@' || c == '/';
+}
+
+std::string_view trim_spaces(std::string_view s) noexcept {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+// Names go into error messages: keep them printable and short.
+std::string printable(std::string_view s) {
+    std::string out;
+    for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? char(c) : '?';
+    if (s.size() > 64) out += "...";
+    return out;
+}
+
+}  // namespace
+
+bool is_valid_channel_name(std::string_view name) noexcept {
+    if (name.empty() || name.size() > kMaxChannelNameLength) return false;
+    return std::all_of(name.begin(), name.end(), [](char c) { return is_channel_char(c); });
+}
+
+bool parse_channel_list(std::string_view text, std::size_t max_channels,
+                        std::vector<std::string_view>& names, std::string& reason) {
+    names.clear();
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        std::size_t comma = text.find(',', start);
+        if (comma == std::string_view::npos) comma = text.size();
+        std::string_view name = trim_spaces(text.substr(start, comma - start));
+        start = comma + 1;
+
+        if (name.empty()) {
+            // "a,,b" and a trailing comma are tolerated; an entirely empty list is not.
+            continue;
+        }
+        if (name.size() > kMaxChannelNameLength) {
+            reason = "channel name longer than 128 bytes: \"" + printable(name) + "\"";
+            return false;
+        }
+        if (!is_valid_channel_name(name)) {
+            reason = "invalid channel name \"" + printable(name) +
+                     "\": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
+            return false;
+        }
+        if (std::find(names.begin(), names.end(), name) != names.end()) continue;
+        if (names.size() == max_channels) {
+            reason = "too many channels: at most " + std::to_string(max_channels) + " per request";
+            return false;
+        }
+        names.push_back(name);
+    }
+    if (names.empty()) {
+        reason = "no channel given";
+        return false;
+    }
+    return true;
+}
+
+}  // namespace sse

@@ -1,0 +1,24 @@
+// Parsing of the comma-separated channel list a request names.
+// Pure C++: no nginx types, unit-tested in t/unit.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sse {
+
+constexpr std::size_t kMaxChannelNameLength = 128;
+constexpr std::size_t kDefaultMaxChannels = 32;
+
+// A channel name is 1-128 bytes of A-Z a-z 0-9 _ - . : @ /
+bool is_valid_channel_name(std::string_view name) noexcept;
+
+// Splits "a, b,c" into names: spaces around commas trimmed, duplicates collapsed (first
+// occurrence keeps its place). On a bad list returns false and a one-line reason.
+// The views point into `text`.
+bool parse_channel_list(std::string_view text, std::size_t max_channels,
+                        std::vector<std::string_view>& names, std::string& reason);
+
+}  // namespace sse

@@ -1,0 +1,39 @@
+// SSE wire format: an event is formatted once into these bytes, which every worker then writes
+// to its subscribers' sockets as they are. Pure C++.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace sse {
+
+constexpr std::size_t kMaxEventNameLength = 128;
+
+// Bytes of the frame
+//   id: <id>\n
+//   event: <name>\n            (only when name is not empty)
+//   data: <line>\n             (one per line of data; lines split on LF, CRLF or CR;
+//                               an empty line is written "data:\n")
+//   \n
+std::size_t event_frame_size(std::uint64_t id, std::string_view name, std::string_view data) noexcept;
+
+// Writes the frame into dst, which holds event_frame_size() bytes; returns the end.
+char* write_event_frame(char* dst, std::uint64_t id, std::string_view name, std::string_view data) noexcept;
+
+// An event name may not hold CR or LF (it would end the field) and is at most 128 bytes.
+bool is_valid_event_name(std::string_view name) noexcept;
+
+// Decimal digits of an id.
+std::size_t decimal_length(std::uint64_t value) noexcept;
+char* write_decimal(char* dst, std::uint64_t value) noexcept;
+
+// What a stream starts with: a comment, so proxies and browsers see it open at once, and the
+// retry field when configured (retry_ms < 0: none).
+std::size_t stream_preamble_size(long retry_ms) noexcept;
+char* write_stream_preamble(char* dst, long retry_ms) noexcept;
+
+// Sent to a stream that has been idle for the heartbeat interval.
+constexpr std::string_view kHeartbeatFrame = ": heartbeat\n\n";
+
+}  // namespace sse

@@ -1,0 +1,174 @@
+// The shared-memory store: channels with their subscriber counts per worker, the log of
+// published events (each formatted once into its SSE frame), and one slot per worker process.
+// Every worker maps the same zone, so any of them can publish, answer for all, or reap a dead one.
+//
+// Lifetime of an event: a publish formats it into the zone and marks, in `needed_by`, every
+// worker slot that has a subscriber on one of its channels. Each such worker takes it from the
+// log, writes the frame bytes straight from the zone to its sockets, and clears its bit once no
+// local socket still holds the bytes. An event nobody needs is freed by the next collection.
+#pragma once
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+}
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace sse {
+
+constexpr ngx_uint_t kMaxWorkerSlots = 128;  // old and new workers overlap during a reload
+
+struct ShmChannel {
+    ngx_rbtree_node_t node;      // key: hash of the name
+    std::uint64_t last_event_id;
+    std::uint64_t events_published;
+    std::uint32_t subscribers;   // over all workers
+    std::uint32_t events_in_log; // events naming this channel that are still stored
+    std::uint32_t per_slot[kMaxWorkerSlots];
+    unsigned linked : 1;         // findable by name; a closed channel is unlinked at once
+    std::uint16_t name_len;
+    u_char name[1];
+
+    std::string_view name_view() const { return {reinterpret_cast<const char*>(name), name_len}; }
+};
+
+enum EventKind : std::uint16_t {
+    kEventMessage = 0,
+    kEventCloseChannel = 1,  // the streams of channels[0] end
+};
+
+struct ShmEvent {
+    ngx_queue_t link;            // Store log, id order
+    std::uint64_t id;
+    std::uint64_t needed_by[2];  // bit per worker slot; cleared atomically by that worker
+    std::uint32_t frame_len;
+    std::uint16_t nchannels;
+    std::uint16_t kind;
+    ShmChannel** channels;
+    u_char* frame;
+};
+
+struct WorkerSlot {
+    ngx_pid_t pid;               // 0: free
+    ngx_uint_t generation;       // wake_fd is valid in processes of the same generation
+    ngx_fd_t wake_fd;
+    ngx_atomic_t wake_pending;   // coalesces wake-ups: set by the first publisher, cleared by the worker
+    std::uint64_t cursor;        // the last event id this worker took from the log
+    std::uint32_t subscribers;
+};
+
+struct StoreCounters {
+    ngx_atomic_t events_published;
+    ngx_atomic_t events_delivered;  // frames handed to subscriber connections
+    ngx_atomic_t slow_disconnects;
+    ngx_atomic_t publishes_refused;  // zone full
+    ngx_atomic_t workers_reaped;
+};
+
+struct StoreHeader {
+    std::uint64_t first_id;      // ids of this zone start here: its creation time in microseconds
+    std::uint64_t next_id;
+    ngx_rbtree_t channels;
+    ngx_rbtree_node_t sentinel;
+    ngx_queue_t log;
+    std::uint32_t channel_count;
+    std::uint32_t event_count;
+    std::size_t bytes_used;      // what the store allocated, for the baseline check
+    ngx_uint_t slot_high;        // slots in use are all below this index
+    WorkerSlot slots[kMaxWorkerSlots];
+    StoreCounters counters;
+    ngx_msec_t started;          // ngx_time() at creation, for uptime
+    time_t created_at;
+};
+
+// An event to publish.
+struct EventInput {
+    std::string_view name;
+    std::string_view data;
+};
+
+struct PublishResult {
+    std::uint64_t last_id = 0;
+    ngx_uint_t events = 0;
+    ngx_uint_t subscribers = 0;     // subscribers of the target channels, summed per channel
+    std::uint64_t wake[2] = {0, 0}; // slots to wake
+};
+
+struct ChannelState {
+    bool found = false;
+    std::uint32_t subscribers = 0;
+    std::uint64_t last_event_id = 0;
+    std::uint64_t events_published = 0;
+};
+
+struct StoreStats {
+    std::uint32_t channels = 0;
+    std::uint32_t events_stored = 0;
+    std::uint32_t subscribers = 0;
+    std::size_t bytes_used = 0;
+    std::size_t bytes_total = 0;
+    ngx_uint_t workers = 0;
+    std::vector<std::pair<ngx_pid_t, std::uint32_t>> per_worker;
+};
+
+class Store {
+public:
+    Store() = default;
+    Store(ngx_slab_pool_t* pool, StoreHeader* header) : pool_(pool), hdr_(header) {}
+
+    // Zone creation (nginx's init_zone); the zone's log says where refusals go.
+    static StoreHeader* create(ngx_slab_pool_t* pool);
+
+    bool valid() const { return hdr_ != nullptr; }
+    StoreHeader* header() const { return hdr_; }
+
+    // Worker slots. claim() also reaps the slots of workers that died without releasing theirs.
+    ngx_int_t claim_slot(ngx_pid_t pid, ngx_uint_t generation, ngx_fd_t wake_fd, ngx_log_t* log);
+    void release_slot(ngx_uint_t slot);
+    ngx_uint_t reap_dead_slots(ngx_log_t* log);
+
+    // Adds a subscriber of `slot` to the channels, creating them; fills `out` in the same order.
+    // `start_after` is the id after which the subscriber receives events.
+    bool subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
+                   std::vector<ShmChannel*>& out, std::uint64_t& start_after);
+    void unsubscribe(ngx_uint_t slot, ShmChannel* const* channels, std::size_t count);
+
+    // Stores the events (all or none) for the channels. Returns false when the zone is full.
+    bool publish(const std::vector<EventInput>& events, const std::vector<std::string_view>& channels,
+                 PublishResult& result);
+
+    // Ends every stream of the channel and forgets it. Returns false for an unknown channel.
+    bool close_channel(std::string_view name, PublishResult& result, std::uint32_t& closed_subscribers,
+                       bool& no_memory);
+
+    ChannelState channel_state(std::string_view name);
+
+    // A worker's events: those after its cursor that it is marked in, oldest first.
+    void take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out);
+    // The worker no longer needs the event's bytes. Lock-free.
+    static void release_event(ShmEvent* ev, ngx_uint_t slot);
+    // Frees events no worker needs any more.
+    void collect();
+
+    StoreStats stats();
+
+    void wake_slots(const std::uint64_t mask[2], ngx_uint_t my_generation);
+
+private:
+    ShmChannel* find_locked(std::string_view name, std::uint32_t hash);
+    ShmChannel* create_channel_locked(std::string_view name, std::uint32_t hash);
+    void maybe_free_channel_locked(ShmChannel* ch);
+    void collect_locked();
+    void free_event_locked(ShmEvent* ev);
+    void* alloc_locked(std::size_t size);
+    void free_locked(void* p, std::size_t size);
+    void reap_slot_locked(ngx_uint_t slot);
+
+    ngx_slab_pool_t* pool_ = nullptr;
+    StoreHeader* hdr_ = nullptr;
+};
+
+}  // namespace sse

@@ -1,0 +1,324 @@
+package SSETest;
+
+# Our own small harness in the shape of nginx-tests: each test writes an nginx.conf, starts a
+# real nginx (2+ workers) with the built module on a free loopback port, talks to it over real
+# sockets, and at teardown fails if error.log holds [alert], [emerg], [crit] or a sanitizer report.
+#
+#   my $t = SSETest->new(http => '...', server => '...')->start;
+#   my $s = $t->subscribe('/events?topics=a');      # an SSEClient, headers already read
+#   my $r = $t->publish('/pub?topic=a', 'hello');    # decoded JSON of the 202
+#   my @ev = $s->events(1);                          # [{id, event, data}]
+#   $t->finish;                                      # stops nginx, checks error.log
+
+use strict;
+use warnings;
+
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use JSON::PP;
+use Test::More;
+use Time::HiRes qw(sleep time);
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+
+use SSEClient;
+
+our $REPO = abs_path(dirname(__FILE__) . '/../..');
+
+sub module_path {
+    return $ENV{SSE_MODULE} // "$REPO/build/ngx_http_sse_module.so";
+}
+
+sub free_port {
+    for (1 .. 50) {
+        my $port = 20000 + int(rand(30000));
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port, Listen => 1, ReuseAddr => 1);
+        next unless $s;
+        close $s;
+        return $port;
+    }
+    die "no free port";
+}
+
+# Options: workers (2), http (text inside http{}), server (text inside server{}), main (text at
+# the top level), events (text inside events{}), raw (a whole http{} block replacing the default
+# server), extra_ports (how many more free ports to allocate: $t->port(1) ...).
+sub new {
+    my ($class, %o) = @_;
+    my $self = bless {%o}, $class;
+    $self->{workers} //= 2;
+    $self->{dir} = tempdir('sse-test-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{SSE_KEEP});
+    $self->{ports} = [map { free_port() } 0 .. ($o{extra_ports} // 0)];
+    mkdir "$self->{dir}/logs";
+    $self->write_conf;
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub port { my ($self, $i) = @_; return $self->{ports}[$i // 0] }
+
+sub conf_text {
+    my ($self) = @_;
+    my $port = $self->port;
+    my $module = module_path();
+    my $main = $self->{main} // '';
+    my $events = $self->{events} // '';
+    my $http = $self->{http} // '';
+    my $server = $self->{server} // '';
+    my $text = <<"CONF";
+load_module $module;
+worker_processes $self->{workers};
+error_log $self->{dir}/logs/error.log info;
+pid $self->{dir}/logs/nginx.pid;
+$main
+events { worker_connections 4096; $events }
+http {
+    access_log off;
+    client_body_temp_path $self->{dir}/body;
+    proxy_temp_path $self->{dir}/proxy;
+    fastcgi_temp_path $self->{dir}/fastcgi;
+    uwsgi_temp_path $self->{dir}/uwsgi;
+    scgi_temp_path $self->{dir}/scgi;
+$http
+    server {
+        listen 127.0.0.1:$port;
+$server
+    }
+}
+CONF
+    $text =~ s/%%PORT(\d*)%%/$self->{ports}[$1 || 0]/ge;
+    $text =~ s/%%DIR%%/$self->{dir}/g;
+    return $text;
+}
+
+sub write_conf {
+    my ($self, %changes) = @_;
+    @$self{keys %changes} = values %changes;
+    open my $fh, '>', "$self->{dir}/nginx.conf" or die $!;
+    print $fh $self->conf_text;
+    close $fh;
+    return $self;
+}
+
+sub nginx_cmd {
+    my ($self, @args) = @_;
+    my @pre;
+    if ($ENV{SSE_LD_PRELOAD}) {
+        @pre = ('env', "LD_PRELOAD=$ENV{SSE_LD_PRELOAD}");
+    }
+    return (@pre, 'nginx', '-p', $self->{dir}, '-c', "$self->{dir}/nginx.conf", @args);
+}
+
+# nginx -t: returns (exit code, output).
+sub test_conf {
+    my ($self) = @_;
+    my @cmd = $self->nginx_cmd('-t');
+    my $out = `@cmd 2>&1`;
+    return ($? >> 8, $out);
+}
+
+sub start {
+    my ($self) = @_;
+    my @cmd = $self->nginx_cmd();
+    my $out = `@cmd 2>&1`;
+    die "nginx failed to start: $out" if $?;
+    $self->{started} = 1;
+    $self->wait_for_port;
+    $self->wait_for_workers($self->{workers});
+    return $self;
+}
+
+sub wait_for_port {
+    my ($self) = @_;
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->port, Proto => 'tcp');
+        if ($s) { close $s; return 1 }
+        sleep 0.05;
+    }
+    die "nginx is not listening on " . $self->port;
+}
+
+sub master_pid {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/logs/nginx.pid" or return;
+    my $pid = <$fh>;
+    chomp $pid;
+    return $pid;
+}
+
+# Worker processes of this nginx (not those shutting down unless $all).
+sub worker_pids {
+    my ($self, $all) = @_;
+    my $master = $self->master_pid or return ();
+    my @pids;
+    for my $stat (glob "/proc/[0-9]*/stat") {
+        open my $fh, '<', $stat or next;
+        my $line = <$fh> // next;
+        close $fh;
+        my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S (\d+)/ or next;
+        next unless $ppid == $master;
+        if (!$all) {
+            open my $c, '<', "/proc/$pid/cmdline" or next;
+            my $cmd = <$c> // '';
+            next if $cmd =~ /shutting down/;
+        }
+        push @pids, $pid;
+    }
+    my @sorted = sort { $a <=> $b } @pids;
+    return @sorted;
+}
+
+sub wait_for_workers {
+    my ($self, $n) = @_;
+    for (1 .. 200) {
+        return 1 if $self->worker_pids >= $n;
+        sleep 0.05;
+    }
+    die "nginx workers did not start";
+}
+
+sub reload {
+    my ($self) = @_;
+    my @before = $self->worker_pids;
+    my @cmd = $self->nginx_cmd('-s', 'reload');
+    my $out = `@cmd 2>&1`;
+    die "reload failed: $out" if $?;
+    # Wait until a full set of new workers runs.
+    for (1 .. 200) {
+        my %old = map { $_ => 1 } @before;
+        my @new = grep { !$old{$_} } $self->worker_pids;
+        return $self if @new >= $self->{workers};
+        sleep 0.05;
+    }
+    die "reload: new workers did not start";
+}
+
+sub stop {
+    my ($self) = @_;
+    return unless $self->{started};
+    $self->{started} = 0;
+    my $master = $self->master_pid;
+    my @cmd = $self->nginx_cmd('-s', 'quit');
+    system("@cmd >/dev/null 2>&1");
+    for (1 .. 200) {
+        last unless $master && kill 0, $master;
+        sleep 0.05;
+    }
+    if ($master && kill 0, $master) {
+        kill 'KILL', $master, $self->worker_pids(1);
+        diag("nginx did not quit gracefully within 10 s");
+    }
+}
+
+sub error_log {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/logs/error.log" or return '';
+    local $/;
+    return <$fh>;
+}
+
+# Lines that mean a defect: checked at teardown of every test.
+sub bad_log_lines {
+    my ($self) = @_;
+    my @bad = grep { /\[(alert|emerg|crit)\]|AddressSanitizer|runtime error:|LeakSanitizer/ } split /\n/, $self->error_log;
+    # Lines a test provoked on purpose and declared with allow_log.
+    for my $re (@{ $self->{allowed} || [] }) {
+        @bad = grep { !/$re/ } @bad;
+    }
+    return @bad;
+}
+
+sub allow_log { my ($self, $re) = @_; push @{ $self->{allowed} }, $re; }
+
+# Stops nginx and checks its log: every test ends with this before done_testing.
+sub finish {
+    my ($self) = @_;
+    $self->stop;
+    my @bad = $self->bad_log_lines;
+    ok(!@bad, 'error.log has no alert, emerg, crit or sanitizer line') or diag(join "\n", @bad);
+    $self->{checked} = 1;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    local $?;
+    $self->stop;
+}
+
+# One HTTP/1.1 request with Connection: close. Returns {status, headers (lowercased keys), body}.
+sub request {
+    my ($self, $method, $path, %o) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $o{port} // $self->port, Proto => 'tcp')
+        or die "connect: $!";
+    my $body = $o{body} // '';
+    my $req = "$method $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+    my %h = %{ $o{headers} || {} };
+    for my $k (sort keys %h) { $req .= "$k: $h{$k}\r\n" }
+    $req .= "Content-Length: " . length($body) . "\r\n" if length($body) || $method =~ /^(POST|PUT)$/;
+    $req .= "\r\n" . $body;
+    $s->print($req);
+    local $/;
+    my $resp = <$s> // '';
+    close $s;
+    return parse_response($resp);
+}
+
+sub parse_response {
+    my ($resp) = @_;
+    my ($head, $body) = split /\r\n\r\n/, $resp, 2;
+    $body //= '';
+    my @lines = split /\r\n/, $head // '';
+    my $status_line = shift @lines // '';
+    my ($status) = $status_line =~ m{^HTTP/\d\.\d (\d+)};
+    my %headers;
+    for (@lines) {
+        my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
+        $headers{lc $k} = exists $headers{lc $k} ? "$headers{lc $k}, $v" : $v;
+    }
+    if (($headers{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $decoded = '';
+        while ($body =~ s/^([0-9a-fA-F]+)\r\n//) {
+            my $n = hex $1;
+            last if $n == 0;
+            $decoded .= substr($body, 0, $n, '');
+            $body =~ s/^\r\n//;
+        }
+        $body = $decoded;
+    }
+    return {status => $status // 0, headers => \%headers, body => $body, raw => $resp};
+}
+
+# POST to a publish location. Returns the decoded JSON of a 202; dies on another status
+# (use request() to look at refusals).
+sub publish {
+    my ($self, $path, $data, %o) = @_;
+    my $r = $self->request($o{method} // 'POST', $path, body => $data, headers => $o{headers});
+    die "publish to $path: $r->{status} $r->{body}" unless $r->{status} == 202;
+    return decode_json($r->{body});
+}
+
+sub get_json {
+    my ($self, $path) = @_;
+    my $r = $self->request('GET', $path);
+    die "GET $path: $r->{status} $r->{body}" unless $r->{status} == 200;
+    return decode_json($r->{body});
+}
+
+# Opens a stream and reads its response headers. Options: headers, http10, port.
+sub subscribe {
+    my ($self, $path, %o) = @_;
+    return SSEClient->new(port => $o{port} // $self->port, path => $path, %o);
+}
+
+# Waits until code returns true (polling), up to $timeout seconds.
+sub wait_until {
+    my ($code, $timeout) = @_;
+    my $end = time + ($timeout // 5);
+    while (time < $end) {
+        return 1 if $code->();
+        sleep 0.02;
+    }
+    return $code->();
+}
+
+1;

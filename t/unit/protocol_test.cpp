@@ -1,0 +1,147 @@
+// Unit tests of the pure C++ core: no nginx involved.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "protocol/channel_list.h"
+#include "protocol/event_frame.h"
+#include "protocol/publish_body.h"
+#include "protocol/utf8.h"
+
+using namespace sse;
+
+namespace {
+
+std::string frame(std::uint64_t id, std::string_view name, std::string_view data) {
+    std::string out(event_frame_size(id, name, data), '\0');
+    char* end = write_event_frame(out.data(), id, name, data);
+    EXPECT_EQ(end, out.data() + out.size());
+    return out;
+}
+
+std::vector<std::string> channels(std::string_view text, std::size_t max = 32) {
+    std::vector<std::string_view> names;
+    std::string reason;
+    EXPECT_TRUE(parse_channel_list(text, max, names, reason)) << reason;
+    return {names.begin(), names.end()};
+}
+
+std::string channel_error(std::string_view text, std::size_t max = 32) {
+    std::vector<std::string_view> names;
+    std::string reason;
+    EXPECT_FALSE(parse_channel_list(text, max, names, reason));
+    return reason;
+}
+
+}  // namespace
+
+TEST(ChannelList, TrimsAndCollapsesDuplicates) {
+    EXPECT_EQ(channels("a"), (std::vector<std::string>{"a"}));
+    EXPECT_EQ(channels(" wallets , users,wallets "), (std::vector<std::string>{"wallets", "users"}));
+    EXPECT_EQ(channels("A-z_0.9:x@y/z"), (std::vector<std::string>{"A-z_0.9:x@y/z"}));
+    EXPECT_EQ(channels("a,,b,"), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(ChannelList, RefusesBadLists) {
+    EXPECT_EQ(channel_error(""), "no channel given");
+    EXPECT_EQ(channel_error(" , "), "no channel given");
+    EXPECT_NE(channel_error("a b").find("invalid channel name \"a b\""), std::string::npos);
+    EXPECT_NE(channel_error("caf\xc3\xa9").find("invalid channel name"), std::string::npos);
+    EXPECT_NE(channel_error(std::string(129, 'x')).find("longer than 128"), std::string::npos);
+    EXPECT_EQ(channels(std::string(128, 'x')).size(), 1u);
+    EXPECT_EQ(channel_error("a,b,c", 2), "too many channels: at most 2 per request");
+    EXPECT_EQ(channels("a,b,a,b", 2).size(), 2u);
+}
+
+TEST(EventFrame, ExactBytes) {
+    EXPECT_EQ(frame(7, "", "hello"), "id: 7\ndata: hello\n\n");
+    EXPECT_EQ(frame(12, "wallet.created", "{\"id\":7}"), "id: 12\nevent: wallet.created\ndata: {\"id\":7}\n\n");
+}
+
+TEST(EventFrame, SplitsLinesOnLfCrlfAndCr) {
+    EXPECT_EQ(frame(1, "", "a\nb\r\nc\rd"), "id: 1\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+    EXPECT_EQ(frame(1, "", "a\r\n"), "id: 1\ndata: a\ndata:\n\n");
+    EXPECT_EQ(frame(1, "", "\n\n"), "id: 1\ndata:\ndata:\ndata:\n\n");
+    EXPECT_EQ(frame(1, "", "\r\r\n"), "id: 1\ndata:\ndata:\ndata:\n\n");
+}
+
+TEST(EventFrame, EmptyData) { EXPECT_EQ(frame(3, "x", ""), "id: 3\nevent: x\ndata:\n\n"); }
+
+TEST(EventFrame, LargeIds) {
+    EXPECT_EQ(frame(18446744073709551615ull, "", "x"), "id: 18446744073709551615\ndata: x\n\n");
+    EXPECT_EQ(frame(0, "", "x"), "id: 0\ndata: x\n\n");
+}
+
+TEST(EventFrame, EventNames) {
+    EXPECT_TRUE(is_valid_event_name("wallet.created"));
+    EXPECT_TRUE(is_valid_event_name(std::string(128, 'n')));
+    EXPECT_FALSE(is_valid_event_name(std::string(129, 'n')));
+    EXPECT_FALSE(is_valid_event_name("a\nb"));
+    EXPECT_FALSE(is_valid_event_name("a\rb"));
+}
+
+TEST(EventFrame, Preamble) {
+    auto preamble = [](long retry) {
+        std::string out(stream_preamble_size(retry), '\0');
+        write_stream_preamble(out.data(), retry);
+        return out;
+    };
+    EXPECT_EQ(preamble(-1), ":ok\n\n");
+    EXPECT_EQ(preamble(3000), ":ok\nretry: 3000\n\n");
+    EXPECT_EQ(preamble(0), ":ok\nretry: 0\n\n");
+}
+
+TEST(Utf8, AcceptsWellFormed) {
+    EXPECT_TRUE(is_valid_utf8(""));
+    EXPECT_TRUE(is_valid_utf8("plain ascii"));
+    EXPECT_TRUE(is_valid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+    EXPECT_TRUE(is_valid_utf8("\xf4\x8f\xbf\xbf"));  // U+10FFFF
+}
+
+TEST(Utf8, RefusesMalformed) {
+    EXPECT_FALSE(is_valid_utf8("\xff"));
+    EXPECT_FALSE(is_valid_utf8("\xc3"));              // truncated
+    EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));          // overlong
+    EXPECT_FALSE(is_valid_utf8("\xe0\x80\xaf"));      // overlong
+    EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));      // surrogate
+    EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));  // above U+10FFFF
+    EXPECT_FALSE(is_valid_utf8("a\x80z"));            // stray continuation
+}
+
+TEST(Batch, EventsInOrder) {
+    std::vector<BatchEvent> events;
+    std::string reason;
+    ASSERT_TRUE(parse_event_stream_batch("event: a\ndata: 1\n\ndata: 2\ndata: 3\n\n: comment\nevent: c\ndata: x",
+                                         events, reason))
+        << reason;
+    ASSERT_EQ(events.size(), 3u);
+    EXPECT_EQ(events[0].name, "a");
+    EXPECT_EQ(events[0].data, "1");
+    EXPECT_EQ(events[1].name, "");
+    EXPECT_EQ(events[1].data, "2\n3");
+    EXPECT_EQ(events[2].name, "c");
+    EXPECT_EQ(events[2].data, "x");
+}
+
+TEST(Batch, CrlfAndCrLineEnds) {
+    std::vector<BatchEvent> events;
+    std::string reason;
+    ASSERT_TRUE(parse_event_stream_batch("data:a\r\ndata: b\r\n\r\ndata: c\r\rdata: d\r", events, reason));
+    ASSERT_EQ(events.size(), 3u);
+    EXPECT_EQ(events[0].data, "a\nb");
+    EXPECT_EQ(events[1].data, "c");
+    EXPECT_EQ(events[2].data, "d");
+}
+
+TEST(Batch, RefusesIdRetryAndUnknownFields) {
+    std::vector<BatchEvent> events;
+    std::string reason;
+    EXPECT_FALSE(parse_event_stream_batch("data: a\n\nid: 5\ndata: b\n\n", events, reason));
+    EXPECT_EQ(reason, "\"id:\" on line 3: event ids are assigned by the server");
+    EXPECT_FALSE(parse_event_stream_batch("retry: 5\n", events, reason));
+    EXPECT_FALSE(parse_event_stream_batch("evnet: x\ndata: y\n", events, reason));
+    EXPECT_NE(reason.find("unknown field \"evnet\""), std::string::npos);
+    EXPECT_FALSE(parse_event_stream_batch("\n\n: only a comment\n\n", events, reason));
+    EXPECT_EQ(reason, "the batch holds no event");
+}
