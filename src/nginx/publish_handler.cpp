@@ -10,6 +10,7 @@
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
 #include "protocol/utf8.h"
+#include "wakeup/worker_wakeup.h"
 
 namespace sse {
 
@@ -162,7 +163,7 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
                       events.size(), bytes);
         return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the event was not stored");
     }
-    w->store.wake_slots(result.wake, w->generation);
+    WorkerWakeup::wake(w->store.header(), result.wake);
 
     std::string json = "{\"id\":\"" + id_string(result.last_id) + "\",\"events\":" + std::to_string(result.events) +
                        ",\"subscribers\":" + std::to_string(result.subscribers) + "}\n";
@@ -232,7 +233,7 @@ ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_vi
                           name.data());
             return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the channel was not closed");
         }
-        w->store.wake_slots(result.wake, w->generation);
+        WorkerWakeup::wake(w->store.header(), result.wake);
         if (found++) items += ",";
         items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":" + std::to_string(closed) + "}";
     }

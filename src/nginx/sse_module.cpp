@@ -223,8 +223,7 @@ MainConf* main_conf(ngx_cycle_t* cycle) {
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept try {
     MainConf* mcf = main_conf(cycle);
     if (mcf == nullptr || !mcf->used) return NGX_OK;
-    auto* ccf = reinterpret_cast<ngx_core_conf_t*>(ngx_get_conf(cycle->conf_ctx, ngx_core_module));
-    return WorkerWakeup::create_for_cycle(cycle, ccf->worker_processes);
+    return WorkerWakeup::create_once(cycle->log);
 } catch (...) {
     ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: unexpected exception in init_module");
     return NGX_ERROR;
@@ -247,21 +246,14 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
     auto* pool = reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
     auto* w = new WorkerContext();
     w->store = Store(pool, static_cast<StoreHeader*>(mcf->zone->data));
-    w->generation = WorkerWakeup::generation();
-    ngx_uint_t index = ngx_process == NGX_PROCESS_SINGLE ? 0 : ngx_worker;
-    ngx_fd_t fd = WorkerWakeup::descriptor_of(index);
-    if (fd == -1) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: no wake-up descriptor for worker %ui", index);
-        delete w;
-        return NGX_OK;
-    }
-    w->slot = w->store.claim_slot(ngx_pid, w->generation, fd, cycle->log);
+    w->slot = w->store.claim_slot(ngx_pid, cycle->log);
     if (w->slot == NGX_ERROR) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken",
                       kMaxWorkerSlots);
         delete w;
         return NGX_OK;
     }
+    ngx_fd_t fd = WorkerWakeup::descriptor_of(ngx_uint_t(w->slot));
     if (WorkerWakeup::listen(cycle, fd, on_wake, on_shutdown) != NGX_OK) {
         w->store.release_slot(ngx_uint_t(w->slot));
         delete w;

@@ -36,7 +36,6 @@ struct LocConf {
 struct WorkerContext {
     Store store;
     ngx_int_t slot = -1;
-    ngx_uint_t generation = 0;
     bool shutting_down = false;
 };
 

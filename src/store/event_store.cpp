@@ -94,15 +94,13 @@ void Store::free_locked(void* p, std::size_t size) {
     hdr_->bytes_used -= size;
 }
 
-ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_uint_t generation, ngx_fd_t wake_fd, ngx_log_t* log) {
+ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
     reap_dead_slots(log);
     ZoneLock lock(pool_);
     for (ngx_uint_t i = 0; i < kMaxWorkerSlots; i++) {
         WorkerSlot& s = hdr_->slots[i];
         if (s.pid != 0) continue;
         s.pid = pid;
-        s.generation = generation;
-        s.wake_fd = wake_fd;
         s.wake_pending = 0;
         s.cursor = hdr_->next_id - 1;
         s.subscribers = 0;
@@ -168,7 +166,6 @@ void Store::reap_slot_locked(ngx_uint_t slot) {
     }
     s.pid = 0;
     s.subscribers = 0;
-    s.wake_fd = -1;
     while (hdr_->slot_high > 0 && hdr_->slots[hdr_->slot_high - 1].pid == 0) hdr_->slot_high--;
 }
 
@@ -453,20 +450,6 @@ StoreStats Store::stats() {
         st.per_worker.emplace_back(s.pid, s.subscribers);
     }
     return st;
-}
-
-void Store::wake_slots(const std::uint64_t mask[2], ngx_uint_t my_generation) {
-    for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-        if (!((mask[s / 64] >> (s % 64)) & 1)) continue;
-        WorkerSlot& slot = hdr_->slots[s];
-        // A worker of another generation holds other descriptors; it is being retired by a
-        // reload and has already ended its streams.
-        if (slot.pid == 0 || slot.generation != my_generation) continue;
-        if (!ngx_atomic_cmp_set(&slot.wake_pending, 0, 1)) continue;  // already woken: coalesce
-        std::uint64_t one = 1;
-        ssize_t n = write(slot.wake_fd, &one, sizeof(one));
-        (void)n;  // EAGAIN means the counter is already set: the worker will wake anyway
-    }
 }
 
 }  // namespace sse

@@ -53,8 +53,6 @@ struct ShmEvent {
 
 struct WorkerSlot {
     ngx_pid_t pid;               // 0: free
-    ngx_uint_t generation;       // wake_fd is valid in processes of the same generation
-    ngx_fd_t wake_fd;
     ngx_atomic_t wake_pending;   // coalesces wake-ups: set by the first publisher, cleared by the worker
     std::uint64_t cursor;        // the last event id this worker took from the log
     std::uint32_t subscribers;
@@ -80,7 +78,6 @@ struct StoreHeader {
     ngx_uint_t slot_high;        // slots in use are all below this index
     WorkerSlot slots[kMaxWorkerSlots];
     StoreCounters counters;
-    ngx_msec_t started;          // ngx_time() at creation, for uptime
     time_t created_at;
 };
 
@@ -126,7 +123,7 @@ public:
     StoreHeader* header() const { return hdr_; }
 
     // Worker slots. claim() also reaps the slots of workers that died without releasing theirs.
-    ngx_int_t claim_slot(ngx_pid_t pid, ngx_uint_t generation, ngx_fd_t wake_fd, ngx_log_t* log);
+    ngx_int_t claim_slot(ngx_pid_t pid, ngx_log_t* log);
     void release_slot(ngx_uint_t slot);
     ngx_uint_t reap_dead_slots(ngx_log_t* log);
 
@@ -154,8 +151,6 @@ public:
     void collect();
 
     StoreStats stats();
-
-    void wake_slots(const std::uint64_t mask[2], ngx_uint_t my_generation);
 
 private:
     ShmChannel* find_locked(std::string_view name, std::uint32_t hash);

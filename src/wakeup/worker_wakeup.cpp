@@ -8,24 +8,13 @@ namespace sse {
 
 namespace {
 
-struct Descriptors {
-    ngx_uint_t generation = 0;
-    ngx_fd_t* fds = nullptr;
-    ngx_uint_t count = 0;
-};
-
-Descriptors current;  // inherited by the workers forked after init_module
+// Made in the master and inherited by every worker it forks; never closed while it runs.
+ngx_fd_t descriptors[kMaxWorkerSlots];
+bool created = false;
 
 ngx_connection_t* wake_connection = nullptr;
 void (*wake_handler)() = nullptr;
 void (*shutdown_handler)() = nullptr;
-
-void close_descriptors(void* data) {
-    auto* d = static_cast<Descriptors*>(data);
-    for (ngx_uint_t i = 0; i < d->count; i++) {
-        if (d->fds[i] != -1) close(d->fds[i]);
-    }
-}
 
 void on_readable(ngx_event_t* rev) {
     auto* c = static_cast<ngx_connection_t*>(rev->data);
@@ -44,34 +33,35 @@ void on_readable(ngx_event_t* rev) {
 
 }  // namespace
 
-ngx_int_t WorkerWakeup::create_for_cycle(ngx_cycle_t* cycle, ngx_uint_t workers) {
-    auto* d = static_cast<Descriptors*>(ngx_pcalloc(cycle->pool, sizeof(Descriptors)));
-    if (d == nullptr) return NGX_ERROR;
-    d->fds = static_cast<ngx_fd_t*>(ngx_palloc(cycle->pool, workers * sizeof(ngx_fd_t)));
-    if (d->fds == nullptr) return NGX_ERROR;
-
-    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(cycle->pool, 0);
-    if (cln == nullptr) return NGX_ERROR;
-    cln->handler = close_descriptors;
-    cln->data = d;
-
-    for (ngx_uint_t i = 0; i < workers; i++) {
-        d->fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (d->fds[i] == -1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno, "sse: eventfd() failed");
+ngx_int_t WorkerWakeup::create_once(ngx_log_t* log) {
+    if (created) return NGX_OK;
+    for (ngx_uint_t i = 0; i < kMaxWorkerSlots; i++) {
+        descriptors[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (descriptors[i] == -1) {
+            ngx_log_error(NGX_LOG_EMERG, log, ngx_errno, "sse: eventfd() failed");
+            for (ngx_uint_t j = 0; j < i; j++) close(descriptors[j]);
             return NGX_ERROR;
         }
-        d->count = i + 1;
     }
-    d->generation = current.generation + 1;
-    current = *d;
+    created = true;
     return NGX_OK;
 }
 
-ngx_uint_t WorkerWakeup::generation() { return current.generation; }
+ngx_fd_t WorkerWakeup::descriptor_of(ngx_uint_t slot) {
+    return created && slot < kMaxWorkerSlots ? descriptors[slot] : ngx_fd_t(-1);
+}
 
-ngx_fd_t WorkerWakeup::descriptor_of(ngx_uint_t worker) {
-    return worker < current.count ? current.fds[worker] : ngx_fd_t(-1);
+void WorkerWakeup::wake(StoreHeader* header, const std::uint64_t mask[2]) {
+    if (!created) return;
+    for (ngx_uint_t s = 0; s < header->slot_high; s++) {
+        if (!((mask[s / 64] >> (s % 64)) & 1)) continue;
+        WorkerSlot& slot = header->slots[s];
+        if (slot.pid == 0) continue;
+        if (!ngx_atomic_cmp_set(&slot.wake_pending, 0, 1)) continue;  // already woken: coalesce
+        std::uint64_t one = 1;
+        ssize_t n = write(descriptors[s], &one, sizeof(one));
+        (void)n;  // EAGAIN means the counter is already set: the worker wakes anyway
+    }
 }
 
 ngx_int_t WorkerWakeup::listen(ngx_cycle_t* cycle, ngx_fd_t fd, void (*on_wake)(), void (*on_shutdown)()) {

@@ -1,7 +1,8 @@
-// Inter-worker wake-up: one eventfd per worker, made by the master before it forks the
-// workers so that every worker holds every other's. A publisher writes to the eventfd of each
-// worker that has subscribers on the event's channels; the worker drains everything queued for
-// it in one go. The shared `wake_pending` flag of a slot coalesces wake-ups.
+// Inter-worker wake-up: one eventfd per worker slot of the zone, made by the master before it
+// forks any worker and kept for its whole life, so every worker (current, retiring after a
+// reload, or respawned after a crash) holds every other's. A publisher writes to the eventfd of
+// each slot that has subscribers on the event's channels; the worker drains everything queued
+// for it in one go. The shared `wake_pending` flag of a slot coalesces wake-ups.
 #pragma once
 
 extern "C" {
@@ -10,18 +11,22 @@ extern "C" {
 #include <ngx_event.h>
 }
 
+#include <cstdint>
+
+#include "store/event_store.h"
+
 namespace sse {
 
 class WorkerWakeup {
 public:
-    // In the master, at init_module: one descriptor per worker of the new configuration.
-    // They are closed when that cycle's pool goes.
-    static ngx_int_t create_for_cycle(ngx_cycle_t* cycle, ngx_uint_t workers);
+    // In the master, at init_module: the descriptors, once (a reload keeps them).
+    static ngx_int_t create_once(ngx_log_t* log);
 
-    // The generation of the descriptors this process inherited.
-    static ngx_uint_t generation();
-    // This worker's descriptor (ngx_worker indexes them).
-    static ngx_fd_t descriptor_of(ngx_uint_t worker);
+    // The descriptor of a zone slot.
+    static ngx_fd_t descriptor_of(ngx_uint_t slot);
+
+    // Wakes the slots in mask that are not already woken.
+    static void wake(StoreHeader* header, const std::uint64_t mask[2]);
 
     // In a worker: watch its own descriptor; on_wake runs for each wake-up. on_shutdown runs once
     // when nginx begins a graceful shutdown of this worker (reload, quit): the connection is
