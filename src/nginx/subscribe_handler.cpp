@@ -49,8 +49,9 @@ struct Subscriber {
     Frame* sent_tail;
     Frame* new_head;              // frames queued by the current delivery round
     Frame* new_tail;
-    std::size_t unsent_bytes;     // of sent_* frames: what the client has not taken yet
-    std::size_t new_bytes;
+    std::size_t sent_bytes;       // full length of the sent_* frames
+    std::size_t new_bytes;        // of the new_* frames
+    ngx_queue_t all_link;         // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_msec_t last_write;
     Subscriber* next_dirty;
@@ -63,7 +64,9 @@ struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
-    std::vector<Subscriber*> all;  // for shutdown; indexed by Subscriber slot below
+    ngx_queue_t all;  // every stream of this worker, for shutdown
+
+    LocalIndex() { ngx_queue_init(&all); }
 };
 
 LocalIndex* local = nullptr;
@@ -117,17 +120,24 @@ void append_new(Subscriber* s, Frame* f) {
     s->new_bytes += std::size_t(f->buf.last - f->buf.pos);
 }
 
+std::size_t frame_length(const Frame* f) { return std::size_t(f->buf.end - f->buf.start); }
+
 // Returns the frames nginx has finished with (written to the socket or taken in by gzip).
+// nginx consumes a chain in order, so only the first remaining frame can be partly sent.
 void reclaim_sent(Subscriber* s) {
     while (s->sent_head != nullptr && s->sent_head->buf.pos == s->sent_head->buf.last) {
         Frame* f = s->sent_head;
         s->sent_head = f->next;
+        s->sent_bytes -= frame_length(f);
         put_frame(f);
     }
     if (s->sent_head == nullptr) s->sent_tail = nullptr;
-    std::size_t unsent = 0;
-    for (Frame* f = s->sent_head; f != nullptr; f = f->next) unsent += std::size_t(f->buf.last - f->buf.pos);
-    s->unsent_bytes = unsent;
+}
+
+// What the client has not taken yet.
+std::size_t unsent_bytes(const Subscriber* s) {
+    if (s->sent_head == nullptr) return 0;
+    return s->sent_bytes - std::size_t(s->sent_head->buf.pos - s->sent_head->buf.start);
 }
 
 void release_all_frames(Subscriber* s) {
@@ -142,7 +152,7 @@ void release_all_frames(Subscriber* s) {
         f = next;
     }
     s->sent_head = s->sent_tail = s->new_head = s->new_tail = nullptr;
-    s->unsent_bytes = s->new_bytes = 0;
+    s->sent_bytes = s->new_bytes = 0;
 }
 
 void unregister(Subscriber* s) {
@@ -154,13 +164,7 @@ void unregister(Subscriber* s) {
         auto it = li.channels.find(s->channels[i]);
         if (it != li.channels.end() && ngx_queue_empty(&it->second.members)) li.channels.erase(it);
     }
-    for (std::size_t i = 0; i < li.all.size(); i++) {
-        if (li.all[i] == s) {
-            li.all[i] = li.all.back();
-            li.all.pop_back();
-            break;
-        }
-    }
+    ngx_queue_remove(&s->all_link);
     WorkerContext* w = worker_context();
     if (w != nullptr && w->slot >= 0) w->store.unsubscribe(ngx_uint_t(w->slot), s->channels, s->channel_count);
 }
@@ -191,6 +195,7 @@ ngx_int_t flush(Subscriber* s) {
             s->sent_head = s->new_head;
         }
         s->sent_tail = s->new_tail;
+        s->sent_bytes += s->new_bytes;
         s->new_head = s->new_tail = nullptr;
         s->new_bytes = 0;
         s->last_write = ngx_current_msec;
@@ -216,7 +221,7 @@ void drop_slow(Subscriber* s) {
     ngx_http_request_t* r = s->request;
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "sse: client too slow, %uz bytes unsent exceed sse_send_buffer %uz; closing the stream",
-                  s->unsent_bytes + s->new_bytes, s->conf->send_buffer);
+                  unsent_bytes(s) + s->new_bytes, s->conf->send_buffer);
     ngx_atomic_fetch_add(&worker_context()->store.header()->counters.slow_disconnects, 1);
     s->ending = true;
     if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
@@ -345,7 +350,7 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         }
         ngx_queue_insert_tail(&it->second.members, &s->memberships[i].link);
     }
-    li.all.push_back(s);
+    ngx_queue_insert_tail(&li.all, &s->all_link);
     ngx_http_set_ctx(r, s, ngx_http_sse_module);
 
     ngx_int_t rc = send_stream_header(r);
@@ -457,7 +462,7 @@ void deliver_to_local_subscribers() noexcept {
             dirty = s->next_dirty;
             s->dirty = false;
             if (s->ending) continue;
-            if (s->unsent_bytes + s->new_bytes > s->conf->send_buffer) {
+            if (unsent_bytes(s) + s->new_bytes > s->conf->send_buffer) {
                 drop_slow(s);
                 continue;
             }
@@ -476,7 +481,11 @@ void deliver_to_local_subscribers() noexcept {
 void end_local_streams() noexcept {
     if (local == nullptr) return;
     try {
-        std::vector<Subscriber*> all = local->all;
+        // Ending one stream frees no other, so the list taken first stays valid.
+        std::vector<Subscriber*> all;
+        for (ngx_queue_t* q = ngx_queue_head(&local->all); q != ngx_queue_sentinel(&local->all); q = ngx_queue_next(q)) {
+            all.push_back(ngx_queue_data(q, Subscriber, all_link));
+        }
         for (Subscriber* s : all) end_stream(s, true);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending streams");
