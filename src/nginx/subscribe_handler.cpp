@@ -2,6 +2,7 @@
 // its streams by channel; when woken it takes its events from the shared log and hands each
 // stream a buffer that points at the event's frame bytes in the zone (no copy, no formatting),
 // passing them through nginx's filters (chunked, gzip, HTTP/2) like any other response body.
+#include <algorithm>
 #include <unordered_map>
 #include <vector>
 
@@ -462,11 +463,14 @@ void deliver_to_local_subscribers() noexcept {
             dirty = s->next_dirty;
             s->dirty = false;
             if (s->ending) continue;
+            // A stream finalized here may be freed: it must not stay on the closing list.
             if (unsent_bytes(s) + s->new_bytes > s->conf->send_buffer) {
+                closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
                 drop_slow(s);
                 continue;
             }
             if (flush(s) == NGX_ERROR) {
+                closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
                 s->ending = true;
                 ngx_http_finalize_request(s->request, NGX_ERROR);
             }
