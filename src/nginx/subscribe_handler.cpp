@@ -42,7 +42,8 @@ struct LocalChannel {
 struct Subscriber {
     ngx_http_request_t* request;
     LocConf* conf;
-    ShmChannel** channels;
+    ShmSubscriber* record;        // in the zone: its channels, for every worker to see
+    ShmChannel** channels;        // the record's
     Membership* memberships;
     std::size_t channel_count;
     std::uint64_t last_id;        // events up to this id were queued or predate the stream
@@ -167,7 +168,7 @@ void unregister(Subscriber* s) {
     }
     ngx_queue_remove(&s->all_link);
     WorkerContext* w = worker_context();
-    if (w != nullptr && w->slot >= 0) w->store.unsubscribe(ngx_uint_t(w->slot), s->channels, s->channel_count);
+    if (w != nullptr && w->slot >= 0) w->store.unsubscribe(s->record);
 }
 
 void cleanup_subscriber(void* data) noexcept {
@@ -325,14 +326,12 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     if (s == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     s->request = r;
     s->conf = conf;
-    s->channel_count = names.size();
-    s->channels = static_cast<ShmChannel**>(ngx_palloc(r->pool, names.size() * sizeof(ShmChannel*)));
     s->memberships = static_cast<Membership*>(ngx_palloc(r->pool, names.size() * sizeof(Membership)));
     ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (s->channels == nullptr || s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
-    std::vector<ShmChannel*> channels;
-    if (!w->store.subscribe(ngx_uint_t(w->slot), names, channels, s->last_id)) {
+    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, s->last_id);
+    if (s->record == nullptr) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the event zone is full");
@@ -341,11 +340,13 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     cln->handler = cleanup_subscriber;
     cln->data = s;
 
+    s->channels = s->record->channels;
+    s->channel_count = s->record->nchannels;
+
     LocalIndex& li = local_index();
-    for (std::size_t i = 0; i < channels.size(); i++) {
-        s->channels[i] = channels[i];
+    for (std::size_t i = 0; i < s->channel_count; i++) {
         s->memberships[i].subscriber = s;
-        auto [it, added] = li.channels.try_emplace(channels[i]);
+        auto [it, added] = li.channels.try_emplace(s->channels[i]);
         if (added) {
             ngx_queue_init(&it->second.members);
         }

@@ -104,6 +104,7 @@ ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
         s.wake_pending = 0;
         s.cursor = hdr_->next_id - 1;
         s.subscribers = 0;
+        ngx_queue_init(&s.subscribers_list);
         if (i + 1 > hdr_->slot_high) hdr_->slot_high = i + 1;
         return ngx_int_t(i);
     }
@@ -135,30 +136,28 @@ ngx_uint_t Store::reap_dead_slots(ngx_log_t* log) {
     return reaped;
 }
 
-// Forgets everything a worker slot held: its subscriber counts and its marks on events.
+static std::size_t subscriber_alloc_size(std::size_t nchannels) {
+    return sizeof(ShmSubscriber) + (nchannels - 1) * sizeof(ShmChannel*);
+}
+
+// Drops one subscriber record and its counts. The channel may be freed by the caller.
+void Store::drop_subscriber_locked(ShmSubscriber* sub) {
+    for (std::uint32_t i = 0; i < sub->nchannels; i++) {
+        ShmChannel* ch = sub->channels[i];
+        ch->per_slot[sub->slot]--;
+        ch->subscribers--;
+    }
+    hdr_->slots[sub->slot].subscribers--;
+    ngx_queue_remove(&sub->link);
+    for (std::uint32_t i = 0; i < sub->nchannels; i++) maybe_free_channel_locked(sub->channels[i]);
+    free_locked(sub, subscriber_alloc_size(sub->nchannels));
+}
+
+// Forgets everything a worker slot held: its subscribers and its marks on events.
 void Store::reap_slot_locked(ngx_uint_t slot) {
     WorkerSlot& s = hdr_->slots[slot];
-    if (s.subscribers > 0) {
-        std::vector<ShmChannel*> channels;
-        ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
-        if (hdr_->channels.root != sentinel) {
-            for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
-                 n = ngx_rbtree_next(&hdr_->channels, n)) {
-                channels.push_back(reinterpret_cast<ShmChannel*>(n));
-            }
-        }
-        // Closed channels are unlinked from the tree but still referenced by the events closing them.
-        for (ngx_queue_t* q = ngx_queue_head(&hdr_->log); q != ngx_queue_sentinel(&hdr_->log); q = ngx_queue_next(q)) {
-            auto* ev = ngx_queue_data(q, ShmEvent, link);
-            if (ev->kind == kEventCloseChannel && !ev->channels[0]->linked) channels.push_back(ev->channels[0]);
-        }
-        for (ShmChannel* ch : channels) {
-            std::uint32_t n = ch->per_slot[slot];
-            if (n == 0) continue;
-            ch->per_slot[slot] = 0;
-            ch->subscribers -= n;
-        }
-        for (ShmChannel* ch : channels) maybe_free_channel_locked(ch);
+    while (!ngx_queue_empty(&s.subscribers_list)) {
+        drop_subscriber_locked(ngx_queue_data(ngx_queue_head(&s.subscribers_list), ShmSubscriber, link));
     }
     for (ngx_queue_t* q = ngx_queue_head(&hdr_->log); q != ngx_queue_sentinel(&hdr_->log); q = ngx_queue_next(q)) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
@@ -207,44 +206,43 @@ void Store::maybe_free_channel_locked(ShmChannel* ch) {
     free_locked(ch, channel_alloc_size(ch->name_len));
 }
 
-bool Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names, std::vector<ShmChannel*>& out,
-                      std::uint64_t& start_after) {
-    out.clear();
+ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
+                                std::uint64_t& start_after) {
     ZoneLock lock(pool_);
+    auto* sub = static_cast<ShmSubscriber*>(alloc_locked(subscriber_alloc_size(names.size())));
+    if (sub == nullptr) return nullptr;
+    sub->nchannels = 0;
     for (std::string_view name : names) {
         std::uint32_t hash = hash_name(name);
         ShmChannel* ch = find_locked(name, hash);
         if (ch == nullptr) ch = create_channel_locked(name, hash);
         if (ch == nullptr) {
             // Zone full: undo what this request added.
-            for (ShmChannel* added : out) {
-                added->per_slot[slot]--;
-                added->subscribers--;
-                maybe_free_channel_locked(added);
+            for (std::uint32_t i = 0; i < sub->nchannels; i++) {
+                sub->channels[i]->per_slot[slot]--;
+                sub->channels[i]->subscribers--;
+                maybe_free_channel_locked(sub->channels[i]);
             }
-            out.clear();
-            return false;
+            free_locked(sub, subscriber_alloc_size(names.size()));
+            return nullptr;
         }
         ch->per_slot[slot]++;
         ch->subscribers++;
-        out.push_back(ch);
+        sub->channels[sub->nchannels++] = ch;
     }
+    sub->client_id = ++hdr_->next_client_id;
+    sub->connected_at = ngx_time();
+    sub->slot = std::uint32_t(slot);
+    ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);
     hdr_->slots[slot].subscribers++;
     start_after = hdr_->next_id - 1;
-    return true;
+    return sub;
 }
 
-void Store::unsubscribe(ngx_uint_t slot, ShmChannel* const* channels, std::size_t count) {
+void Store::unsubscribe(ShmSubscriber* sub) {
     ZoneLock lock(pool_);
-    for (std::size_t i = 0; i < count; i++) {
-        ShmChannel* ch = channels[i];
-        if (ch->per_slot[slot] == 0) continue;  // reaped meanwhile
-        ch->per_slot[slot]--;
-        ch->subscribers--;
-    }
-    if (hdr_->slots[slot].subscribers > 0) hdr_->slots[slot].subscribers--;
-    // Channels first: collecting may free a channel along with its last event.
-    for (std::size_t i = 0; i < count; i++) maybe_free_channel_locked(channels[i]);
+    // Channels go first: collecting may free a channel along with its last event.
+    drop_subscriber_locked(sub);
     collect_locked();
 }
 

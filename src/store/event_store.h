@@ -51,8 +51,19 @@ struct ShmEvent {
     u_char* frame;
 };
 
+// One stream, as every worker can see it: its channels and the worker that serves it.
+struct ShmSubscriber {
+    ngx_queue_t link;            // in its WorkerSlot's list
+    std::uint64_t client_id;
+    time_t connected_at;
+    std::uint32_t slot;
+    std::uint32_t nchannels;
+    ShmChannel* channels[1];
+};
+
 struct WorkerSlot {
     ngx_pid_t pid;               // 0: free
+    ngx_queue_t subscribers_list;  // ShmSubscriber records of this worker
     ngx_atomic_t wake_pending;   // coalesces wake-ups: set by the first publisher, cleared by the worker
     std::uint64_t cursor;        // the last event id this worker took from the log
     std::uint32_t subscribers;
@@ -69,6 +80,7 @@ struct StoreCounters {
 struct StoreHeader {
     std::uint64_t first_id;      // ids of this zone start here: its creation time in microseconds
     std::uint64_t next_id;
+    std::uint64_t next_client_id;
     ngx_rbtree_t channels;
     ngx_rbtree_node_t sentinel;
     ngx_queue_t log;
@@ -127,11 +139,12 @@ public:
     void release_slot(ngx_uint_t slot);
     ngx_uint_t reap_dead_slots(ngx_log_t* log);
 
-    // Adds a subscriber of `slot` to the channels, creating them; fills `out` in the same order.
-    // `start_after` is the id after which the subscriber receives events.
-    bool subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
-                   std::vector<ShmChannel*>& out, std::uint64_t& start_after);
-    void unsubscribe(ngx_uint_t slot, ShmChannel* const* channels, std::size_t count);
+    // Registers a subscriber of `slot` on the channels, creating them. Its record lists the
+    // channels in the order of `names`. `start_after` is the id after which it receives events.
+    // Returns nullptr when the zone is full.
+    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
+                             std::uint64_t& start_after);
+    void unsubscribe(ShmSubscriber* subscriber);
 
     // Stores the events (all or none) for the channels. Returns false when the zone is full.
     bool publish(const std::vector<EventInput>& events, const std::vector<std::string_view>& channels,
@@ -161,6 +174,7 @@ private:
     void* alloc_locked(std::size_t size);
     void free_locked(void* p, std::size_t size);
     void reap_slot_locked(ngx_uint_t slot);
+    void drop_subscriber_locked(ShmSubscriber* sub);
 
     ngx_slab_pool_t* pool_ = nullptr;
     StoreHeader* hdr_ = nullptr;
