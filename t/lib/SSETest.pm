@@ -14,6 +14,8 @@ use strict;
 use warnings;
 
 use File::Temp qw(tempdir);
+use File::Path ();
+use Scalar::Util ();
 use IO::Socket::INET;
 use JSON::PP;
 use Test::More;
@@ -23,6 +25,7 @@ use File::Basename qw(dirname);
 
 use SSEClient;
 
+our @ALL;    # every harness object, weakly held, for the END block
 our $REPO = abs_path(dirname(__FILE__) . '/../..');
 
 sub module_path {
@@ -41,15 +44,21 @@ sub free_port {
 }
 
 # Options: workers (2), http (text inside http{}), server (text inside server{}), main (text at
-# the top level), events (text inside events{}), raw (a whole http{} block replacing the default
-# server), extra_ports (how many more free ports to allocate: $t->port(1) ...).
+# the top level), events (text inside events{}), extra_ports (how many more free ports to
+# allocate: $t->port(1) ..., %%PORT1%% in the text).
+# Set SSE_KEEP=1 to keep the test directories.
 sub new {
     my ($class, %o) = @_;
     my $self = bless {%o}, $class;
     $self->{workers} //= 2;
-    $self->{dir} = tempdir('sse-test-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{SSE_KEEP});
+    # Removed by DESTROY, after nginx is stopped (File::Temp's own cleanup would run first).
+    $self->{dir} = tempdir('sse-test-XXXXXX', TMPDIR => 1, CLEANUP => 0);
+    # Workers run as an unprivileged user and buffer large request bodies in here.
+    chmod 0755, $self->{dir};
     $self->{ports} = [map { free_port() } 0 .. ($o{extra_ports} // 0)];
     mkdir "$self->{dir}/logs";
+    push @ALL, $self;
+    Scalar::Util::weaken($ALL[-1]);
     $self->write_conf;
     return $self;
 }
@@ -124,6 +133,7 @@ sub start {
     die "nginx failed to start: $out" if $?;
     $self->{started} = 1;
     $self->wait_for_port;
+    $self->{master} = $self->master_pid;
     $self->wait_for_workers($self->{workers});
     return $self;
 }
@@ -197,9 +207,8 @@ sub stop {
     my ($self) = @_;
     return unless $self->{started};
     $self->{started} = 0;
-    my $master = $self->master_pid;
-    my @cmd = $self->nginx_cmd('-s', 'quit');
-    system("@cmd >/dev/null 2>&1");
+    my $master = $self->master_pid // $self->{master};
+    kill 'QUIT', $master if $master;
     for (1 .. 200) {
         last unless $master && kill 0, $master;
         sleep 0.05;
@@ -243,7 +252,11 @@ sub DESTROY {
     my ($self) = @_;
     local $?;
     $self->stop;
+    File::Path::remove_tree($self->{dir}) if $self->{dir} && !$ENV{SSE_KEEP};
 }
+
+# A test that dies still stops its nginx.
+END { local $?; $_->stop for grep { defined } @ALL; }
 
 # One HTTP/1.1 request with Connection: close. Returns {status, headers (lowercased keys), body}.
 sub request {
