@@ -170,24 +170,29 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
     return send_json(r, NGX_HTTP_ACCEPTED, json);
 }
 
-ngx_int_t channel_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels) {
+// Evaluates the location's channel list. On a bad list the 400 is sent and false returned,
+// with rc what the handler must finish with.
+bool target_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     ngx_str_t text;
-    if (ngx_http_complex_value(r, conf->publish, &text) != NGX_OK) return NGX_ERROR;
+    if (ngx_http_complex_value(r, conf->publish, &text) != NGX_OK) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
+    }
     std::string reason;
     if (!parse_channel_list(to_view(text), conf->max_channels, channels, reason)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
-        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+        rc = send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+        return false;
     }
-    return NGX_OK;
+    return true;
 }
 
 void body_ready(ngx_http_request_t* r) noexcept {
     ngx_int_t rc;
     try {
         std::vector<std::string_view> channels;
-        rc = channel_channels(r, channels);
-        if (rc == NGX_OK) rc = publish_body(r, channels);
+        if (target_channels(r, channels, rc)) rc = publish_body(r, channels);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception publishing");
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -263,8 +268,8 @@ ngx_int_t publish(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_NOT_ALLOWED, "a publish location takes POST or PUT to publish, GET, DELETE");
     }
     std::vector<std::string_view> channels;
-    ngx_int_t rc = channel_channels(r, channels);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc;
+    if (!target_channels(r, channels, rc)) return rc;
     if (r->method == NGX_HTTP_DELETE) return close_channels(r, channels);
     return describe(r, channels);
 }

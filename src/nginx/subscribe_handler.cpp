@@ -207,16 +207,25 @@ ngx_int_t flush(Subscriber* s) {
     return rc;
 }
 
-void end_stream(Subscriber* s, bool shutting_down) {
+// Finalizes a stream from an event that is not its connection's own (a wake-up, a timer):
+// nginx may only post the finalization, so the posted requests are run here.
+void finalize_from_outside(ngx_http_request_t* r, ngx_int_t rc) {
+    ngx_connection_t* c = r->connection;
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+void end_stream(Subscriber* s) {
     if (s->ending) return;
     s->ending = true;
     ngx_http_request_t* r = s->request;
     if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
     unregister(s);
-    if (shutting_down) r->keepalive = 0;
+    // An EventSource never reuses the connection, and a retiring worker must not keep it.
+    r->keepalive = 0;
     ngx_int_t rc = flush(s);
     if (rc != NGX_ERROR) rc = ngx_http_send_special(r, NGX_HTTP_LAST);
-    ngx_http_finalize_request(r, rc);
+    finalize_from_outside(r, rc);
 }
 
 void drop_slow(Subscriber* s) {
@@ -230,7 +239,7 @@ void drop_slow(Subscriber* s) {
     release_all_frames(s);
     unregister(s);
     r->connection->error = 1;
-    ngx_http_finalize_request(r, NGX_HTTP_CLOSE);
+    finalize_from_outside(r, NGX_HTTP_CLOSE);
 }
 
 void write_handler(ngx_http_request_t* r) noexcept {
@@ -261,7 +270,8 @@ void heartbeat_handler(ngx_event_t* ev) noexcept {
     if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
         send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size());
         if (flush(s) == NGX_ERROR) {
-            ngx_http_finalize_request(s->request, NGX_ERROR);
+            s->ending = true;
+            finalize_from_outside(s->request, NGX_ERROR);
             return;
         }
         idle = 0;
@@ -465,7 +475,10 @@ void deliver_to_local_subscribers() noexcept {
             s->dirty = false;
             if (s->ending) continue;
             // A stream finalized here may be freed: it must not stay on the closing list.
-            if (unsent_bytes(s) + s->new_bytes > s->conf->send_buffer) {
+            // One event larger than the buffer still goes to a stream that owes nothing.
+            std::size_t unsent = unsent_bytes(s);
+            bool single_event = s->new_head == s->new_tail;
+            if (unsent + s->new_bytes > s->conf->send_buffer && !(unsent == 0 && single_event)) {
                 closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
                 drop_slow(s);
                 continue;
@@ -473,10 +486,10 @@ void deliver_to_local_subscribers() noexcept {
             if (flush(s) == NGX_ERROR) {
                 closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
                 s->ending = true;
-                ngx_http_finalize_request(s->request, NGX_ERROR);
+                finalize_from_outside(s->request, NGX_ERROR);
             }
         }
-        for (Subscriber* s : closing) end_stream(s, false);
+        for (Subscriber* s : closing) end_stream(s);
         if (released) w->store.collect();
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception delivering events");
@@ -491,7 +504,7 @@ void end_local_streams() noexcept {
         for (ngx_queue_t* q = ngx_queue_head(&local->all); q != ngx_queue_sentinel(&local->all); q = ngx_queue_next(q)) {
             all.push_back(ngx_queue_data(q, Subscriber, all_link));
         }
-        for (Subscriber* s : all) end_stream(s, true);
+        for (Subscriber* s : all) end_stream(s);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending streams");
     }
