@@ -8,8 +8,8 @@ use Test::More;
 use Time::HiRes qw(time);
 use SSETest;
 
-my $N = 200;
-my $EVENTS = 100;
+my $N = $ENV{SSE_FANOUT_STREAMS} // 200;
+my $EVENTS = $ENV{SSE_FANOUT_EVENTS} // 100;
 
 # The harness's own server listens without reuseport: this test's server (on the extra port)
 # has reuseport, so the kernel spreads its connections over both workers.

@@ -56,7 +56,7 @@ struct Subscriber {
     ngx_queue_t all_link;         // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_msec_t last_write;
-    Subscriber* next_dirty;
+    ngx_queue_t dirty_link;       // in LocalIndex::dirty while it has frames to flush
     bool dirty;
     bool ending;                  // the stream is being ended by us
     bool registered;              // counted in the store
@@ -66,9 +66,11 @@ struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
-    ngx_queue_t all;  // every stream of this worker, for shutdown
+    ngx_queue_t all;    // every stream of this worker, for shutdown
+    ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
+    ngx_event_t resume; // continues flushing after the event loop has had its turn
 
-    LocalIndex() { ngx_queue_init(&all); }
+    LocalIndex();
 };
 
 LocalIndex* local = nullptr;
@@ -158,6 +160,10 @@ void release_all_frames(Subscriber* s) {
 }
 
 void unregister(Subscriber* s) {
+    if (s->dirty) {
+        ngx_queue_remove(&s->dirty_link);
+        s->dirty = false;
+    }
     if (!s->registered) return;
     s->registered = false;
     LocalIndex& li = local_index();
@@ -408,6 +414,55 @@ ngx_int_t subscribe_handler(ngx_http_request_t* r) {
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
+namespace {
+
+// Flushes the queued frames of a batch of streams. A worker with thousands of streams does
+// not hold its event loop for the whole round: the rest waits until the loop has taken new
+// events (a publish served by this worker is answered in between).
+constexpr ngx_uint_t kFlushBatch = 256;
+
+void flush_dirty_streams() {
+    LocalIndex& li = local_index();
+    for (ngx_uint_t n = 0; n < kFlushBatch && !ngx_queue_empty(&li.dirty); n++) {
+        Subscriber* s = ngx_queue_data(ngx_queue_head(&li.dirty), Subscriber, dirty_link);
+        ngx_queue_remove(&s->dirty_link);
+        s->dirty = false;
+        if (s->ending) continue;
+        // One event larger than the buffer still goes to a stream that owes nothing.
+        std::size_t unsent = unsent_bytes(s);
+        bool single_event = s->new_head == s->new_tail;
+        if (unsent + s->new_bytes > s->conf->send_buffer && !(unsent == 0 && single_event)) {
+            drop_slow(s);
+            continue;
+        }
+        if (flush(s) == NGX_ERROR) {
+            s->ending = true;
+            finalize_from_outside(s->request, NGX_ERROR);
+        }
+    }
+    if (!ngx_queue_empty(&li.dirty) && !li.resume.posted) {
+        ngx_post_event(&li.resume, &ngx_posted_next_events);
+    }
+}
+
+void resume_flushing(ngx_event_t*) noexcept {
+    try {
+        flush_dirty_streams();
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception flushing streams");
+    }
+}
+
+LocalIndex::LocalIndex() {
+    ngx_queue_init(&all);
+    ngx_queue_init(&dirty);
+    ngx_memzero(&resume, sizeof(resume));
+    resume.handler = resume_flushing;
+    resume.log = ngx_cycle->log;
+}
+
+}  // namespace
+
 void deliver_to_local_subscribers() noexcept {
     WorkerContext* w = worker_context();
     if (w == nullptr || w->slot < 0) return;
@@ -420,7 +475,6 @@ void deliver_to_local_subscribers() noexcept {
         LocalIndex& li = local_index();
         w->store.take_events(slot, li.taken);
 
-        Subscriber* dirty = nullptr;
         std::vector<Subscriber*> closing;
         bool released = false;
         for (ShmEvent* ev : li.taken) {
@@ -457,8 +511,7 @@ void deliver_to_local_subscribers() noexcept {
                     delivered++;
                     if (!s->dirty) {
                         s->dirty = true;
-                        s->next_dirty = dirty;
-                        dirty = s;
+                        ngx_queue_insert_tail(&li.dirty, &s->dirty_link);
                     }
                 }
             }
@@ -469,27 +522,13 @@ void deliver_to_local_subscribers() noexcept {
             if (delivered) ngx_atomic_fetch_add(&hdr->counters.events_delivered, delivered);
         }
 
-        while (dirty != nullptr) {
-            Subscriber* s = dirty;
-            dirty = s->next_dirty;
-            s->dirty = false;
-            if (s->ending) continue;
-            // A stream finalized here may be freed: it must not stay on the closing list.
-            // One event larger than the buffer still goes to a stream that owes nothing.
-            std::size_t unsent = unsent_bytes(s);
-            bool single_event = s->new_head == s->new_tail;
-            if (unsent + s->new_bytes > s->conf->send_buffer && !(unsent == 0 && single_event)) {
-                closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
-                drop_slow(s);
-                continue;
-            }
-            if (flush(s) == NGX_ERROR) {
-                closing.erase(std::remove(closing.begin(), closing.end(), s), closing.end());
-                s->ending = true;
-                finalize_from_outside(s->request, NGX_ERROR);
-            }
-        }
+        // Streams of a closed channel end now, after the events before the close (end_stream
+        // flushes what they have queued). A stream on two closed channels is listed twice.
+        std::sort(closing.begin(), closing.end());
+        closing.erase(std::unique(closing.begin(), closing.end()), closing.end());
         for (Subscriber* s : closing) end_stream(s);
+
+        flush_dirty_streams();
         if (released) w->store.collect();
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception delivering events");
