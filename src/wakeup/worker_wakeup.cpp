@@ -24,10 +24,10 @@ void on_readable(ngx_event_t* rev) {
         if (shutdown_handler) shutdown_handler();
         return;
     }
-    // The counter resets on one read; edge-triggered epoll needs it drained to fire again.
+    // One read resets the counter to zero, which re-arms the edge-triggered notification.
     std::uint64_t value;
-    while (read(c->fd, &value, sizeof(value)) == ssize_t(sizeof(value))) {
-    }
+    ssize_t n = read(c->fd, &value, sizeof(value));
+    (void)n;  // EAGAIN: a spurious wake-up; delivering finds nothing new
     if (wake_handler) wake_handler();
 }
 
