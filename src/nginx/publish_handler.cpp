@@ -32,7 +32,8 @@ bool header_value(ngx_http_request_t* r, std::string_view name, ngx_str_t& out) 
             i = 0;
         }
         if (h[i].hash == 0 || h[i].key.len != name.size()) continue;
-        if (ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) == 0) {
+        if (ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) ==
+            0) {
             out = h[i].value;
             return true;
         }
@@ -99,7 +100,8 @@ bool request_body(ngx_http_request_t* r, std::string_view& body) {
     }
     size_t total = 0;
     for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
-        total += cl->buf->in_file ? size_t(cl->buf->file_last - cl->buf->file_pos) : size_t(cl->buf->last - cl->buf->pos);
+        total +=
+            cl->buf->in_file ? size_t(cl->buf->file_last - cl->buf->file_pos) : size_t(cl->buf->last - cl->buf->pos);
     }
     auto* data = static_cast<u_char*>(ngx_pnalloc(r->pool, total ? total : 1));
     if (data == nullptr) return false;
@@ -119,7 +121,9 @@ bool request_body(ngx_http_request_t* r, std::string_view& body) {
     return true;
 }
 
-std::string id_string(std::uint64_t id) { return std::to_string(id); }
+std::string id_string(std::uint64_t id) {
+    return std::to_string(id);
+}
 
 ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
     WorkerContext* w = worker_context();

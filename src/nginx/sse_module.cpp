@@ -34,8 +34,7 @@ ngx_conf_post_t max_channels_post = {check_max_channels};
 ngx_command_t commands[] = {
     {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_subscribe, NGX_HTTP_LOC_CONF_OFFSET, 0,
      nullptr},
-    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
+    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
      nullptr},
@@ -136,8 +135,7 @@ char* check_max_channels(ngx_conf_t* cf, void* post, void* data) {
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler) {
     if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": a location takes only one of sse_subscribe, sse_publish and sse_stats",
-                           &cmd->name);
+                           "\"%V\": a location takes only one of sse_subscribe, sse_publish and sse_stats", &cmd->name);
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
@@ -198,7 +196,8 @@ char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
         return NGX_CONF_OK;
     }
     ngx_msec_t ms = ngx_parse_time(&value[1], 0);
-    if (ms == (ngx_msec_t)NGX_ERROR || ms == 0) return const_cast<char*>("has an invalid value: use a time such as 30s, or off");
+    if (ms == (ngx_msec_t)NGX_ERROR || ms == 0)
+        return const_cast<char*>("has an invalid value: use a time such as 30s, or off");
     lcf->heartbeat = ms;
     return NGX_CONF_OK;
 }
@@ -236,7 +235,9 @@ void on_shutdown() noexcept {
     WorkerWakeup::stop();
 }
 
-void on_wake() noexcept { deliver_to_local_subscribers(); }
+void on_wake() noexcept {
+    deliver_to_local_subscribers();
+}
 
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
     MainConf* mcf = main_conf(cycle);
@@ -248,8 +249,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
     w->store = Store(pool, static_cast<StoreHeader*>(mcf->zone->data));
     w->slot = w->store.claim_slot(ngx_pid, cycle->log);
     if (w->slot == NGX_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken",
-                      kMaxWorkerSlots);
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken", kMaxWorkerSlots);
         delete w;
         return NGX_OK;
     }
@@ -280,14 +280,18 @@ void exit_process(ngx_cycle_t* cycle) noexcept {
 
 }  // namespace
 
-WorkerContext* worker_context() { return the_worker; }
+WorkerContext* worker_context() {
+    return the_worker;
+}
 
 Store* store_for(ngx_http_request_t* r) {
     if (the_worker == nullptr) return nullptr;
     return &the_worker->store;
 }
 
-std::string_view to_view(const ngx_str_t& s) { return {reinterpret_cast<const char*>(s.data), s.len}; }
+std::string_view to_view(const ngx_str_t& s) {
+    return {reinterpret_cast<const char*>(s.data), s.len};
+}
 
 static ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body) {
     if (r->header_sent) return NGX_ERROR;
@@ -327,17 +331,16 @@ ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view j
 }  // namespace sse
 
 extern "C" {
-ngx_module_t ngx_http_sse_module = {
-    NGX_MODULE_V1,
-    &sse::module_ctx,         // module context
-    sse::commands,            // module directives
-    NGX_HTTP_MODULE,          // module type
-    nullptr,                  // init master
-    sse::init_module,         // init module
-    sse::init_process,        // init process
-    nullptr,                  // init thread
-    nullptr,                  // exit thread
-    sse::exit_process,        // exit process
-    nullptr,                  // exit master
-    NGX_MODULE_V1_PADDING};
+ngx_module_t ngx_http_sse_module = {NGX_MODULE_V1,
+                                    &sse::module_ctx,   // module context
+                                    sse::commands,      // module directives
+                                    NGX_HTTP_MODULE,    // module type
+                                    nullptr,            // init master
+                                    sse::init_module,   // init module
+                                    sse::init_process,  // init process
+                                    nullptr,            // init thread
+                                    nullptr,            // exit thread
+                                    sse::exit_process,  // exit process
+                                    nullptr,            // exit master
+                                    NGX_MODULE_V1_PADDING};
 }

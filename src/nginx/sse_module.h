@@ -26,8 +26,8 @@ struct LocConf {
     ngx_http_complex_value_t* subscribe;
     ngx_http_complex_value_t* publish;
     ngx_flag_t stats;
-    ngx_msec_t heartbeat;      // 0: off
-    ngx_msec_t retry;          // NGX_CONF_UNSET_MSEC: no retry field
+    ngx_msec_t heartbeat;  // 0: off
+    ngx_msec_t retry;      // NGX_CONF_UNSET_MSEC: no retry field
     size_t send_buffer;
     ngx_uint_t max_channels;
 };

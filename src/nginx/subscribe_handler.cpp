@@ -42,33 +42,33 @@ struct LocalChannel {
 struct Subscriber {
     ngx_http_request_t* request;
     LocConf* conf;
-    ShmSubscriber* record;        // in the zone: its channels, for every worker to see
-    ShmChannel** channels;        // the record's
+    ShmSubscriber* record;  // in the zone: its channels, for every worker to see
+    ShmChannel** channels;  // the record's
     Membership* memberships;
     std::size_t channel_count;
-    std::uint64_t last_id;        // events up to this id were queued or predate the stream
-    Frame* sent_head;             // frames given to nginx, oldest first, until consumed
+    std::uint64_t last_id;  // events up to this id were queued or predate the stream
+    Frame* sent_head;       // frames given to nginx, oldest first, until consumed
     Frame* sent_tail;
-    Frame* new_head;              // frames queued by the current delivery round
+    Frame* new_head;  // frames queued by the current delivery round
     Frame* new_tail;
-    std::size_t sent_bytes;       // full length of the sent_* frames
-    std::size_t new_bytes;        // of the new_* frames
-    ngx_queue_t all_link;         // in LocalIndex::all
+    std::size_t sent_bytes;  // full length of the sent_* frames
+    std::size_t new_bytes;   // of the new_* frames
+    ngx_queue_t all_link;    // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_msec_t last_write;
-    ngx_queue_t dirty_link;       // in LocalIndex::dirty while it has frames to flush
+    ngx_queue_t dirty_link;  // in LocalIndex::dirty while it has frames to flush
     bool dirty;
-    bool ending;                  // the stream is being ended by us
-    bool registered;              // counted in the store
+    bool ending;      // the stream is being ended by us
+    bool registered;  // counted in the store
 };
 
 struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
-    ngx_queue_t all;    // every stream of this worker, for shutdown
-    ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
-    ngx_event_t resume; // continues flushing after the event loop has had its turn
+    ngx_queue_t all;     // every stream of this worker, for shutdown
+    ngx_queue_t dirty;   // streams with frames queued by a delivery round, not yet flushed
+    ngx_event_t resume;  // continues flushing after the event loop has had its turn
 
     LocalIndex();
 };
@@ -124,7 +124,9 @@ void append_new(Subscriber* s, Frame* f) {
     s->new_bytes += std::size_t(f->buf.last - f->buf.pos);
 }
 
-std::size_t frame_length(const Frame* f) { return std::size_t(f->buf.end - f->buf.start); }
+std::size_t frame_length(const Frame* f) {
+    return std::size_t(f->buf.end - f->buf.start);
+}
 
 // Returns the frames nginx has finished with (written to the socket or taken in by gzip).
 // nginx consumes a chain in order, so only the first remaining frame can be partly sent.
@@ -540,7 +542,8 @@ void end_local_streams() noexcept {
     try {
         // Ending one stream frees no other, so the list taken first stays valid.
         std::vector<Subscriber*> all;
-        for (ngx_queue_t* q = ngx_queue_head(&local->all); q != ngx_queue_sentinel(&local->all); q = ngx_queue_next(q)) {
+        for (ngx_queue_t* q = ngx_queue_head(&local->all); q != ngx_queue_sentinel(&local->all);
+             q = ngx_queue_next(q)) {
             all.push_back(ngx_queue_data(q, Subscriber, all_link));
         }
         for (Subscriber* s : all) end_stream(s);

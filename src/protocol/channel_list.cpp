@@ -7,8 +7,8 @@ namespace sse {
 namespace {
 
 bool is_channel_char(unsigned char c) noexcept {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-' || c == '.' || c == ':' || c == '@' || c == '/';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+           c == '.' || c == ':' || c == '@' || c == '/';
 }
 
 std::string_view trim_spaces(std::string_view s) noexcept {
@@ -32,8 +32,8 @@ bool is_valid_channel_name(std::string_view name) noexcept {
     return std::all_of(name.begin(), name.end(), [](char c) { return is_channel_char(c); });
 }
 
-bool parse_channel_list(std::string_view text, std::size_t max_channels,
-                        std::vector<std::string_view>& names, std::string& reason) {
+bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
+                        std::string& reason) {
     names.clear();
     std::size_t start = 0;
     while (start <= text.size()) {
@@ -51,8 +51,7 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels,
             return false;
         }
         if (!is_valid_channel_name(name)) {
-            reason = "invalid channel name \"" + printable(name) +
-                     "\": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
+            reason = "invalid channel name \"" + printable(name) + "\": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) continue;

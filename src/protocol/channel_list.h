@@ -18,7 +18,7 @@ bool is_valid_channel_name(std::string_view name) noexcept;
 // Splits "a, b,c" into names: spaces around commas trimmed, duplicates collapsed (first
 // occurrence keeps its place). On a bad list returns false and a one-line reason.
 // The views point into `text`.
-bool parse_channel_list(std::string_view text, std::size_t max_channels,
-                        std::vector<std::string_view>& names, std::string& reason);
+bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
+                        std::string& reason);
 
 }  // namespace sse

@@ -51,15 +51,21 @@ bool has_bit(const std::uint64_t mask[2], ngx_uint_t slot) {
     return (__atomic_load_n(&mask[slot / 64], __ATOMIC_ACQUIRE) >> (slot % 64)) & 1;
 }
 
-void set_bit(std::uint64_t mask[2], ngx_uint_t slot) { mask[slot / 64] |= std::uint64_t(1) << (slot % 64); }
+void set_bit(std::uint64_t mask[2], ngx_uint_t slot) {
+    mask[slot / 64] |= std::uint64_t(1) << (slot % 64);
+}
 
 std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
     return sizeof(ShmEvent) + nchannels * sizeof(ShmChannel*) + frame_len;
 }
 
-std::size_t channel_alloc_size(std::size_t name_len) { return sizeof(ShmChannel) + name_len; }
+std::size_t channel_alloc_size(std::size_t name_len) {
+    return sizeof(ShmChannel) + name_len;
+}
 
-bool process_alive(ngx_pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
+bool process_alive(ngx_pid_t pid) {
+    return kill(pid, 0) == 0 || errno != ESRCH;
+}
 
 }  // namespace
 

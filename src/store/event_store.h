@@ -22,13 +22,13 @@ namespace sse {
 constexpr ngx_uint_t kMaxWorkerSlots = 128;  // old and new workers overlap during a reload
 
 struct ShmChannel {
-    ngx_rbtree_node_t node;      // key: hash of the name
+    ngx_rbtree_node_t node;  // key: hash of the name
     std::uint64_t last_event_id;
     std::uint64_t events_published;
-    std::uint32_t subscribers;   // over all workers
-    std::uint32_t events_in_log; // events naming this channel that are still stored
+    std::uint32_t subscribers;    // over all workers
+    std::uint32_t events_in_log;  // events naming this channel that are still stored
     std::uint32_t per_slot[kMaxWorkerSlots];
-    unsigned linked : 1;         // findable by name; a closed channel is unlinked at once
+    unsigned linked : 1;  // findable by name; a closed channel is unlinked at once
     std::uint16_t name_len;
     u_char name[1];
 
@@ -41,7 +41,7 @@ enum EventKind : std::uint16_t {
 };
 
 struct ShmEvent {
-    ngx_queue_t link;            // Store log, id order
+    ngx_queue_t link;  // Store log, id order
     std::uint64_t id;
     std::uint64_t needed_by[2];  // bit per worker slot; cleared atomically by that worker
     std::uint32_t frame_len;
@@ -53,7 +53,7 @@ struct ShmEvent {
 
 // One stream, as every worker can see it: its channels and the worker that serves it.
 struct ShmSubscriber {
-    ngx_queue_t link;            // in its WorkerSlot's list
+    ngx_queue_t link;  // in its WorkerSlot's list
     std::uint64_t client_id;
     time_t connected_at;
     std::uint32_t slot;
@@ -62,10 +62,10 @@ struct ShmSubscriber {
 };
 
 struct WorkerSlot {
-    ngx_pid_t pid;               // 0: free
+    ngx_pid_t pid;                 // 0: free
     ngx_queue_t subscribers_list;  // ShmSubscriber records of this worker
-    ngx_atomic_t wake_pending;   // coalesces wake-ups: set by the first publisher, cleared by the worker
-    std::uint64_t cursor;        // the last event id this worker took from the log
+    ngx_atomic_t wake_pending;     // coalesces wake-ups: set by the first publisher, cleared by the worker
+    std::uint64_t cursor;          // the last event id this worker took from the log
     std::uint32_t subscribers;
 };
 
@@ -78,7 +78,7 @@ struct StoreCounters {
 };
 
 struct StoreHeader {
-    std::uint64_t first_id;      // ids of this zone start here: its creation time in microseconds
+    std::uint64_t first_id;  // ids of this zone start here: its creation time in microseconds
     std::uint64_t next_id;
     std::uint64_t next_client_id;
     ngx_rbtree_t channels;
@@ -86,8 +86,8 @@ struct StoreHeader {
     ngx_queue_t log;
     std::uint32_t channel_count;
     std::uint32_t event_count;
-    std::size_t bytes_used;      // what the store allocated, for the baseline check
-    ngx_uint_t slot_high;        // slots in use are all below this index
+    std::size_t bytes_used;  // what the store allocated, for the baseline check
+    ngx_uint_t slot_high;    // slots in use are all below this index
     WorkerSlot slots[kMaxWorkerSlots];
     StoreCounters counters;
     time_t created_at;
@@ -102,8 +102,8 @@ struct EventInput {
 struct PublishResult {
     std::uint64_t last_id = 0;
     ngx_uint_t events = 0;
-    ngx_uint_t subscribers = 0;     // subscribers of the target channels, summed per channel
-    std::uint64_t wake[2] = {0, 0}; // slots to wake
+    ngx_uint_t subscribers = 0;      // subscribers of the target channels, summed per channel
+    std::uint64_t wake[2] = {0, 0};  // slots to wake
 };
 
 struct ChannelState {
@@ -142,8 +142,7 @@ public:
     // Registers a subscriber of `slot` on the channels, creating them. Its record lists the
     // channels in the order of `names`. `start_after` is the id after which it receives events.
     // Returns nullptr when the zone is full.
-    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
-                             std::uint64_t& start_after);
+    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names, std::uint64_t& start_after);
     void unsubscribe(ShmSubscriber* subscriber);
 
     // Stores the events (all or none) for the channels. Returns false when the zone is full.

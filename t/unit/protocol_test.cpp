@@ -66,7 +66,9 @@ TEST(EventFrame, SplitsLinesOnLfCrlfAndCr) {
     EXPECT_EQ(frame(1, "", "\r\r\n"), "id: 1\ndata:\ndata:\ndata:\n\n");
 }
 
-TEST(EventFrame, EmptyData) { EXPECT_EQ(frame(3, "x", ""), "id: 3\nevent: x\ndata:\n\n"); }
+TEST(EventFrame, EmptyData) {
+    EXPECT_EQ(frame(3, "x", ""), "id: 3\nevent: x\ndata:\n\n");
+}
 
 TEST(EventFrame, LargeIds) {
     EXPECT_EQ(frame(18446744073709551615ull, "", "x"), "id: 18446744073709551615\ndata: x\n\n");
