@@ -22,19 +22,8 @@ my $t = SSETest->new(server => <<'CONF')->start;
         }
 CONF
 
-sub stats { $t->get_json('/stats') }
-
-# Polls /stats until every key has the wanted value (up to $timeout s); returns the last stats.
-sub stats_until {
-    my ($want, $timeout) = @_;
-    my $st;
-    SSETest::wait_until(sub {
-        $st = stats();
-        for my $k (keys %$want) { return 0 unless $st->{$k} == $want->{$k} }
-        return 1;
-    }, $timeout // 5);
-    return $st;
-}
+sub stats { $t->stats }
+sub stats_until { $t->stats_until(@_) }
 
 my $base = stats();
 is($base->{subscribers}, 0, 'baseline: no subscriber');

@@ -31,18 +31,8 @@ $locations
     }
 CONF
 
-sub stats { $t->get_json('/stats') }
-
-sub stats_until {
-    my ($want, $timeout) = @_;
-    my $st;
-    SSETest::wait_until(sub {
-        $st = stats();
-        for my $k (keys %$want) { return 0 unless $st->{$k} == $want->{$k} }
-        return 1;
-    }, $timeout // 5);
-    return $st;
-}
+sub stats { $t->stats }
+sub stats_until { $t->stats_until(@_) }
 
 sub slurp {
     my ($path) = @_;

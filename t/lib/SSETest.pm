@@ -317,6 +317,25 @@ sub get_json {
     return decode_json($r->{body});
 }
 
+# The sse_stats JSON (location /stats unless named).
+sub stats {
+    my ($self, $path) = @_;
+    return $self->get_json($path // '/stats');
+}
+
+# Polls the stats until every key of $want has its value (or $timeout seconds pass); returns
+# the last stats read.
+sub stats_until {
+    my ($self, $want, $timeout, $path) = @_;
+    my $st;
+    wait_until(sub {
+        $st = $self->stats($path);
+        for my $k (keys %$want) { return 0 unless $st->{$k} == $want->{$k} }
+        return 1;
+    }, $timeout // 5);
+    return $st;
+}
+
 # Opens a stream and reads its response headers. Options: headers, http10, port.
 sub subscribe {
     my ($self, $path, %o) = @_;
