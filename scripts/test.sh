@@ -22,7 +22,8 @@ echo "== build"
 scripts/build.sh
 
 echo "== t/ against the release build"
-prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+# Bounded: a test that hangs fails the run instead of holding CI.
+timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
 
 if [ "${SSE_SKIP_SANITIZERS:-0}" != 1 ]; then
     echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer"
@@ -35,6 +36,6 @@ if [ "${SSE_SKIP_SANITIZERS:-0}" != 1 ]; then
     SSE_LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-    SSE_SANITIZED=1 prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+    SSE_SANITIZED=1 timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
 fi
 echo "== all tests passed"

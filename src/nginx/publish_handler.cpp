@@ -45,20 +45,9 @@ bool event_name(ngx_http_request_t* r, ngx_str_t& name, std::string& reason) {
     name.len = 0;
     name.data = nullptr;
     if (!header_value(r, "X-SSE-Event", name)) {
-        ngx_str_t raw;
-        if (ngx_http_arg(r, (u_char*)"event", 5, &raw) == NGX_OK && raw.len > 0) {
-            auto* decoded = static_cast<u_char*>(ngx_pnalloc(r->pool, raw.len));
-            if (decoded == nullptr) {
-                reason = "out of memory";
-                return false;
-            }
-            // Forms encode spaces as '+'; ngx_unescape_uri leaves them.
-            for (size_t i = 0; i < raw.len; i++) decoded[i] = raw.data[i] == '+' ? ' ' : raw.data[i];
-            u_char* src = decoded;
-            u_char* dst = decoded;
-            ngx_unescape_uri(&dst, &src, raw.len, 0);
-            name.data = decoded;
-            name.len = size_t(dst - decoded);
+        if (ngx_http_arg(r, (u_char*)"event", 5, &name) == NGX_OK && !url_decode(r, name)) {
+            reason = "out of memory";
+            return false;
         }
     }
     std::string_view v = to_view(name);
@@ -179,7 +168,7 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
 bool target_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     ngx_str_t text;
-    if (ngx_http_complex_value(r, conf->publish, &text) != NGX_OK) {
+    if (evaluate_channel_list(r, conf->publish, text) != NGX_OK) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return false;
     }

@@ -289,6 +289,46 @@ Store* store_for(ngx_http_request_t* r) {
     return &the_worker->store;
 }
 
+namespace {
+int hex_value(u_char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+}  // namespace
+
+bool url_decode(ngx_http_request_t* r, ngx_str_t& value) {
+    if (ngx_strlchr(value.data, value.data + value.len, '%') == nullptr &&
+        ngx_strlchr(value.data, value.data + value.len, '+') == nullptr) {
+        return true;
+    }
+    auto* decoded = static_cast<u_char*>(ngx_pnalloc(r->pool, value.len));
+    if (decoded == nullptr) return false;
+    // Not ngx_unescape_uri: it drops the '%' of a malformed escape ("a%zz" would become the
+    // valid name "azz"); here it stays, and the name is refused. Forms encode spaces as '+'.
+    size_t n = 0;
+    for (size_t i = 0; i < value.len; i++) {
+        u_char c = value.data[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%' && i + 2 < value.len && hex_value(value.data[i + 1]) >= 0 &&
+                   hex_value(value.data[i + 2]) >= 0) {
+            c = u_char(hex_value(value.data[i + 1]) * 16 + hex_value(value.data[i + 2]));
+            i += 2;
+        }
+        decoded[n++] = c;
+    }
+    value.data = decoded;
+    value.len = n;
+    return true;
+}
+
+ngx_int_t evaluate_channel_list(ngx_http_request_t* r, ngx_http_complex_value_t* value, ngx_str_t& out) {
+    if (ngx_http_complex_value(r, value, &out) != NGX_OK) return NGX_ERROR;
+    return url_decode(r, out) ? NGX_OK : NGX_ERROR;
+}
+
 std::string_view to_view(const ngx_str_t& s) {
     return {reinterpret_cast<const char*>(s.data), s.len};
 }

@@ -59,4 +59,12 @@ ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view j
 
 std::string_view to_view(const ngx_str_t& s);
 
+// URL-decodes a query value ('+' is a space) into the request pool when it holds escapes.
+bool url_decode(ngx_http_request_t* r, ngx_str_t& value);
+
+// Evaluates a channel-list value and URL-decodes it: `$arg_topics` is raw, and browsers send
+// the commas of `new EventSource('/events?topics=' + encodeURIComponent('a,b'))` as %2C.
+// No channel name holds '%' or '+', so decoding cannot change a valid list's meaning.
+ngx_int_t evaluate_channel_list(ngx_http_request_t* r, ngx_http_complex_value_t* value, ngx_str_t& out);
+
 }  // namespace sse

@@ -320,7 +320,7 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     if (r != r->main) return send_text(r, NGX_HTTP_BAD_REQUEST, "an event stream cannot be a subrequest");
 
     ngx_str_t text;
-    if (ngx_http_complex_value(r, conf->subscribe, &text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (evaluate_channel_list(r, conf->subscribe, text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     std::vector<std::string_view> names;
     std::string reason;
     if (!parse_channel_list(to_view(text), conf->max_channels, names, reason)) {

@@ -17,6 +17,7 @@ use File::Temp qw(tempdir);
 use File::Path ();
 use Scalar::Util ();
 use IO::Socket::INET;
+use IO::Select;
 use JSON::PP;
 use Test::More;
 use Time::HiRes qw(sleep time);
@@ -270,8 +271,16 @@ sub request {
     $req .= "Content-Length: " . length($body) . "\r\n" if length($body) || $method =~ /^(POST|PUT)$/;
     $req .= "\r\n" . $body;
     $s->print($req);
-    local $/;
-    my $resp = <$s> // '';
+    # Read until the server closes, but never hang a test on an answer that does not end.
+    my $resp = '';
+    my $sel = IO::Select->new($s);
+    my $end = time + ($o{timeout} // 10);
+    while (time < $end) {
+        last unless $sel->can_read($end - time);
+        my $n = sysread($s, my $chunk, 65536);
+        last unless $n;
+        $resp .= $chunk;
+    }
     close $s;
     return parse_response($resp);
 }
