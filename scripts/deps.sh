@@ -24,10 +24,20 @@ ensure_build_deps() {
 
 ensure_test_deps() {
     ensure_build_deps
-    apt_install libgtest-dev curl perl libio-socket-ssl-perl
+    apt_install libgtest-dev curl perl libio-socket-ssl-perl chromium
+    # Node.js ships with the machine image; Debian's packages are the fallback.
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 }
 
 ensure_bench_deps() {
     ensure_build_deps
     apt_install libnginx-mod-nchan
+}
+
+# The browser tests' npm packages (playwright-core, which drives Debian's chromium), as locked.
+ensure_browser_test_packages() {
+    local dir="$1"
+    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
 }

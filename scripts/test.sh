@@ -9,6 +9,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 source scripts/deps.sh
 ensure_test_deps
+ensure_browser_test_packages "$repo/t/browser"
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
