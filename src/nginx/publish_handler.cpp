@@ -16,11 +16,6 @@ namespace sse {
 
 namespace {
 
-struct PublishTarget {
-    std::vector<std::string_view> channels;
-    std::string reason;
-};
-
 bool header_value(ngx_http_request_t* r, std::string_view name, ngx_str_t& out) {
     ngx_list_part_t* part = &r->headers_in.headers.part;
     auto* h = static_cast<ngx_table_elt_t*>(part->elts);

@@ -387,7 +387,6 @@ void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
     ZoneLock lock(pool_);
     WorkerSlot& s = hdr_->slots[slot];
     std::uint64_t cursor = s.cursor;
-    bool close_seen = false;
     for (ngx_queue_t* q = ngx_queue_head(&hdr_->log); q != ngx_queue_sentinel(&hdr_->log); q = ngx_queue_next(q)) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
         // A close carries the id of the event before it, so it is taken by "not yet seen" order
@@ -395,7 +394,6 @@ void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
         if (ev->kind == kEventCloseChannel) {
             if (has_bit(ev->needed_by, slot)) {
                 out.push_back(ev);
-                close_seen = true;
             }
             continue;
         }
@@ -403,7 +401,6 @@ void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
         out.push_back(ev);
         if (ev->id > s.cursor) s.cursor = ev->id;
     }
-    (void)close_seen;
 }
 
 void Store::release_event(ShmEvent* ev, ngx_uint_t slot) {
