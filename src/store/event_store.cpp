@@ -259,12 +259,15 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     collect_locked();
 
     // Only channels someone listens to need the event; the others just advance their counters.
+    std::vector<ShmChannel*> found;
     std::vector<ShmChannel*> targets;
+    found.reserve(names.size());
     targets.reserve(names.size());
     std::uint64_t wake[2] = {0, 0};
     for (std::string_view name : names) {
         ShmChannel* ch = find_locked(name, hash_name(name));
         if (ch == nullptr) continue;
+        found.push_back(ch);
         result.subscribers += ch->subscribers;
         if (ch->subscribers == 0) continue;
         targets.push_back(ch);
@@ -312,9 +315,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     result.events = events.size();
     result.wake[0] = wake[0];
     result.wake[1] = wake[1];
-    for (std::string_view name : names) {
-        ShmChannel* ch = find_locked(name, hash_name(name));
-        if (ch == nullptr) continue;
+    for (ShmChannel* ch : found) {
         ch->last_event_id = result.last_id;
         ch->events_published += events.size();
     }
