@@ -24,14 +24,9 @@ my $locations = <<'CONF';
         }
 CONF
 
-# Streams go to port 1 (reuseport: the kernel spreads connections over both workers);
+# Streams go to port 1 (spread: reuseport, so the kernel spreads them over both workers);
 # publishes and /stats go to the default port.
-my $t = SSETest->new(extra_ports => 1, server => $locations, http => <<"CONF")->start;
-    server {
-        listen 127.0.0.1:%%PORT1%% reuseport;
-$locations
-    }
-CONF
+my $t = SSETest->new(spread => 1, server => $locations)->start;
 
 sub stats { $t->stats }
 sub stats_until { $t->stats_until(@_) }

@@ -22,13 +22,9 @@ my $locations = <<'CONF';
         }
 CONF
 
-# Streams use port 1 (reuseport: spread over both workers); publishes and /stats the default port.
-my $t = SSETest->new(extra_ports => 1, server => $locations, http => <<"CONF")->start;
-    server {
-        listen 127.0.0.1:%%PORT1%% reuseport;
-$locations
-    }
-CONF
+# Streams go to port 1 (spread: reuseport, so the kernel spreads them over both workers);
+# publishes and /stats go to the default port.
+my $t = SSETest->new(spread => 1, server => $locations)->start;
 # nginx logs a worker's death by signal as [alert]: provoked on purpose here.
 $t->allow_log(qr/exited on signal 9/);
 $t->allow_log(qr/shared memory zone .* was locked by/);

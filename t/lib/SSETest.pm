@@ -46,12 +46,15 @@ sub free_port {
 
 # Options: workers (2), http (text inside http{}), server (text inside server{}), main (text at
 # the top level), events (text inside events{}), extra_ports (how many more free ports to
-# allocate: $t->port(1) ..., %%PORT1%% in the text).
+# allocate: $t->port(1) ..., %%PORT1%% in the text), spread (a second server with the same
+# locations on $t->port(1), listening with reuseport so the kernel spreads its connections over
+# the workers; implies one extra port).
 # Set SSE_KEEP=1 to keep the test directories.
 sub new {
     my ($class, %o) = @_;
     my $self = bless {%o}, $class;
     $self->{workers} //= 2;
+    $o{extra_ports} = 1 if $o{spread} && !$o{extra_ports};
     # Removed by DESTROY, after nginx is stopped (File::Temp's own cleanup would run first).
     $self->{dir} = tempdir('sse-test-XXXXXX', TMPDIR => 1, CLEANUP => 0);
     # Workers run as an unprivileged user and buffer large request bodies in here.
@@ -75,6 +78,9 @@ sub conf_text {
     my $events = $self->{events} // '';
     my $http = $self->{http} // '';
     my $server = $self->{server} // '';
+    if ($self->{spread}) {
+        $http .= "    server {\n        listen 127.0.0.1:%%PORT1%% reuseport;\n$server\n    }\n";
+    }
     my $text = <<"CONF";
 load_module $module;
 worker_processes $self->{workers};
