@@ -43,7 +43,8 @@ cmp_ok($r2->{id}, '>', $r->{id}, 'ids increase');
 is($ev[1]{frame}, "id: $r2->{id}\ndata: second\n\n", 'unnamed event has no event: line');
 
 my $state = $t->get_json('/internal/publish?topic=wallets');
-is_deeply($state, {channel => 'wallets', subscribers => 1, last_event_id => $r->{id}, events_published => 1},
+is_deeply($state, {channel => 'wallets', subscribers => 1, last_event_id => $r->{id}, events_published => 1,
+                   retained => 1, oldest_id => $r->{id}, newest_id => $r->{id}},
           'GET on the publish location reports the channel');
 
 $s->close;

@@ -16,6 +16,11 @@ my $t = SSETest->new(server => <<'CONF')->start;
         }
         location = /pub {
             sse_publish $arg_topic;
+            sse_history 0;  # the zone must return to its baseline
+        }
+        location = /hpub {
+            sse_publish $arg_topic;
+            sse_history 3;
         }
         location = /stats {
             sse_stats;
@@ -142,6 +147,22 @@ if ($st->{zone_bytes_used} != $baseline || $st->{channels} != 0) {
 }
 is_deeply([@$st{qw(subscribers channels events_stored zone_bytes_used)}], [0, 0, 0, $baseline],
           'second round: subscribers, channels, events_stored, zone_bytes_used back to baseline');
+
+# History is what stays: 5 events to a channel nobody subscribes to, 3 kept; DELETE forgets
+# them and the zone is back to its baseline.
+my @hist_ids = map { $t->publish('/hpub?topic=base-history', "h$_")->{id} } 1 .. 5;
+$st = stats();
+is_deeply([@$st{qw(channels events_stored events_retained)}], [1, 3, 3], 'history: 1 channel, 3 events kept');
+is_deeply($t->get_json('/hpub?topic=base-history'),
+          {channel => 'base-history', subscribers => 0, last_event_id => $hist_ids[-1], events_published => 5,
+           retained => 3, oldest_id => $hist_ids[2], newest_id => $hist_ids[4]},
+          'history: GET reports the 3 newest');
+$g = $t->request('DELETE', '/hpub?topic=base-history');
+is($g->{status}, 200, 'history: DELETE forgets the channel');
+$st = stats();
+is_deeply([@$st{qw(channels events_stored events_retained zone_bytes_used)}], [0, 0, 0, $baseline],
+          'history: after DELETE the zone is back to its baseline');
+is($t->request('GET', '/hpub?topic=base-history')->{status}, 404, 'history: GET after DELETE -> 404');
 
 $t->finish;
 done_testing;

@@ -18,6 +18,7 @@ my $locations = <<'CONF';
         }
         location = /pub {
             sse_publish $arg_topic;
+            sse_history 0;  # the zone must return to its baseline
         }
         location = /stats {
             sse_stats;

@@ -9,7 +9,7 @@ use SSETest;
 
 my $t = SSETest->new(http => "    sse_shm_size 256k;\n    client_max_body_size 4m;\n", server => <<'CONF')->start;
         location = /events { sse_subscribe $arg_topics; sse_send_buffer 4m; }
-        location = /pub { sse_publish $arg_topic; }
+        location = /pub { sse_publish $arg_topic; sse_history 0; }
         location = /stats { sse_stats; }
 CONF
 

@@ -26,7 +26,8 @@ is($ev[0]{frame}, "id: $r->{id}\ndata: both\n\n", 'exact bytes');
 is($ev[0]{data}, 'both', 'the stream subscribed as %77allets gets it');
 
 is_deeply($t->get_json('/pub?topic=wallets'),
-          {channel => 'wallets', subscribers => 2, last_event_id => $r->{id}, events_published => 1},
+          {channel => 'wallets', subscribers => 2, last_event_id => $r->{id}, events_published => 1,
+           retained => 1, oldest_id => $r->{id}, newest_id => $r->{id}},
           'the decoded name is the channel');
 
 for my $bad (['a%20b', 'invalid channel name "a b": use 1-128 of A-Z a-z 0-9 _ - . : @ /'],

@@ -143,7 +143,11 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
     }
 
     PublishResult result;
-    if (!w->store.publish(events, channels, result)) {
+    auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
+    HistoryPolicy history;
+    history.limit = std::uint32_t(conf->history);
+    history.ttl = conf->history_ttl;
+    if (!w->store.publish(events, channels, history, result, r->connection->log)) {
         size_t bytes = 0;
         for (const EventInput& e : events) bytes += e.data.size();
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -192,7 +196,12 @@ std::string channel_json(std::string_view name, const ChannelState& st) {
     std::string json = "{\"channel\":\"" + std::string(name) + "\",\"subscribers\":" + std::to_string(st.subscribers) +
                        ",\"last_event_id\":";
     json += st.last_event_id ? "\"" + id_string(st.last_event_id) + "\"" : "null";
-    json += ",\"events_published\":" + std::to_string(st.events_published) + "}";
+    json += ",\"events_published\":" + std::to_string(st.events_published);
+    json += ",\"retained\":" + std::to_string(st.retained) + ",\"oldest_id\":";
+    json += st.retained ? "\"" + id_string(st.oldest_id) + "\"" : "null";
+    json += ",\"newest_id\":";
+    json += st.retained ? "\"" + id_string(st.newest_id) + "\"" : "null";
+    json += "}";
     return json;
 }
 

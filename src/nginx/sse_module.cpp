@@ -5,6 +5,7 @@
 #include <new>
 
 #include "protocol/channel_list.h"
+#include "protocol/event_frame.h"
 #include "wakeup/worker_wakeup.h"
 
 namespace sse {
@@ -25,11 +26,14 @@ char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* check_max_channels(ngx_conf_t* cf, void* post, void* data);
+char* check_history(ngx_conf_t* cf, void* post, void* data);
+char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
 
 ngx_conf_post_t max_channels_post = {check_max_channels};
+ngx_conf_post_t history_post = {check_history};
 
 ngx_command_t commands[] = {
     {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_subscribe, NGX_HTTP_LOC_CONF_OFFSET, 0,
@@ -46,6 +50,14 @@ ngx_command_t commands[] = {
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, send_buffer), nullptr},
     {ngx_string("sse_max_channels"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, max_channels), &max_channels_post},
+    {ngx_string("sse_history"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, history), &history_post},
+    {ngx_string("sse_history_ttl"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, history_ttl), nullptr},
+    {ngx_string("sse_replay"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, replay), &history_post},
+    {ngx_string("sse_reset_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_reset_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -63,6 +75,9 @@ constexpr size_t kDefaultShmSize = 32 * 1024 * 1024;
 constexpr size_t kMinShmSize = 256 * 1024;
 constexpr ngx_msec_t kDefaultHeartbeat = 30000;
 constexpr size_t kDefaultSendBuffer = 256 * 1024;
+constexpr ngx_uint_t kDefaultHistory = 100;
+constexpr ngx_msec_t kDefaultHistoryTtl = 60 * 60 * 1000;
+constexpr ngx_uint_t kMaxHistory = 10000000;
 
 void* create_main_conf(ngx_conf_t* cf) {
     auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
@@ -106,6 +121,10 @@ void* create_loc_conf(ngx_conf_t* cf) {
     lcf->retry = NGX_CONF_UNSET_MSEC;
     lcf->send_buffer = NGX_CONF_UNSET_SIZE;
     lcf->max_channels = NGX_CONF_UNSET_UINT;
+    lcf->history = NGX_CONF_UNSET_UINT;
+    lcf->history_ttl = NGX_CONF_UNSET_MSEC;
+    lcf->replay = NGX_CONF_UNSET_UINT;
+    lcf->reset_event_set = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -117,6 +136,16 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
     ngx_conf_merge_size_value(conf->send_buffer, prev->send_buffer, kDefaultSendBuffer);
     ngx_conf_merge_uint_value(conf->max_channels, prev->max_channels, kDefaultMaxChannels);
     ngx_conf_merge_value(conf->stats, prev->stats, 0);
+    ngx_conf_merge_uint_value(conf->history, prev->history, kDefaultHistory);
+    ngx_conf_merge_msec_value(conf->history_ttl, prev->history_ttl, kDefaultHistoryTtl);
+    ngx_conf_merge_uint_value(conf->replay, prev->replay, 0);
+    if (conf->reset_event_set == NGX_CONF_UNSET) {
+        conf->reset_event_set = prev->reset_event_set == NGX_CONF_UNSET ? 0 : prev->reset_event_set;
+        conf->reset_event = prev->reset_event;
+        if (prev->reset_event_set == NGX_CONF_UNSET) {
+            ngx_str_set(&conf->reset_event, "reset");
+        }
+    }
     if (conf->send_buffer < 1024) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"sse_send_buffer\" must be at least 1k");
         return static_cast<char*>(NGX_CONF_ERROR);
@@ -127,6 +156,30 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
 char* check_max_channels(ngx_conf_t* cf, void* post, void* data) {
     auto* n = static_cast<ngx_uint_t*>(data);
     if (*n == 0 || *n > 1024) return const_cast<char*>("must be between 1 and 1024");
+    return NGX_CONF_OK;
+}
+
+char* check_history(ngx_conf_t* cf, void* post, void* data) {
+    auto* n = static_cast<ngx_uint_t*>(data);
+    if (*n > kMaxHistory) return const_cast<char*>("must be at most 10000000");
+    return NGX_CONF_OK;
+}
+
+char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->reset_event_set != NGX_CONF_UNSET) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    lcf->reset_event_set = 1;
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        lcf->reset_event.len = 0;
+        lcf->reset_event.data = nullptr;
+        return NGX_CONF_OK;
+    }
+    if (value[1].len == 0 || !is_valid_event_name(to_view(value[1])) ||
+        ngx_strlchr(value[1].data, value[1].data + value[1].len, ' ') != nullptr) {
+        return const_cast<char*>("needs an event name (at most 128 bytes, no spaces or line breaks) or off");
+    }
+    lcf->reset_event = value[1];
     return NGX_CONF_OK;
 }
 

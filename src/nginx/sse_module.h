@@ -30,6 +30,11 @@ struct LocConf {
     ngx_msec_t retry;      // NGX_CONF_UNSET_MSEC: no retry field
     size_t send_buffer;
     ngx_uint_t max_channels;
+    ngx_uint_t history;       // events kept per channel published to from here
+    ngx_msec_t history_ttl;   // 0: no time limit
+    ngx_uint_t replay;        // most recent events sent on a first connect
+    ngx_str_t reset_event;    // empty: off
+    ngx_flag_t reset_event_set;
 };
 
 // What one worker process owns; built in init_process, torn down in exit_process.

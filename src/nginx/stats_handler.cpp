@@ -21,6 +21,10 @@ ngx_int_t stats_handler(ngx_http_request_t* r) {
             ",\"events_published\":" + std::to_string(c.events_published) +
             ",\"events_delivered\":" + std::to_string(c.events_delivered) +
             ",\"events_stored\":" + std::to_string(st.events_stored) +
+            ",\"events_retained\":" + std::to_string(st.events_retained) +
+            ",\"events_replayed\":" + std::to_string(c.events_replayed) +
+            ",\"resets\":" + std::to_string(c.resets) +
+            ",\"history_evictions\":" + std::to_string(c.history_evictions) +
             ",\"slow_disconnects\":" + std::to_string(c.slow_disconnects) +
             ",\"publishes_refused\":" + std::to_string(c.publishes_refused) +
             ",\"workers_reaped\":" + std::to_string(c.workers_reaped) +

@@ -9,15 +9,18 @@
 #include "nginx/sse_module.h"
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
+#include "protocol/resume.h"
 
 namespace sse {
 
 namespace {
 
-// This worker's hold on an event whose bytes some of its streams have not sent yet.
+// This worker's hold on an event whose bytes some of its streams have not sent yet: its bit in
+// the event's `needed_by` (live delivery) or `pinned_by` (replay from history).
 struct EventHold {
     ShmEvent* event;
     std::uint32_t frames;  // frames still pointing at the event's bytes
+    bool replay;
 };
 
 // A buffer handed to nginx's output chain; recycled through a per-worker free list.
@@ -53,6 +56,7 @@ struct Subscriber {
     Frame* new_tail;
     std::size_t sent_bytes;  // full length of the sent_* frames
     std::size_t new_bytes;   // of the new_* frames
+    std::size_t replay_allowance;  // a replay may exceed sse_send_buffer once, until it drains
     ngx_queue_t all_link;    // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_msec_t last_write;
@@ -64,6 +68,7 @@ struct Subscriber {
 
 struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
+    std::unordered_map<ShmEvent*, EventHold*> replay_holds;  // one pin per event for all streams
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
     ngx_queue_t all;     // every stream of this worker, for shutdown
@@ -94,11 +99,19 @@ Frame* get_frame() {
     return f;
 }
 
-void put_frame(Frame* f) {
-    if (f->hold != nullptr && --f->hold->frames == 0) {
-        Store::release_event(f->hold->event, ngx_uint_t(worker_context()->slot));
-        delete f->hold;
+void drop_hold(EventHold* hold) {
+    auto slot = ngx_uint_t(worker_context()->slot);
+    if (hold->replay) {
+        local_index().replay_holds.erase(hold->event);
+        Store::unpin_event(hold->event, slot);
+    } else {
+        Store::release_event(hold->event, slot);
     }
+    delete hold;
+}
+
+void put_frame(Frame* f) {
+    if (f->hold != nullptr && --f->hold->frames == 0) drop_hold(f->hold);
     LocalIndex& li = local_index();
     f->next = li.free_frames;
     li.free_frames = f;
@@ -270,6 +283,75 @@ void send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     append_new(s, f);
 }
 
+// Queues what the store planned for a new stream: the reset event, then the replayed events,
+// whose pins become this worker's holds (so the stream's cleanup releases them whatever happens).
+void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_id) {
+    ngx_http_request_t* r = s->request;
+    StoreCounters& counters = worker_context()->store.header()->counters;
+    if (plan.reset != ResetReason::kNone) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sse: cannot resume exactly after id \"%*s\" (%*s); replaying what is retained",
+                      std::min<std::size_t>(given_id.size(), kMaxEchoedIdLength), given_id.data(),
+                      reset_reason_name(plan.reset).size(), reset_reason_name(plan.reset).data());
+        if (s->conf->reset_event.len > 0) {
+            std::string frame = reset_frame(to_view(s->conf->reset_event), given_id, plan.reset);
+            auto* bytes = static_cast<u_char*>(ngx_pnalloc(r->pool, frame.size()));
+            if (bytes != nullptr) {
+                ngx_memcpy(bytes, frame.data(), frame.size());
+                send_own_bytes(s, bytes, frame.size());
+                ngx_atomic_fetch_add(&counters.resets, 1);
+            }
+        }
+    }
+    LocalIndex& li = local_index();
+    std::size_t replayed = 0;
+    for (ShmEvent* ev : plan.replay) {
+        auto [it, added] = li.replay_holds.try_emplace(ev, nullptr);
+        if (added) it->second = new EventHold{ev, 0, true};
+        EventHold* hold = it->second;
+        Frame* f = get_frame();
+        if (f == nullptr) {
+            if (hold->frames == 0) drop_hold(hold);
+            continue;
+        }
+        hold->frames++;
+        f->hold = hold;
+        fill_frame(f, ev->frame, ev->frame_len);
+        append_new(s, f);
+        replayed++;
+    }
+    s->replay_allowance = s->new_bytes;
+    if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
+}
+
+// The position a reconnecting client sends: the Last-Event-ID header, else the last_event_id
+// query argument (a page that reloads cannot set the header).
+bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
+    ngx_list_part_t* part = &r->headers_in.headers.part;
+    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) break;
+            part = part->next;
+            h = static_cast<ngx_table_elt_t*>(part->elts);
+            i = 0;
+        }
+        if (h[i].key.len == sizeof("Last-Event-ID") - 1 &&
+            ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>("Last-Event-ID")),
+                            h[i].key.len) == 0 &&
+            h[i].value.len > 0) {
+            value = h[i].value;
+            return true;
+        }
+    }
+    if (ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>("last_event_id")), sizeof("last_event_id") - 1,
+                     &value) == NGX_OK &&
+        value.len > 0) {
+        return url_decode(r, value);
+    }
+    return false;
+}
+
 void heartbeat_handler(ngx_event_t* ev) noexcept {
     auto* s = static_cast<Subscriber*>(ev->data);
     if (s->ending) return;
@@ -340,6 +422,21 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving event streams");
     }
 
+    ResumeRequest resume;
+    ngx_str_t given_id = ngx_null_string;
+    if (resume_position(r, given_id)) {
+        resume.kind = parse_event_id(to_view(given_id), resume.after) ? ResumeRequest::kAfterId
+                                                                        : ResumeRequest::kMalformed;
+    } else {
+        resume.replay = std::uint32_t(conf->replay);
+    }
+
+    long retry = conf->retry == NGX_CONF_UNSET_MSEC ? -1 : long(conf->retry);
+    std::size_t preamble_len = stream_preamble_size(retry);
+    auto* preamble = static_cast<u_char*>(ngx_pnalloc(r->pool, preamble_len));
+    if (preamble == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    write_stream_preamble(reinterpret_cast<char*>(preamble), retry);
+
     auto* s = static_cast<Subscriber*>(ngx_pcalloc(r->pool, sizeof(Subscriber)));
     if (s == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     s->request = r;
@@ -348,7 +445,8 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
     if (s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
-    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, s->last_id);
+    ResumePlan plan;
+    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, resume, s->last_id, plan, r->connection->log);
     if (s->record == nullptr) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
@@ -357,6 +455,8 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     s->registered = true;
     cln->handler = cleanup_subscriber;
     cln->data = s;
+    send_own_bytes(s, preamble, preamble_len);
+    queue_resume(s, plan, to_view(given_id));
 
     s->channels = s->record->channels;
     s->channel_count = s->record->nchannels;
@@ -375,13 +475,6 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
 
     ngx_int_t rc = send_stream_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK) return rc;
-
-    long retry = conf->retry == NGX_CONF_UNSET_MSEC ? -1 : long(conf->retry);
-    std::size_t len = stream_preamble_size(retry);
-    auto* preamble = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
-    if (preamble == nullptr) return NGX_ERROR;
-    write_stream_preamble(reinterpret_cast<char*>(preamble), retry);
-    send_own_bytes(s, preamble, len);
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
@@ -430,10 +523,12 @@ void flush_dirty_streams() {
         ngx_queue_remove(&s->dirty_link);
         s->dirty = false;
         if (s->ending) continue;
-        // One event larger than the buffer still goes to a stream that owes nothing.
+        // One event larger than the buffer still goes to a stream that owes nothing, and a
+        // replay larger than it is allowed once, until the stream has drained below it.
         std::size_t unsent = unsent_bytes(s);
         bool single_event = s->new_head == s->new_tail;
-        if (unsent + s->new_bytes > s->conf->send_buffer && !(unsent == 0 && single_event)) {
+        if (unsent <= s->conf->send_buffer) s->replay_allowance = 0;
+        if (unsent + s->new_bytes > s->conf->send_buffer + s->replay_allowance && !(unsent == 0 && single_event)) {
             drop_slow(s);
             continue;
         }
@@ -481,7 +576,7 @@ void deliver_to_local_subscribers() noexcept {
         bool released = false;
         for (ShmEvent* ev : li.taken) {
             if (ev->kind == kEventCloseChannel) {
-                auto it = li.channels.find(ev->channels[0]);
+                auto it = li.channels.find(ev->channel(0));
                 if (it != li.channels.end()) {
                     for (ngx_queue_t* q = ngx_queue_head(&it->second.members);
                          q != ngx_queue_sentinel(&it->second.members); q = ngx_queue_next(q)) {
@@ -495,7 +590,7 @@ void deliver_to_local_subscribers() noexcept {
             EventHold* hold = nullptr;
             ngx_uint_t delivered = 0;
             for (std::uint16_t i = 0; i < ev->nchannels; i++) {
-                auto it = li.channels.find(ev->channels[i]);
+                auto it = li.channels.find(ev->channel(i));
                 if (it == li.channels.end()) continue;
                 for (ngx_queue_t* q = ngx_queue_head(&it->second.members); q != ngx_queue_sentinel(&it->second.members);
                      q = ngx_queue_next(q)) {
@@ -505,7 +600,7 @@ void deliver_to_local_subscribers() noexcept {
                     s->last_id = ev->id;
                     Frame* f = get_frame();
                     if (f == nullptr) continue;
-                    if (hold == nullptr) hold = new EventHold{ev, 0};
+                    if (hold == nullptr) hold = new EventHold{ev, 0, false};
                     hold->frames++;
                     f->hold = hold;
                     fill_frame(f, ev->frame, ev->frame_len);

@@ -4,8 +4,11 @@
 //
 // Lifetime of an event: a publish formats it into the zone and marks, in `needed_by`, every
 // worker slot that has a subscriber on one of its channels. Each such worker takes it from the
-// log, writes the frame bytes straight from the zone to its sockets, and clears its bit once no
-// local socket still holds the bytes. An event nobody needs is freed by the next collection.
+// delivery log, writes the frame bytes straight from the zone to its sockets, and clears its bit
+// once no local socket still holds the bytes. Channels with history also keep the event in their
+// history (and it stays in the global retention list) until sse_history, sse_history_ttl or
+// memory pressure evicts it. A replay pins the events it writes with the worker's bit in
+// `pinned_by`. An event is freed once it is in no delivery log, no history and no pin.
 #pragma once
 
 extern "C" {
@@ -17,6 +20,8 @@ extern "C" {
 #include <string_view>
 #include <vector>
 
+#include "protocol/resume.h"
+
 namespace sse {
 
 constexpr ngx_uint_t kMaxWorkerSlots = 128;  // old and new workers overlap during a reload
@@ -25,6 +30,13 @@ struct ShmChannel {
     ngx_rbtree_node_t node;  // key: hash of the name
     std::uint64_t last_event_id;
     std::uint64_t events_published;
+    // Every event of this channel up to this id that is not in `history` is lost to replay, so a
+    // position before it cannot be resumed exactly.
+    std::uint64_t lost_through;
+    ngx_queue_t history;  // EventChannelRef::history_link, oldest first
+    std::uint32_t history_count;
+    std::uint32_t history_limit;  // the last publishing location's sse_history
+    ngx_msec_t history_ttl;       // and its sse_history_ttl
     std::uint32_t subscribers;    // over all workers
     std::uint32_t events_in_log;  // events naming this channel that are still stored
     std::uint32_t per_slot[kMaxWorkerSlots];
@@ -40,15 +52,33 @@ enum EventKind : std::uint16_t {
     kEventCloseChannel = 1,  // the streams of channels[0] end
 };
 
+struct ShmEvent;
+
+// One of an event's channels; linked into that channel's history while retained there.
+struct EventChannelRef {
+    ShmChannel* channel;
+    ShmEvent* event;
+    ngx_queue_t history_link;
+    bool retained;
+};
+
 struct ShmEvent {
-    ngx_queue_t link;  // Store log, id order
+    ngx_queue_t link;           // the delivery log (while in_log) or the orphan list, id order
+    ngx_queue_t retained_link;  // the global retention list while retained anywhere, id order
     std::uint64_t id;
     std::uint64_t needed_by[2];  // bit per worker slot; cleared atomically by that worker
+    std::uint64_t pinned_by[2];  // bit per worker slot replaying it; cleared atomically
+    ngx_msec_t published_at;     // monotonic clock, for sse_history_ttl
     std::uint32_t frame_len;
     std::uint16_t nchannels;
     std::uint16_t kind;
-    ShmChannel** channels;
+    std::uint16_t retained;  // channels whose history holds it
+    bool in_log;
+    bool orphan;
+    EventChannelRef* refs;
     u_char* frame;
+
+    ShmChannel* channel(std::size_t i) const { return refs[i].channel; }
 };
 
 // One stream, as every worker can see it: its channels and the worker that serves it.
@@ -75,7 +105,14 @@ struct StoreCounters {
     ngx_atomic_t slow_disconnects;
     ngx_atomic_t publishes_refused;  // zone full
     ngx_atomic_t workers_reaped;
+    ngx_atomic_t history_evictions;  // retained events evicted to make room
+    ngx_atomic_t events_replayed;    // frames written to streams from history
+    ngx_atomic_t resets;             // reset events sent
 };
+
+// Ids of channels the zone forgot entirely (freed, closed, or published to with no history),
+// by name hash: a new record of such a channel cannot prove that nothing before this was missed.
+constexpr ngx_uint_t kForgottenBuckets = 1024;
 
 struct StoreHeader {
     std::uint64_t first_id;  // ids of this zone start here: its creation time in microseconds
@@ -83,9 +120,15 @@ struct StoreHeader {
     std::uint64_t next_client_id;
     ngx_rbtree_t channels;
     ngx_rbtree_node_t sentinel;
-    ngx_queue_t log;
+    ngx_queue_t log;        // delivery log: events some worker may still have to take or write
+    ngx_queue_t retention;  // events retained by some channel's history
+    ngx_queue_t orphans;    // events in neither, kept only by a replay's pin
     std::uint32_t channel_count;
     std::uint32_t event_count;
+    std::uint32_t retained_count;
+    std::uint64_t evictions_unlogged;  // evicted for room since the last log line
+    time_t eviction_logged_at;
+    std::uint64_t forgotten[kForgottenBuckets];
     std::size_t bytes_used;  // what the store allocated, for the baseline check
     ngx_uint_t slot_high;    // slots in use are all below this index
     WorkerSlot slots[kMaxWorkerSlots];
@@ -97,6 +140,26 @@ struct StoreHeader {
 struct EventInput {
     std::string_view name;
     std::string_view data;
+};
+
+// How a publishing location keeps history.
+struct HistoryPolicy {
+    std::uint32_t limit = 0;  // events per channel
+    ngx_msec_t ttl = 0;
+};
+
+// Where a new stream starts.
+struct ResumeRequest {
+    enum Kind { kLive, kAfterId, kMalformed } kind = kLive;
+    std::uint64_t after = 0;    // kAfterId
+    std::uint32_t replay = 0;   // kLive: the most recent events to send first (sse_replay)
+};
+
+// What a new stream is sent before going live. The events are pinned for the subscriber's
+// worker slot; the worker unpins each once written.
+struct ResumePlan {
+    ResetReason reset = ResetReason::kNone;
+    std::vector<ShmEvent*> replay;  // id order
 };
 
 struct PublishResult {
@@ -111,11 +174,15 @@ struct ChannelState {
     std::uint32_t subscribers = 0;
     std::uint64_t last_event_id = 0;
     std::uint64_t events_published = 0;
+    std::uint32_t retained = 0;
+    std::uint64_t oldest_id = 0;
+    std::uint64_t newest_id = 0;
 };
 
 struct StoreStats {
     std::uint32_t channels = 0;
     std::uint32_t events_stored = 0;
+    std::uint32_t events_retained = 0;
     std::uint32_t subscribers = 0;
     std::size_t bytes_used = 0;
     std::size_t bytes_total = 0;
@@ -140,14 +207,17 @@ public:
     ngx_uint_t reap_dead_slots(ngx_log_t* log);
 
     // Registers a subscriber of `slot` on the channels, creating them. Its record lists the
-    // channels in the order of `names`. `start_after` is the id after which it receives events.
-    // Returns nullptr when the zone is full.
-    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names, std::uint64_t& start_after);
+    // channels in the order of `names`. `start_after` is the id after which it receives live
+    // events; `plan` says what it is sent first, decided in the same critical section so that
+    // nothing published meanwhile is missed or sent twice. Returns nullptr when the zone is full.
+    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names, const ResumeRequest& resume,
+                             std::uint64_t& start_after, ResumePlan& plan, ngx_log_t* log);
     void unsubscribe(ShmSubscriber* subscriber);
 
-    // Stores the events (all or none) for the channels. Returns false when the zone is full.
+    // Stores the events (all or none) for the channels, keeping history as the policy says and
+    // evicting the oldest history for room. Returns false when even that leaves no room.
     bool publish(const std::vector<EventInput>& events, const std::vector<std::string_view>& channels,
-                 PublishResult& result);
+                 const HistoryPolicy& history, PublishResult& result, ngx_log_t* log);
 
     // Ends every stream of the channel and forgets it. Returns false for an unknown channel.
     bool close_channel(std::string_view name, PublishResult& result, std::uint32_t& closed_subscribers,
@@ -159,6 +229,8 @@ public:
     void take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out);
     // The worker no longer needs the event's bytes. Lock-free.
     static void release_event(ShmEvent* ev, ngx_uint_t slot);
+    // The worker has written a replayed event everywhere it was pinned for. Lock-free.
+    static void unpin_event(ShmEvent* ev, ngx_uint_t slot);
     // Frees events no worker needs any more.
     void collect();
 
@@ -166,6 +238,14 @@ public:
 
 private:
     ShmChannel* find_locked(std::string_view name, std::uint32_t hash);
+    void* alloc_evicting_locked(std::size_t size, ngx_log_t* log);
+    bool evict_oldest_locked();
+    void unretain_locked(EventChannelRef& ref);
+    void trim_history_locked(ShmChannel* ch);
+    void sweep_expired_locked();
+    void forget_channel_locked(std::string_view name, std::uint64_t through);
+    void maybe_free_event_locked(ShmEvent* ev);
+    void plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan);
     ShmChannel* create_channel_locked(std::string_view name, std::uint32_t hash);
     void maybe_free_channel_locked(ShmChannel* ch);
     void collect_locked();

@@ -7,6 +7,7 @@
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
+#include "protocol/resume.h"
 #include "protocol/utf8.h"
 
 using namespace sse;
@@ -146,4 +147,39 @@ TEST(Batch, RefusesIdRetryAndUnknownFields) {
     EXPECT_NE(reason.find("unknown field \"evnet\""), std::string::npos);
     EXPECT_FALSE(parse_event_stream_batch("\n\n: only a comment\n\n", events, reason));
     EXPECT_EQ(reason, "the batch holds no event");
+}
+
+TEST(EventId, ParsesDecimalIdsOnly) {
+    std::uint64_t id = 0;
+    EXPECT_TRUE(parse_event_id("0", id));
+    EXPECT_EQ(id, 0u);
+    EXPECT_TRUE(parse_event_id("1763913600000000", id));
+    EXPECT_EQ(id, 1763913600000000u);
+    EXPECT_TRUE(parse_event_id("18446744073709551615", id));
+    EXPECT_EQ(id, UINT64_MAX);
+    for (std::string_view bad : {"", " 1", "1 ", "+1", "-1", "1.0", "abc", "12x", "0x10", "18446744073709551616",
+                                 "000000000000000000001"}) {
+        EXPECT_FALSE(parse_event_id(bad, id)) << bad;
+    }
+}
+
+TEST(ResetFrame, NamesTheGivenIdAndTheReason) {
+    EXPECT_EQ(reset_frame("reset", "42", ResetReason::kEvicted),
+              "event: reset\ndata: {\"last_event_id\":\"42\",\"reason\":\"evicted\"}\n\n");
+    EXPECT_EQ(reset_frame("gap", "x", ResetReason::kMalformed),
+              "event: gap\ndata: {\"last_event_id\":\"x\",\"reason\":\"malformed\"}\n\n");
+    EXPECT_NE(reset_frame("reset", "9", ResetReason::kFuture).find("\"reason\":\"future\""), std::string::npos);
+    EXPECT_NE(reset_frame("reset", "1", ResetReason::kBeforeRestart).find("\"before_restart\""), std::string::npos);
+}
+
+TEST(ResetFrame, EscapesWhatTheClientSent) {
+    EXPECT_EQ(reset_frame("reset", "a\"b\\c\x01", ResetReason::kMalformed),
+              "event: reset\ndata: {\"last_event_id\":\"a\\\"b\\\\c\\u0001\",\"reason\":\"malformed\"}\n\n");
+    // Invalid UTF-8 becomes U+FFFD; valid UTF-8 passes.
+    EXPECT_NE(reset_frame("reset", "\xff" "1", ResetReason::kMalformed).find("\"\\ufffd1\""), std::string::npos);
+    EXPECT_NE(reset_frame("reset", "\xc3\xa9", ResetReason::kMalformed).find("\"\xc3\xa9\""), std::string::npos);
+    // At most 64 bytes of it.
+    std::string frame = reset_frame("reset", std::string(100, '7'), ResetReason::kMalformed);
+    EXPECT_NE(frame.find("\"" + std::string(64, '7') + "\""), std::string::npos);
+    EXPECT_EQ(frame.find(std::string(65, '7')), std::string::npos);
 }

@@ -1,0 +1,73 @@
+#include "protocol/resume.h"
+
+#include "protocol/utf8.h"
+
+namespace sse {
+
+namespace {
+
+// JSON string body of text that may be anything a client sent: invalid UTF-8 becomes U+FFFD.
+void append_json_escaped(std::string& out, std::string_view text) {
+    static const char kHex[] = "0123456789abcdef";
+    bool valid = is_valid_utf8(text);
+    for (unsigned char c : text) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += char(c);
+        } else if (c < 0x20 || c == 0x7f) {
+            out += "\\u00";
+            out += kHex[c >> 4];
+            out += kHex[c & 0xf];
+        } else if (c >= 0x80 && !valid) {
+            out += "\\ufffd";
+        } else {
+            out += char(c);
+        }
+    }
+}
+
+}  // namespace
+
+bool parse_event_id(std::string_view text, std::uint64_t& id) noexcept {
+    if (text.empty() || text.size() > kMaxIdDigits) return false;
+    std::uint64_t value = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') return false;
+        std::uint64_t digit = std::uint64_t(c - '0');
+        if (value > (UINT64_MAX - digit) / 10) return false;
+        value = value * 10 + digit;
+    }
+    id = value;
+    return true;
+}
+
+std::string_view reset_reason_name(ResetReason reason) noexcept {
+    switch (reason) {
+    case ResetReason::kMalformed:
+        return "malformed";
+    case ResetReason::kFuture:
+        return "future";
+    case ResetReason::kBeforeRestart:
+        return "before_restart";
+    case ResetReason::kEvicted:
+        return "evicted";
+    case ResetReason::kNone:
+        break;
+    }
+    return "none";
+}
+
+std::string reset_frame(std::string_view event_name, std::string_view given_id, ResetReason reason) {
+    std::string out;
+    out.reserve(64 + event_name.size() + kMaxEchoedIdLength * 6);
+    out += "event: ";
+    out += event_name;
+    out += "\ndata: {\"last_event_id\":\"";
+    append_json_escaped(out, given_id.substr(0, kMaxEchoedIdLength));
+    out += "\",\"reason\":\"";
+    out += reset_reason_name(reason);
+    out += "\"}\n\n";
+    return out;
+}
+
+}  // namespace sse
