@@ -34,8 +34,8 @@ bool parse_event_id(std::string_view text, std::uint64_t& id) noexcept {
     for (char c : text) {
         if (c < '0' || c > '9') return false;
         std::uint64_t digit = std::uint64_t(c - '0');
-        if (value > (UINT64_MAX - digit) / 10) return false;
-        value = value * 10 + digit;
+        // Past the largest id: still a number, later than any id issued (saturated).
+        value = value > (UINT64_MAX - digit) / 10 ? UINT64_MAX : value * 10 + digit;
     }
     id = value;
     return true;

