@@ -56,7 +56,8 @@ struct Subscriber {
     Frame* new_tail;
     std::size_t sent_bytes;  // full length of the sent_* frames
     std::size_t new_bytes;   // of the new_* frames
-    std::size_t replay_allowance;  // a replay may exceed sse_send_buffer once, until it drains
+    std::size_t queued_total;  // bytes ever given to nginx
+    std::size_t replay_end;    // queued_total at the end of the replay: it may exceed sse_send_buffer
     ngx_queue_t all_link;    // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_msec_t last_write;
@@ -219,12 +220,26 @@ ngx_int_t flush(Subscriber* s) {
         }
         s->sent_tail = s->new_tail;
         s->sent_bytes += s->new_bytes;
+        s->queued_total += s->new_bytes;
         s->new_head = s->new_tail = nullptr;
         s->new_bytes = 0;
         s->last_write = ngx_current_msec;
     }
     ngx_int_t rc = ngx_http_output_filter(r, out);
     reclaim_sent(s);
+    if (rc == NGX_ERROR) return rc;
+
+    // What the socket did not take is sent when it becomes writable (as nginx's own writer
+    // does): arm the write event, and time out a client that takes nothing for send_timeout.
+    ngx_connection_t* c = r->connection;
+    ngx_event_t* wev = c->write;
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+    if (r->buffered || c->buffered) {
+        if (!wev->delayed) ngx_add_timer(wev, clcf->send_timeout);
+    } else if (wev->timer_set && !wev->delayed) {
+        ngx_del_timer(wev);
+    }
+    if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) return NGX_ERROR;
     return rc;
 }
 
@@ -320,7 +335,7 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
         append_new(s, f);
         replayed++;
     }
-    s->replay_allowance = s->new_bytes;
+    s->replay_end = s->new_bytes;
     if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
 }
 
@@ -523,12 +538,13 @@ void flush_dirty_streams() {
         ngx_queue_remove(&s->dirty_link);
         s->dirty = false;
         if (s->ending) continue;
-        // One event larger than the buffer still goes to a stream that owes nothing, and a
-        // replay larger than it is allowed once, until the stream has drained below it.
+        // One event larger than the buffer still goes to a stream that owes nothing, and the
+        // replay's own unsent bytes do not count: the bound is on what comes after it.
         std::size_t unsent = unsent_bytes(s);
+        std::size_t written = s->queued_total - unsent;
+        std::size_t replay_unsent = s->replay_end > written ? s->replay_end - written : 0;
         bool single_event = s->new_head == s->new_tail;
-        if (unsent <= s->conf->send_buffer) s->replay_allowance = 0;
-        if (unsent + s->new_bytes > s->conf->send_buffer + s->replay_allowance && !(unsent == 0 && single_event)) {
+        if (unsent + s->new_bytes > s->conf->send_buffer + replay_unsent && !(unsent == 0 && single_event)) {
             drop_slow(s);
             continue;
         }

@@ -264,6 +264,7 @@ void Store::unretain_locked(EventChannelRef& ref) {
     if (--ev->retained == 0) {
         ngx_queue_remove(&ev->retained_link);
         hdr_->retained_count--;
+        hdr_->retained_bytes -= event_alloc_size(ev->nchannels, ev->frame_len);
         maybe_free_event_locked(ev);
     }
 }
@@ -308,6 +309,13 @@ bool Store::evict_oldest_locked() {
     hdr_->counters.history_evictions++;
     hdr_->evictions_unlogged++;
     return true;
+}
+
+// Whether `size` more bytes could fit if all history were evicted: no history is thrown away
+// for an allocation that cannot succeed anyway.
+bool Store::could_fit_locked(std::size_t size) const {
+    std::size_t capacity = std::size_t(pool_->end - pool_->start);
+    return hdr_->bytes_used - hdr_->retained_bytes + size <= capacity;
 }
 
 // Allocates, evicting the oldest history until there is room or no history is left.
@@ -481,6 +489,14 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
         }
     }
 
+    if (!refused && !targets.empty()) {
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < events.size(); i++) {
+            total += event_alloc_size(targets.size(), event_frame_size(first + i, events[i].name, events[i].data));
+        }
+        refused = !could_fit_locked(total);
+    }
+
     std::vector<ShmEvent*> stored;
     if (!refused && !targets.empty()) {
         stored.reserve(events.size());
@@ -548,6 +564,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
         if (ev->retained > 0) {
             ngx_queue_insert_tail(&hdr_->retention, &ev->retained_link);
             hdr_->retained_count++;
+            hdr_->retained_bytes += event_alloc_size(ev->nchannels, ev->frame_len);
         }
     }
     for (ShmChannel* ch : targets) {

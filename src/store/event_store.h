@@ -126,6 +126,7 @@ struct StoreHeader {
     std::uint32_t channel_count;
     std::uint32_t event_count;
     std::uint32_t retained_count;
+    std::size_t retained_bytes;  // what evicting all history could give back (at most)
     std::uint64_t evictions_unlogged;  // evicted for room since the last log line
     time_t eviction_logged_at;
     std::uint64_t forgotten[kForgottenBuckets];
@@ -239,6 +240,7 @@ public:
 private:
     ShmChannel* find_locked(std::string_view name, std::uint32_t hash);
     void* alloc_evicting_locked(std::size_t size, ngx_log_t* log);
+    bool could_fit_locked(std::size_t size) const;
     bool evict_oldest_locked();
     void unretain_locked(EventChannelRef& ref);
     void trim_history_locked(ShmChannel* ch);
