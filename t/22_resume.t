@@ -9,6 +9,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP;
 use SSETest;
+use SSEExpect qw(frames);
 
 my $locations = <<'CONF';
         location = /events {
@@ -31,22 +32,13 @@ END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
 
-# The exact frame of an event.
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= join '', map { length $_ ? "data: $_\n" : "data:\n" } split /\n/, $data, -1;
-    return "$f\n";
-}
-
-# Publishes one event; returns [id, frame].
+# Publishes one event, checking the subscriber count its reply gives when $want_subs is defined;
+# returns [id, frame, reply].
 sub pub {
     my ($channel, $data, $name, $want_subs) = @_;
-    my $path = "/pub?topic=$channel" . (defined $name ? "&event=$name" : '');
-    my $r = $t->publish($path, $data);
-    is($r->{subscribers}, $want_subs, "publish to $channel: subscribers $want_subs") if defined $want_subs;
-    return [$r->{id}, frame($r->{id}, $data, $name)];
+    my $ev = $t->publish_event("/pub?topic=$channel", $data, $name);
+    is($ev->[2]{subscribers}, $want_subs, "publish to $channel: subscribers $want_subs") if defined $want_subs;
+    return $ev;
 }
 
 # Waits until the stream's body is exactly $want (or 10 s pass); returns the body.
@@ -55,14 +47,6 @@ sub body_is {
     $s->wait_body(length $want, 10);
     $s->drain(0.05) if length($s->body) == length $want;    # anything more that is on its way
     return is($s->body, $want, $label);
-}
-
-# GET on the publish location: the decoded JSON of a 200, else {status => N}.
-sub chan_state {
-    my ($ch) = @_;
-    my $r = $t->request('GET', "/pub?topic=$ch");
-    return {status => $r->{status}} unless $r->{status} == 200;
-    return eval { decode_json($r->{body}) } // {status => 200, body => $r->{body}};
 }
 
 sub channel_subscribers {
@@ -85,7 +69,7 @@ my @shapes = (
     my $s = $t->subscribe('/events?topics=r1');
     is($s->wait_body(length $PRE), $PRE, 'r1: the stream opens');
     my @first = map { pub('r1', "first $_ " . $shapes[$_ % 5][0], $shapes[$_ % 5][1], 1) } 0 .. 4;
-    body_is($s, $PRE . join('', map { $_->[1] } @first), 'r1: the first 5 events, exactly');
+    body_is($s, $PRE . frames(@first), 'r1: the first 5 events, exactly');
     my @ev = $s->events;
     my $last_seen = $ev[-1]{id};
     is($last_seen, $first[-1][0], 'r1: the last id seen is the 5th event');
@@ -95,9 +79,9 @@ my @shapes = (
 
     my @missed = map { pub('r1', "missed $_ " . $shapes[$_ % 5][0], $shapes[$_ % 5][1], 0) } 0 .. 9;
     my $st0 = $t->stats;
-    my $r = $t->subscribe('/events?topics=r1', headers => {'Last-Event-ID' => $last_seen});
+    my $r = $t->resume('/events?topics=r1', $last_seen);
     is($r->status, 200, 'r1 resume: 200');
-    my $want = $PRE . join('', map { $_->[1] } @missed);
+    my $want = $PRE . frames(@missed);
     body_is($r, $want, 'r1 resume: exactly the 10 missed events, byte for byte, in order, no reset');
     my $st1 = $t->stats;
     is($st1->{events_replayed} - $st0->{events_replayed}, 10, 'stats: events_replayed grew by exactly 10');
@@ -107,13 +91,13 @@ my @shapes = (
     body_is($r, $want . $live->[1], 'r1 resume: then the live event, nothing else');
 
     # GET: the channel's history figures.
-    is_deeply(chan_state('r1'),
+    is_deeply($t->channel_state('/pub?topic=r1'),
               {channel => 'r1', subscribers => 1, last_event_id => $live->[0], events_published => 16,
                retained => 16, oldest_id => $first[0][0], newest_id => $live->[0]},
               'GET r1: 1 subscriber, 16 published, 16 retained, oldest and newest ids');
     $r->close;
     ok(SSETest::wait_until(sub { channel_subscribers('r1') == 0 }, 10), 'r1: the resumed stream left');
-    is_deeply(chan_state('r1'),
+    is_deeply($t->channel_state('/pub?topic=r1'),
               {channel => 'r1', subscribers => 0, last_event_id => $live->[0], events_published => 16,
                retained => 16, oldest_id => $first[0][0], newest_id => $live->[0]},
               'GET r1 with only history: its figures');
@@ -125,7 +109,7 @@ my @shapes = (
 
     # A publish with nobody listening starts a fresh channel holding just that event.
     my $again = pub('r1', 'after the delete', undef, 0);
-    is_deeply(chan_state('r1'),
+    is_deeply($t->channel_state('/pub?topic=r1'),
               {channel => 'r1', subscribers => 0, last_event_id => $again->[0], events_published => 1,
                retained => 1, oldest_id => $again->[0], newest_id => $again->[0]},
               'GET r1 after DELETE and one publish: a fresh channel with one retained event');
@@ -137,44 +121,43 @@ is($t->request('GET', '/pub?topic=never')->{status}, 404, 'GET on a channel neve
 # --- (2) the query argument; the header wins over it ------------------------------------------
 {
     my @q = map { pub('r2', "q$_", $_ % 2 ? 'odd' : undef, 0) } 1 .. 6;
-    my $frames = sub { join '', map { $_->[1] } @_ };
 
     my $s = $t->subscribe("/events?topics=r2&last_event_id=$q[2][0]");
-    my $want = $PRE . $frames->(@q[3 .. 5]);
+    my $want = $PRE . frames(@q[3 .. 5]);
     body_is($s, $want, 'query last_event_id: exactly the 3 events after it');
     my $l1 = pub('r2', 'live 1', undef, 1);
     body_is($s, $want . $l1->[1], 'query last_event_id: then live');
     $s->close;
 
-    $s = $t->subscribe("/events?topics=r2&last_event_id=$q[1][0]", headers => {'Last-Event-ID' => $q[4][0]});
-    $want = $PRE . $frames->($q[5], $l1);
+    $s = $t->resume("/events?topics=r2&last_event_id=$q[1][0]", $q[4][0]);
+    $want = $PRE . frames($q[5], $l1);
     body_is($s, $want, 'header and query argument: the header wins');
     my $l2 = pub('r2', 'live 2', undef, 1);
     body_is($s, $want . $l2->[1], 'header and query argument: then live');
     $s->close;
 
-    $s = $t->subscribe("/events?topics=r2&last_event_id=$q[3][0]", headers => {'Last-Event-ID' => ''});
-    body_is($s, $PRE . $frames->(@q[4, 5], $l1, $l2), 'an empty header: the query argument applies');
+    $s = $t->resume("/events?topics=r2&last_event_id=$q[3][0]", '');
+    body_is($s, $PRE . frames(@q[4, 5], $l1, $l2), 'an empty header: the query argument applies');
     $s->close;
 
     # The query argument is URL-decoded.
     my $enc = join '', map { sprintf '%%%02X', ord } split //, $q[5][0];
     $s = $t->subscribe("/events?topics=r2&last_event_id=$enc");
-    body_is($s, $PRE . $frames->($l1, $l2), "a percent-encoded query argument ($enc) is decoded");
+    body_is($s, $PRE . frames($l1, $l2), "a percent-encoded query argument ($enc) is decoded");
     $s->close;
 }
 
 # --- resume at the newest id: no reset, nothing replayed, just live ----------------------------
 {
     my @n = map { pub('r4', "n$_", undef, 0) } 1 .. 3;
-    my $s = $t->subscribe('/events?topics=r4', headers => {'Last-Event-ID' => $n[-1][0]});
+    my $s = $t->resume('/events?topics=r4', $n[-1][0]);
     my $l = pub('r4', 'live at newest', undef, 1);
     body_is($s, $PRE . $l->[1], "resume at the channel's newest id: only the live event");
     $s->close;
 
     # An id newer than the channel's newest but not newer than the node's newest.
     my $other = pub('r4other', 'elsewhere', undef, 0);
-    $s = $t->subscribe('/events?topics=r4', headers => {'Last-Event-ID' => $other->[0]});
+    $s = $t->resume('/events?topics=r4', $other->[0]);
     my $l2 = pub('r4', 'live after another channel', undef, 1);
     body_is($s, $PRE . $l2->[1], "resume at the node's newest id (another channel's): only the live event");
     $s->close;
@@ -202,11 +185,11 @@ sub open_tracked {
     my ($s, $pid1) = open_tracked('/events?topics=r3');
     ok(defined $pid1, "r3: the first stream is held by worker " . ($pid1 // '?'));
     my @first = map { pub('r3', "w$_", 'w', 1) } 1 .. 3;
-    body_is($s, $PRE . join('', map { $_->[1] } @first), 'r3: the first stream got 3 events');
+    body_is($s, $PRE . frames(@first), 'r3: the first stream got 3 events');
     $s->close;
     ok(SSETest::wait_until(sub { channel_subscribers('r3') == 0 }, 10), 'r3: the first stream left');
     my @missed = map { pub('r3', "m$_", $_ % 2 ? undef : 'm', 0) } 1 .. 4;
-    my $want = $PRE . join('', map { $_->[1] } @missed);
+    my $want = $PRE . frames(@missed);
 
     my ($r, $pid2, $tries);
     for my $try (1 .. 60) {

@@ -8,8 +8,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP;
-use Time::HiRes qw(time);
 use SSETest;
+use SSEExpect qw(frame);
 
 my $t = SSETest->new(server => <<'CONF')->start;
         location = /events {
@@ -27,14 +27,6 @@ CONF
 END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
-
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= join '', map { length $_ ? "data: $_\n" : "data:\n" } split /\n/, $data, -1;
-    return "$f\n";
-}
 
 my @published;    # {id, frame, ch => {a => 1, ...}}
 my $n = 0;
@@ -83,24 +75,12 @@ sub control_after {
     return join '', map { $_->{frame} } grep { defined $_->{id} && $_->{id} > $after } @ev;
 }
 
-sub wait_for_id {
-    my ($s, $id) = @_;
-    my $end = time + 10;
-    while (time < $end) {
-        my @e = $s->events;
-        return 1 if @e && defined $e[-1]{id} && $e[-1]{id} >= $id;
-        last if $s->eof;
-        $s->events(@e + 1, 0.2);
-    }
-    return 0;
-}
-
 my $control = $t->subscribe('/events?topics=a,b');
 my $s = $t->subscribe('/events?topics=a,b');
 is($_->wait_body(length $PRE), $PRE, 'stream on a,b opens') for $control, $s;
 
 pub($_) for 'a', 'b', 'a,b';
-wait_for_id($s, $published[-1]{id});
+$s->wait_for_id($published[-1]{id});
 is($s->body, $PRE . expected(0, 'a', 'b'), 'the stream that will disconnect got the first 3 events');
 my $last_seen = ($s->events)[-1]{id};
 $s->close;
@@ -114,14 +94,14 @@ pub($_) for 'a', 'b', 'a', 'a', 'b', 'a,b', 'c', 'b,a', 'a', 'c,a', 'b';
 pub_batch('a,b');
 pub($_) for 'a,b,c', 'c', 'b', 'a';
 my $newest = $published[-1]{id};
-wait_for_id($control, $newest);
+$control->wait_for_id($newest);
 is($control->body, $PRE . expected(0, 'a', 'b'), 'the control stream got every a and b event once, in order');
 
 my $missed = expected($last_seen, 'a', 'b');
 my $count_missed = () = $missed =~ /^id: /mg;
 is($count_missed, 16, '16 events of a or b were missed');
 
-my $r = $t->subscribe('/events?topics=a,b', headers => {'Last-Event-ID' => $last_seen});
+my $r = $t->resume('/events?topics=a,b', $last_seen);
 $r->wait_body(length($PRE . $missed), 10);
 is($r->body, $PRE . control_after($control, $last_seen),
    'resume on a,b: exactly what the control stream received after the same id');
@@ -140,7 +120,7 @@ my %more = (
 my %streams;
 for my $k (sort keys %more) {
     my ($path, $id, $chs) = @{ $more{$k} };
-    my $x = $t->subscribe($path, headers => {'Last-Event-ID' => $id});
+    my $x = $t->resume($path, $id);
     my $want = $PRE . expected($id, @$chs);
     $x->wait_body(length $want, 10);
     is($x->body, $want, "resume $k ($path from $id): exactly the missed events of its channels");
@@ -151,7 +131,7 @@ is($streams{mid}[0]->body, $PRE . control_after($control, $mid), 'resume from th
 # Live: everyone gets the next events once.
 pub($_) for 'a', 'a,b', 'c', 'b';
 my $last = $published[-1]{id};
-wait_for_id($_, $last) for $control, $r, map { $_->[0] } values %streams;
+$_->wait_for_id($last) for $control, $r, map { $_->[0] } values %streams;
 is($control->body, $PRE . expected(0, 'a', 'b'), 'control: every event once, in order');
 is($r->body, $PRE . expected($last_seen, 'a', 'b'), 'resumed a,b stream: replay then live, no gap, no duplicate');
 for my $k (sort keys %streams) {

@@ -15,6 +15,7 @@ use JSON::PP;
 use POSIX ();
 use Time::HiRes qw(sleep time);
 use SSETest;
+use SSEExpect qw(frame first_difference);
 
 my $locations = <<'CONF';
         location = /events {
@@ -48,7 +49,7 @@ my $HISTORY = 2000;
 
 # The payload of the n-th event: 1-2 KB, recognisable.
 sub payload { my ($n) = @_; return "n=$n " . ('abcdefghij' x (100 + ($n * 37) % 100)) }
-sub frame { my ($id, $n) = @_; return "id: $id\ndata: " . payload($n) . "\n\n" }
+sub payload_frame { my ($id, $n) = @_; return frame($id, payload($n)) }
 
 my %n_of;    # id -> n
 my @ids;     # every id published, in order
@@ -68,36 +69,14 @@ is(scalar(grep { $ids[$_] == $ids[$_ - 1] + 1 } 1 .. $#ids), $#ids, "$HISTORY ev
 my $g = $t->get_json('/pub?topic=race');
 is_deeply([@$g{qw(retained oldest_id newest_id)}], [$HISTORY, $ids[0], $ids[-1]], "GET: $HISTORY retained, oldest and newest");
 
-# The publisher: $count single publishes, logging "n status id time" per line.
+# The publisher: $count single publishes of events n = $first_n, ..., logging "n status id time" per line.
 sub start_publisher {
     my ($log, $count, $first_n) = @_;
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        open my $fh, '>', $log or POSIX::_exit(2);
-        $fh->autoflush(1);
-        for my $i (0 .. $count - 1) {
-            my $n = $first_n + $i;
-            my $r = eval { $t->request('POST', '/pub?topic=race', body => payload($n)) };
-            my $status = $r ? $r->{status} : 0;
-            my ($id) = $r ? ($r->{body} =~ /"id":"(\d+)"/) : ();
-            printf $fh "%d %d %s %.6f\n", $n, $status, $id // '-', time;
-            sleep 0.002;
-        }
-        close $fh;
-        POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
-    }
-    return $pid;
-}
-
-sub read_log {
-    my ($log) = @_;
-    open my $fh, '<', $log or return ();
-    my @l;
-    while (<$fh>) {
-        my ($n, $status, $id, $when) = split;
-        push @l, {n => $n, status => $status, id => $id, when => $when};
-    }
-    return @l;
+    return $t->start_publisher(log => $log, pause => 0.002, next => sub {
+        my ($i) = @_;
+        return if $i >= $count;
+        return ($first_n + $i, '/pub?topic=race', payload($first_n + $i));
+    });
 }
 
 # Reads $s until $done->() is true; gives up when no byte has arrived for $stall seconds (a
@@ -121,8 +100,8 @@ sub read_until {
 # A replay through the small send buffer, nothing published meanwhile: it arrives whole.
 {
     my $x = $ids[-1500];
-    my $s = $t->subscribe('/events?topics=race', port => $t->port(1), headers => {'Last-Event-ID' => $x}, timeout => 10);
-    my $want = $PRE . join('', map { frame($_, $n_of{$_}) } @ids[-1499 .. -1]);
+    my $s = $t->resume('/events?topics=race', $x, port => $t->port(1), timeout => 10);
+    my $want = $PRE . join('', map { payload_frame($_, $n_of{$_}) } @ids[-1499 .. -1]);
     my $ok = read_until($s, sub { length($s->body) >= length $want }, stall => 5);
     diag(sprintf 'sndbuf=64k replay with no publish: %d of %d bytes arrived (raw %d)',
                  length($s->body), length($want), length($s->raw // '')) unless $ok;
@@ -148,11 +127,11 @@ for my $ri (0 .. $#rounds) {
     my $log = $t->dir . "/publisher.$ri.log";
     my $pid = start_publisher($log, $PER_ROUND, $next_n);
     # Let it get going.
-    SSETest::wait_until(sub { my @l = read_log($log); @l >= 5 }, 10);
+    SSETest::wait_until(sub { my @l = SSETest::read_publisher_log($log); @l >= 5 }, 10);
     my $newest = $t->get_json('/pub?topic=race')->{newest_id};
     my $x = $newest - $behind;
     my $t_connect = time;
-    my $s = $t->subscribe('/events?topics=race', port => $t->port($port_index), headers => {'Last-Event-ID' => $x}, timeout => 10);
+    my $s = $t->resume('/events?topics=race', $x, port => $t->port($port_index), timeout => 10);
     is($s->status, 200, "$label: 200");
 
     # Read: the pausing reader sleeps after each read during its first second.
@@ -169,7 +148,7 @@ for my $ri (0 .. $#rounds) {
                    if (!$child_done && waitpid($pid, POSIX::WNOHANG()) == $pid) {
                        $child_done = 1;
                        is($? >> 8, 0, "$label: the publisher exited normally");
-                       my @l = read_log($log);
+                       my @l = SSETest::read_publisher_log($log);
                        $last_id = $l[-1]{id};
                    }
                });
@@ -177,7 +156,7 @@ for my $ri (0 .. $#rounds) {
         waitpid($pid, 0);
         is($? >> 8, 0, "$label: the publisher exited normally");
     }
-    my @l = read_log($log);
+    my @l = SSETest::read_publisher_log($log);
     is(scalar @l, $PER_ROUND, "$label: the publisher published $PER_ROUND events");
     is(scalar(grep { $_->{status} == 202 } @l), $PER_ROUND, "$label: every publish answered 202");
     for my $p (@l) { $n_of{ $p->{id} } = $p->{n}; push @ids, $p->{id} }
@@ -193,16 +172,12 @@ for my $ri (0 .. $#rounds) {
     my @got_ids = map { $_->{id} // 'none' } @ev;
     is(scalar(grep { !defined $_->{id} } @ev), 0, "$label: no event without an id (no reset)");
     is(scalar @got_ids, scalar @want_ids, "$label: " . scalar(@want_ids) . ' events received');
-    my $first_bad;
-    for my $i (0 .. ($#got_ids > $#want_ids ? $#got_ids : $#want_ids)) {
-        if (($got_ids[$i] // '') ne ($want_ids[$i] // '')) { $first_bad = $i; last }
-    }
-    ok(!defined $first_bad, "$label: the ids are exactly those after the position, in order")
-        or diag("first difference at $first_bad: got " . join(' ', @got_ids[$first_bad .. ($first_bad + 4 > $#got_ids ? $#got_ids : $first_bad + 4)])
-                . ' want ' . join(' ', @want_ids[$first_bad .. ($first_bad + 4 > $#want_ids ? $#want_ids : $first_bad + 4)]));
+    my $difference = first_difference(\@got_ids, \@want_ids);
+    ok(!defined $difference, "$label: the ids are exactly those after the position, in order")
+        or diag($difference);
     is(scalar(grep { $got_ids[$_] eq 'none' || $got_ids[$_ - 1] eq 'none' || $got_ids[$_] != $got_ids[$_ - 1] + 1 } 1 .. $#got_ids), 0,
        "$label: contiguous ids, no gap, no duplicate");
-    ok($s->body eq $PRE . join('', map { exists $n_of{$_} ? frame($_, $n_of{$_}) : "missing $_" } @want_ids),
+    ok($s->body eq $PRE . join('', map { exists $n_of{$_} ? payload_frame($_, $n_of{$_}) : "missing $_" } @want_ids),
        "$label: the whole body byte for byte: the preamble, then every event after the position");
     ok(!$s->eof, "$label: the stream is still open");
     $s->close;

@@ -10,6 +10,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP;
 use SSETest;
+use SSEExpect qw(frame reset_frame frames);
 
 my $t = SSETest->new(server => <<'CONF')->start;
         location = /events {
@@ -39,26 +40,8 @@ END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
 
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= join '', map { length $_ ? "data: $_\n" : "data:\n" } split /\n/, $data, -1;
-    return "$f\n";
-}
-
-sub reset_frame {
-    my ($x, $reason, $name) = @_;
-    return 'event: ' . ($name // 'reset') . qq(\ndata: {"last_event_id":"$x","reason":"$reason"}\n\n);
-}
-
-sub pub {
-    my ($channel, $data, $name) = @_;
-    my $r = $t->publish("/pub?topic=$channel" . (defined $name ? "&event=$name" : ''), $data);
-    return [$r->{id}, frame($r->{id}, $data, $name)];
-}
-
-sub frames { join '', map { $_->[1] } @_ }
+# Publishes one event to $channel; returns [id, frame, reply].
+sub pub { my ($channel, @event) = @_; return $t->publish_event("/pub?topic=$channel", @event) }
 
 my $resets = 0;      # reset events the streams received
 my $replayed = 0;    # events replayed from history
@@ -68,8 +51,7 @@ my $replayed = 0;    # events replayed from history
 sub resume_ok {
     my (%o) = @_;
     my $path = $o{path} // "/events?topics=$o{topics}";
-    my %h = defined $o{id} ? ('Last-Event-ID' => $o{id}) : ();
-    my $s = $t->subscribe($path, headers => \%h);
+    my $s = $t->resume($path, $o{id});
     is($s->status, 200, "$o{label}: 200");
     my $want = $PRE . ($o{reset} // '') . frames(@{ $o{replay} });
     my $n = @{ $o{replay} } + ($o{reset} ? 1 : 0);
@@ -131,7 +113,7 @@ $l = resume_ok(label => 'malformed by query argument', path => '/events?topics=r
 # An id with a quote and a backslash: the reset data is still valid JSON echoing it.
 {
     my $odd = 'x"y\\z';
-    my $s = $t->subscribe('/events?topics=r', headers => {'Last-Event-ID' => $odd});
+    my $s = $t->resume('/events?topics=r', $odd);
     my @ev = $s->events(4, 10);
     is($ev[0]{event}, 'reset', 'quote and backslash: a reset event first');
     my $j = eval { decode_json($ev[0]{data} // '') };

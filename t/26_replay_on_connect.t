@@ -8,9 +8,9 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use JSON::PP;
 use Time::HiRes qw(sleep time);
 use SSETest;
+use SSEExpect qw(reset_frame frames);
 
 my $t = SSETest->new(server => <<'CONF')->start;
         location = /events {
@@ -49,33 +49,8 @@ END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
 
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= join '', map { length $_ ? "data: $_\n" : "data:\n" } split /\n/, $data, -1;
-    return "$f\n";
-}
-
-sub reset_frame {
-    my ($x, $reason) = @_;
-    return qq(event: reset\ndata: {"last_event_id":"$x","reason":"$reason"}\n\n);
-}
-
-sub pub {
-    my ($loc, $channel, $data, $name) = @_;
-    my $r = $t->publish("$loc?topic=$channel" . (defined $name ? "&event=$name" : ''), $data);
-    return [$r->{id}, frame($r->{id}, $data, $name)];
-}
-
-sub frames { join '', map { $_->[1] } @_ }
-
-sub chan_state {
-    my ($ch) = @_;
-    my $r = $t->request('GET', "/pub?topic=$ch");
-    return {status => $r->{status}} unless $r->{status} == 200;
-    return eval { decode_json($r->{body}) } // {status => 200, body => $r->{body}};
-}
+# Publishes one event to $channel at the publish location $loc; returns [id, frame, reply].
+sub pub { my ($loc, $channel, @event) = @_; return $t->publish_event("$loc?topic=$channel", @event) }
 
 # Waits for $n events, then checks the exact body.
 sub body_ok {
@@ -123,12 +98,12 @@ my @by = map { $ev{$_} } qw(a1 b1 a2 ab3 b2 a4 b3 a5);
     push @by, $la;
 
     # sse_replay does not apply when a position is given: from the newest id, nothing.
-    my $s = $t->subscribe('/replay?topics=a,b', headers => {'Last-Event-ID' => $la->[0]});
+    my $s = $t->resume('/replay?topics=a,b', $la->[0]);
     my $l = pub('/pub', 'b', 'live to b');
     body_ok($s, 1, $PRE . $l->[1], 'sse_replay with a position at the newest id: nothing replayed, live only');
     $s->close;
     # From an older position: exactly the events after it, not the last 5.
-    $s = $t->subscribe('/replay?topics=a,b', headers => {'Last-Event-ID' => $ev{b1}[0]});
+    $s = $t->resume('/replay?topics=a,b', $ev{b1}[0]);
     my @want = (@by[2 .. $#by], $l);
     body_ok($s, scalar @want, $PRE . frames(@want),
             'sse_replay with an older position: every event after it (' . scalar(@want) . '), not 5');
@@ -146,24 +121,24 @@ my @by = map { $ev{$_} } qw(a1 b1 a2 ab3 b2 a4 b3 a5);
     my $keeper = $t->subscribe('/events?topics=z');    # keeps channel z in existence
     my @z = map { pub('/pub0', 'z', "z$_") } 1 .. 3;
     body_ok($keeper, 3, $PRE . frames(@z), 'history 0: the live subscriber still gets every event');
-    is_deeply(chan_state('z'),
+    is_deeply($t->channel_state('/pub?topic=z'),
               {channel => 'z', subscribers => 1, last_event_id => $z[-1][0], events_published => 3,
                retained => 0, oldest_id => undef, newest_id => undef},
               'history 0: GET z: 3 published, 0 retained, null oldest and newest ids');
     # Nobody listening: nothing retained, the channel is unknown.
     my $r = $t->publish('/pub0?topic=z-nobody', 'lost');
     is($r->{subscribers}, 0, 'history 0, nobody listening: subscribers 0');
-    is(chan_state('z-nobody')->{status}, 404, 'history 0, nobody listening: GET 404, nothing retained');
+    is($t->channel_state('/pub?topic=z-nobody')->{status}, 404, 'history 0, nobody listening: GET 404, nothing retained');
 
     # Resume after missing z1..z3 (never kept): reset evicted, nothing replayed, then live.
-    my $s = $t->subscribe('/events?topics=z', headers => {'Last-Event-ID' => $before->[0]});
+    my $s = $t->resume('/events?topics=z', $before->[0]);
     my $l = pub('/pub0', 'z', 'z live 1');
     body_ok($s, 2, $PRE . reset_frame($before->[0], 'evicted') . $l->[1],
             'history 0: resume after missed events: reset evicted, nothing replayed, then live');
     $s->close;
     # Resume having missed nothing (the position is z's newest; the keeper keeps z existing):
     # no reset, nothing replayed, live only.
-    $s = $t->subscribe('/events?topics=z', headers => {'Last-Event-ID' => $l->[0]});
+    $s = $t->resume('/events?topics=z', $l->[0]);
     my $l2 = pub('/pub0', 'z', 'z live 2');
     body_ok($s, 1, $PRE . $l2->[1], 'history 0: resume with nothing missed (channel kept by a subscriber): no reset, live only');
     $s->close;
@@ -187,24 +162,24 @@ my @by = map { $ev{$_} } qw(a1 b1 a2 ab3 b2 a4 b3 a5);
     my $s = $t->subscribe('/ttl-events?topics=tt');
     body_ok($s, 3, $PRE . frames(@tt), 'ttl: before it expires, sse_replay sends the 3 events');
     $s->close;
-    $s = $t->subscribe('/ttl-events?topics=tt', headers => {'Last-Event-ID' => $before->[0]});
+    $s = $t->resume('/ttl-events?topics=tt', $before->[0]);
     body_ok($s, 3, $PRE . frames(@tt), 'ttl: before it expires, a resume gets the 3 events, no reset');
     $s->close;
     my $fresh = time - $t_published < 0.9;
-    is_deeply([@{ chan_state('tt') }{qw(retained oldest_id newest_id)}], [3, $tt[0][0], $tt[-1][0]],
+    is_deeply([@{ $t->channel_state('/pub?topic=tt') }{qw(retained oldest_id newest_id)}], [3, $tt[0][0], $tt[-1][0]],
               'ttl: GET tt before expiry: 3 retained') if $fresh;
-    is_deeply([@{ chan_state('tt-lone') }{qw(subscribers retained)}], [0, 2], 'ttl: GET tt-lone before expiry: 2 retained')
+    is_deeply([@{ $t->channel_state('/pub?topic=tt-lone') }{qw(subscribers retained)}], [0, 2], 'ttl: GET tt-lone before expiry: 2 retained')
         if time - $t_published < 0.9;
     diag('ttl: the checks before expiry ran late, skipped') unless $fresh;
 
     sleep 2.5;    # the ttl is 1s: this wait is the point of the test
-    is_deeply(chan_state('tt'),
+    is_deeply($t->channel_state('/pub?topic=tt'),
               {channel => 'tt', subscribers => 1, last_event_id => $tt[-1][0], events_published => 3,
                retained => 0, oldest_id => undef, newest_id => undef},
               'ttl: GET tt after expiry: retained 0, null ids');
-    is(chan_state('tt-lone')->{status}, 404, 'ttl: GET tt-lone (no subscriber) after expiry: 404');
+    is($t->channel_state('/pub?topic=tt-lone')->{status}, 404, 'ttl: GET tt-lone (no subscriber) after expiry: 404');
 
-    my $resumed = $t->subscribe('/ttl-events?topics=tt', headers => {'Last-Event-ID' => $before->[0]});
+    my $resumed = $t->resume('/ttl-events?topics=tt', $before->[0]);
     my $first = $t->subscribe('/ttl-events?topics=tt');
     $resumed->events(1, 10);
     my $l = pub('/ttl-pub', 'tt', 'tt live');

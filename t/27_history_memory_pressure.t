@@ -11,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP;
 use SSETest;
+use SSEExpect qw(frame reset_frame);
 
 my $t = SSETest->new(http => "    sse_shm_size 256k;\n", server => <<'CONF')->start;
         location = /events {
@@ -31,14 +32,6 @@ END { local $?; $t->stop if $t }
 my $PRE = ":ok\n\n";
 my @CH = map { "m$_" } 0 .. 3;
 my $WARN = qr/\[warn\].*sse: shared zone full, evicted \d+ retained events to make room; raise sse_shm_size/;
-
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= "data: $data\n";
-    return "$f\n";
-}
 
 # A live subscriber on m1 all along: delivery is unaffected by the pressure.
 my $live = $t->subscribe('/events?topics=m1');
@@ -116,20 +109,20 @@ is(scalar @warns, 1, 'the zone-full eviction was logged once, at [warn]') or dia
     cmp_ok(scalar @m0_tail, '>', 0, 'm0 still retains events');
     cmp_ok(scalar @m0_tail, '<', scalar @m0, 'm0 lost events to the pressure');
     my $x = $m0[0][1];
-    my $s = $t->subscribe('/events?topics=m0', headers => {'Last-Event-ID' => $x});
-    my $want = $PRE . qq(event: reset\ndata: {"last_event_id":"$x","reason":"evicted"}\n\n) . join('', map { $_->[2] } @m0_tail);
+    my $s = $t->resume('/events?topics=m0', $x);
+    my $want = $PRE . reset_frame($x, 'evicted') . join('', map { $_->[2] } @m0_tail);
     $s->events(1 + @m0_tail, 10);
     is($s->body, $want, 'resume from m0\'s first id: reset evicted, then exactly the newest ' . scalar(@m0_tail)
                         . ' events of m0, contiguous, ending with the newest');
     my $r = $t->publish('/pub?topic=m0', 'live m0');
     $s->events(2 + @m0_tail, 10);
-    is($s->body, $want . "id: $r->{id}\ndata: live m0\n\n", 'then live');
+    is($s->body, $want . frame($r->{id}, 'live m0'), 'then live');
     $s->close;
 
     # A resume from the newest retained m0 event before the live one: exact, no reset.
-    my $s2 = $t->subscribe('/events?topics=m0', headers => {'Last-Event-ID' => $m0_tail[-1][1]});
+    my $s2 = $t->resume('/events?topics=m0', $m0_tail[-1][1]);
     $s2->events(1, 10);
-    is($s2->body, $PRE . "id: $r->{id}\ndata: live m0\n\n", 'resume from m0\'s newest retained: exact, no reset');
+    is($s2->body, $PRE . frame($r->{id}, 'live m0'), 'resume from m0\'s newest retained: exact, no reset');
     $s2->close;
 }
 

@@ -8,10 +8,9 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use JSON::PP;
-use POSIX ();
 use Time::HiRes qw(sleep time);
 use SSETest;
+use SSEExpect qw(frame frames);
 
 my $locations = <<'CONF';
         location = /events {
@@ -33,33 +32,8 @@ END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
 
-sub frame {
-    my ($id, $data, $name) = @_;
-    my $f = "id: $id\n";
-    $f .= "event: $name\n" if defined $name;
-    $f .= join '', map { length $_ ? "data: $_\n" : "data:\n" } split /\n/, $data, -1;
-    return "$f\n";
-}
-
-sub pub {
-    my ($channel, $data, $name) = @_;
-    my $r = $t->publish("/pub?topic=$channel" . (defined $name ? "&event=$name" : ''), $data);
-    return [$r->{id}, frame($r->{id}, $data, $name)];
-}
-
-sub frames { join '', map { $_->[1] } @_ }
-
-sub wait_for_id {
-    my ($s, $id, $timeout) = @_;
-    my $end = time + ($timeout // 10);
-    while (time < $end) {
-        my @e = $s->events;
-        return 1 if @e && defined $e[-1]{id} && $e[-1]{id} >= $id;
-        last if $s->eof;
-        $s->events(@e + 1, 0.2);
-    }
-    return 0;
-}
+# Publishes one event to $channel; returns [id, frame, reply].
+sub pub { my ($channel, @event) = @_; return $t->publish_event("/pub?topic=$channel", @event) }
 
 # --- left before the reload, resumes after it ---------------------------------------------------
 {
@@ -80,7 +54,7 @@ sub wait_for_id {
               [0, 7, $first[0][0], $before[-1][0], 7], 'rl: GET after the reload: the history is still there');
     my @after = map { pub('rl', "after reload $_\nline 2") } 1 .. 4;
     cmp_ok($after[0][0], '>', $before[-1][0], 'ids keep increasing across the reload');
-    my $r = $t->subscribe('/events?topics=rl', headers => {'Last-Event-ID' => $last});
+    my $r = $t->resume('/events?topics=rl', $last);
     my $want = $PRE . frames(@before, @after);
     $r->events(8, 10);
     is($r->body, $want, 'rl: resume after the reload: exactly the 8 missed events (4 before, 4 after), no reset');
@@ -104,25 +78,16 @@ sub wait_for_id {
     my $marker = pub('rl2', 'marker');
     my %frame_of = ($marker->[0] => $marker->[1]);
     my @ids = ($marker->[0]);
-    wait_for_id($_, $marker->[0]) for @old;
+    $_->wait_for_id($marker->[0]) for @old;
 
     my $log = $t->dir . '/publisher.log';
     my $stop = $t->dir . '/publisher.stop';
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        open my $fh, '>', $log or POSIX::_exit(2);
-        $fh->autoflush(1);
-        my $end = time + 15;
-        for (my $n = 0; !-e $stop && time < $end; $n++) {
-            my $r = eval { $t->request('POST', '/pub?topic=rl2' . ($n % 5 ? '' : '&event=fifth'), body => "ev-$n") };
-            my $status = $r ? $r->{status} : 0;
-            my ($id) = $r ? ($r->{body} =~ /"id":"(\d+)"/) : ();
-            printf $fh "%d %d %s\n", $n, $status, $id // '-';
-            sleep 0.004;
-        }
-        close $fh;
-        POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
-    }
+    my $end = time + 15;
+    my $pid = $t->start_publisher(log => $log, pause => 0.004, next => sub {
+        my ($n) = @_;
+        return if -e $stop || time >= $end;
+        return ($n, '/pub?topic=rl2' . ($n % 5 ? '' : '&event=fifth'), "ev-$n");
+    });
 
     sleep 0.5;    # let events flow before the reload (not a correctness wait)
     my @old_workers = $t->worker_pids;
@@ -138,26 +103,23 @@ sub wait_for_id {
 
     # Each client resumes with its last id, while the publisher goes on.
     my @last = map { my @e = $_->events; $e[-1]{id} } @old;
-    my @resumed = map { $t->subscribe('/events?topics=rl2', port => $t->port(1), headers => {'Last-Event-ID' => $_}) } @last;
+    my @resumed = map { $t->resume('/events?topics=rl2', $_, port => $t->port(1)) } @last;
     sleep 0.5;    # let events flow after the resume (not a correctness wait)
     open my $sfh, '>', $stop or die $!;
     close $sfh;
     waitpid($pid, 0);
     is($? >> 8, 0, 'rl2: the publisher exited normally');
 
-    open my $lfh, '<', $log or die "$log: $!";
-    my @pubs;
-    while (<$lfh>) { my ($n, $status, $id) = split; push @pubs, [$n, $status, $id] }
-    close $lfh;
+    my @pubs = SSETest::read_publisher_log($log);
     cmp_ok(scalar @pubs, '>=', 50, 'rl2: at least 50 events were published (' . scalar(@pubs) . ')');
-    is(scalar(grep { $_->[1] != 202 } @pubs), 0, 'rl2: every publish answered 202');
+    is(scalar(grep { $_->{status} != 202 } @pubs), 0, 'rl2: every publish answered 202');
     for my $p (@pubs) {
-        push @ids, $p->[2];
-        $frame_of{ $p->[2] } = frame($p->[2], "ev-$p->[0]", $p->[0] % 5 ? undef : 'fifth');
+        push @ids, $p->{id};
+        $frame_of{ $p->{id} } = frame($p->{id}, "ev-$p->{n}", $p->{n} % 5 ? undef : 'fifth');
     }
     my $all = $PRE . join('', map { $frame_of{$_} } @ids);
 
-    wait_for_id($_, $ids[-1], 15) for @resumed;
+    $_->wait_for_id($ids[-1], 15) for @resumed;
     my $ok = 0;
     for my $i (0 .. $#old) {
         my @oe = $old[$i]->events;

@@ -13,10 +13,9 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP;
-use POSIX ();
-use IO::Handle;
 use Time::HiRes qw(sleep time);
 use SSETest;
+use SSEExpect qw(first_difference);
 
 my $t = SSETest->new(
     http => q{    log_format resume '$arg_client "$http_last_event_id" $status';},
@@ -86,30 +85,22 @@ for my $name (@names) {
 my $st = $t->stats_until({subscribers => 2}, 10);
 is($st->{subscribers}, 2, 'both streams are subscribed');
 
+# The data of the publisher's event n ("end" for its last one).
+sub data_of { my ($n) = @_; return $n eq 'end' ? 'end' : $n % 7 == 3 ? "ev-$n\nsecond line of $n" : "ev-$n" }
+
 # The publisher: a child process publishing "ev-N" (every 7th with a second line) every 40 ms
-# until told to stop, then "end"; it writes one line per publish: "<n> <status> <id>".
+# until told to stop, then "end"; it writes one line per publish: "<n> <status> <id> <time>".
 my $log = "$dir/publisher.log";
 my $stop = "$dir/publisher.stop";
-my $pid = fork // die "fork: $!";
-if ($pid == 0) {
-    open my $fh, '>', $log or POSIX::_exit(2);
-    $fh->autoflush(1);
-    my $end = time + ($ENV{SSE_SANITIZED} ? 60 : 30);
-    my $n = 0;
-    while (1) {
-        my $last = -e $stop || time > $end;
-        my $data = $last ? 'end' : $n % 7 == 3 ? "ev-$n\nsecond line of $n" : "ev-$n";
-        my $r = eval { $t->request('POST', '/pub?topic=seq', body => $data) };
-        my $status = $r ? $r->{status} : 0;
-        my ($id) = $r ? ($r->{body} =~ /"id":"(\d+)"/) : ();
-        print $fh join(' ', $last ? 'end' : $n, $status, $id // '-'), "\n";
-        last if $last;
-        $n++;
-        sleep 0.04;
-    }
-    close $fh;
-    POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
-}
+my $end = time + ($ENV{SSE_SANITIZED} ? 60 : 30);
+my $ended = 0;
+my $pid = $t->start_publisher(log => $log, pause => 0.04, next => sub {
+    my ($n) = @_;
+    return if $ended;
+    $ended = -e $stop || time > $end;
+    my $label = $ended ? 'end' : $n;
+    return ($label, '/pub?topic=seq', data_of($label));
+});
 
 sub published {
     open my $fh, '<', $log or return 0;
@@ -159,14 +150,7 @@ close $sfh;
 waitpid($pid, 0);
 is($? >> 8, 0, 'the publisher exited normally');
 
-open my $lfh, '<', $log or die "$log: $!";
-my @pubs;
-while (<$lfh>) {
-    my ($n, $status, $id) = split;
-    my $data = $n eq 'end' ? 'end' : $n % 7 == 3 ? "ev-$n\nsecond line of $n" : "ev-$n";
-    push @pubs, {n => $n, status => $status, id => $id, data => $data};
-}
-close $lfh;
+my @pubs = map { {%$_, data => data_of($_->{n})} } SSETest::read_publisher_log($log);
 my @refused = grep { $_->{status} != 202 } @pubs;
 is(scalar @refused, 0, 'every publish answered 202') or diag explain \@refused;
 is(scalar(grep { $pubs[$_]{id} > $pubs[$_ - 1]{id} } 1 .. $#pubs), $#pubs, 'published ids increase');
@@ -187,7 +171,7 @@ for my $name (@names) {
     ok($r->{ended}, "$name: received the last event") or diag($out, slurp($c->{err}));
     is_deeply($r->{page_errors} // [], [], "$name: no error on the page") if $name eq 'browser';
     my $ok = is_deeply($r->{got}, \@want, "$name: received exactly the published sequence: every event once, in order, with its id");
-    diag(first_difference($r->{got} || [], \@want)) unless $ok;
+    diag(first_difference($r->{got} || [], \@want, sub { "$_[0][0] " . encode_json($_[0][1]) }) // 'no difference') unless $ok;
     is_deeply($r->{resets}, [], "$name: no reset event");
     # Each disruption ended the client's stream (checked above: the DELETE closed it, or after the
     # reload it is back on a new worker), so it reconnected at least once per disruption.
@@ -230,17 +214,4 @@ sub slurp {
     open my $fh, '<', $file or return '';
     local $/;
     return <$fh>;
-}
-
-sub first_difference {
-    my ($got, $want) = @_;
-    my $n = @$got > @$want ? @$got : @$want;
-    for my $i (0 .. $n - 1) {
-        my ($g, $w) = map { $_->[$i] ? "$_->[$i][0] " . encode_json($_->[$i][1]) : '(none)' } $got, $want;
-        next if $g eq $w;
-        my @around = map { $_ >= 0 && $got->[$_] ? "$got->[$_][0] " . encode_json($got->[$_][1]) : () } $i - 3 .. $i + 3;
-        return sprintf "got %d events, want %d; first difference at %d: got %s, want %s\naround it the client got:\n  %s",
-            scalar @$got, scalar @$want, $i, $g, $w, join("\n  ", @around);
-    }
-    return 'no difference';
 }

@@ -10,6 +10,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use Socket qw(PF_INET SOCK_STREAM SOL_SOCKET SO_RCVBUF IPPROTO_TCP pack_sockaddr_in inet_aton);
 use SSETest;
+use SSEExpect qw(frame);
 
 # Ports 1 (HTTP/1.1) and 2 (HTTP/2): a fixed 32k socket send buffer, so a 150 KB burst takes
 # many writes.
@@ -51,10 +52,11 @@ my $ES = {'Content-Type' => 'text/event-stream'};
 my @payloads = map { "burst $_ " . ('x' x 1490) } 1 .. 100;
 my $batch = join '', map { "data: $_\n\n" } @payloads;
 
+# The exact body of a stream that received the burst whose last id is $last.
 sub expected_body {
     my ($last) = @_;
     my $id = $last - @payloads + 1;
-    return ":ok\n\n" . join '', map { 'id: ' . $id++ . "\ndata: $_\n\n" } @payloads;
+    return ":ok\n\n" . join '', map { frame($id++, $_) } @payloads;
 }
 
 # HTTP/1.1: publish the burst while the client is not reading, then read.

@@ -180,6 +180,19 @@ sub wait_body {
     return $self->{body};
 }
 
+# Reads until the newest event has an id >= $id (true), the stream ends or $timeout (10) s pass (false).
+sub wait_for_id {
+    my ($self, $id, $timeout) = @_;
+    my $end = time + ($timeout // 10);
+    while (time < $end) {
+        my @e = $self->events;
+        return 1 if @e && defined $e[-1]{id} && $e[-1]{id} >= $id;
+        last if $self->eof;
+        $self->events(@e + 1, 0.2);
+    }
+    return 0;
+}
+
 # Waits until the server closes the connection.
 sub wait_eof {
     my ($self, $timeout) = @_;

@@ -8,6 +8,8 @@ package SSETest;
 #   my $s = $t->subscribe('/events?topics=a');      # an SSEClient, headers already read
 #   my $r = $t->publish('/pub?topic=a', 'hello');    # decoded JSON of the 202
 #   my @ev = $s->events(1);                          # [{id, event, data}]
+#   my $e = $t->publish_event('/pub?topic=a', 'hi'); # [id, its exact frame, the reply]
+#   my $r = $t->resume('/events?topics=a', $e->[0]); # a stream sending Last-Event-ID
 #   $t->finish;                                      # stops nginx, checks error.log
 
 use strict;
@@ -23,8 +25,10 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use Cwd qw(abs_path);
 use File::Basename qw(dirname);
+use POSIX ();
 
 use SSEClient;
+use SSEExpect ();
 
 our @ALL;    # every harness object, weakly held, for the END block
 our $REPO = abs_path(dirname(__FILE__) . '/../..');
@@ -355,6 +359,61 @@ sub stats_until {
 sub subscribe {
     my ($self, $path, %o) = @_;
     return SSEClient->new(port => $o{port} // $self->port, path => $path, %o);
+}
+
+# subscribe() resuming from $last_id: sent as Last-Event-ID (no header when undef) along with $o{headers}.
+sub resume {
+    my ($self, $path, $last_id, %o) = @_;
+    my %h = %{ $o{headers} || {} };
+    $h{'Last-Event-ID'} = $last_id if defined $last_id;
+    return $self->subscribe($path, %o, headers => \%h);
+}
+
+# Publishes $data, named $name when defined, to $path (e.g. /pub?topic=a): [id, its exact frame, the reply].
+sub publish_event {
+    my ($self, $path, $data, $name) = @_;
+    my $r = $self->publish($path . (defined $name ? "&event=$name" : ''), $data);
+    return [$r->{id}, SSEExpect::frame($r->{id}, $data, $name), $r];
+}
+
+# GET on a publish location ($path, e.g. /pub?topic=a): the decoded JSON of a 200, else {status => N}.
+sub channel_state {
+    my ($self, $path) = @_;
+    my $r = $self->request('GET', $path);
+    return {status => $r->{status}} unless $r->{status} == 200;
+    return eval { decode_json($r->{body}) } // {status => 200, body => $r->{body}};
+}
+
+# Forks a publisher: POSTs ($label, $path, $body) = $o{next}->($n) for n = 0, 1, ... until it returns
+# nothing, sleeping $o{pause} s after each, logging "<label> <status> <id> <time>" to $o{log}; returns its pid.
+sub start_publisher {
+    my ($self, %o) = @_;
+    my $pid = fork // die "fork: $!";
+    return $pid if $pid;
+    open my $fh, '>', $o{log} or POSIX::_exit(2);
+    $fh->autoflush(1);
+    for (my $n = 0; ; $n++) {
+        my ($label, $path, $body) = $o{next}->($n) or last;
+        my $r = eval { $self->request('POST', $path, body => $body) };
+        my $status = $r ? $r->{status} : 0;
+        my ($id) = $r ? ($r->{body} =~ /"id":"(\d+)"/) : ();
+        printf $fh "%s %d %s %.6f\n", $label, $status, $id // '-', time;
+        sleep $o{pause} if $o{pause};
+    }
+    close $fh;
+    POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
+}
+
+# The lines a start_publisher() child logged so far: ({n => label, status, id, when}, ...).
+sub read_publisher_log {
+    my ($log) = @_;
+    open my $fh, '<', $log or return ();
+    my @l;
+    while (<$fh>) {
+        my ($n, $status, $id, $when) = split;
+        push @l, {n => $n, status => $status, id => $id, when => $when};
+    }
+    return @l;
 }
 
 # Waits until code returns true (polling), up to $timeout seconds.
