@@ -12,8 +12,17 @@ use Time::HiRes qw(time);
 
 sub new {
     my ($class, %o) = @_;
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $o{port}, Proto => 'tcp')
-        or die "connect: $!";
+    my $sock;
+    if ($o{rcvbuf}) {
+        # A small receive buffer, set before connect so the window is small from the start: the
+        # server's writes back up as soon as the client stops reading.
+        $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+        $sock->setsockopt(SOL_SOCKET, SO_RCVBUF, $o{rcvbuf}) or die "setsockopt: $!";
+        $sock->connect(pack_sockaddr_in($o{port}, inet_aton('127.0.0.1'))) or die "connect: $!";
+    } else {
+        $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $o{port}, Proto => 'tcp')
+            or die "connect: $!";
+    }
     $sock->blocking(0);
     my $self = bless {sock => $sock, buf => '', body => '', parsed_upto => 0, events => [], comments => [],
                       retry => undef, eof => 0, chunked => 0, pending => '', %o}, $class;
