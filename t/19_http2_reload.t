@@ -1,5 +1,6 @@
 # HTTP/2 streams (h2c, curl as the client) through a reload: they receive their events, then end
-# cleanly when the retiring worker ends its streams (curl exits 0), and new streams work.
+# cleanly when the retiring worker ends its streams (curl exits 0), and new streams work. A
+# stream that comes back over HTTP/2 with Last-Event-ID gets exactly what it missed.
 use strict;
 use warnings;
 use FindBin;
@@ -17,11 +18,11 @@ CONF
 
 # The harness's first listen is HTTP/1.1; this test adds an h2c one on the extra port.
 sub curl_stream {
-    my ($port, $file) = @_;
+    my ($port, $file, @headers) = @_;
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
         exec('curl', '-sN', '--http2-prior-knowledge', '--max-time', '15', '-o', $file,
-             "http://127.0.0.1:$port/events?topics=h2") or exit 127;
+             (map { ('-H', $_) } @headers), "http://127.0.0.1:$port/events?topics=h2") or exit 127;
     }
     return $pid;
 }
@@ -49,6 +50,18 @@ ok(SSETest::wait_until(sub { $t->get_json('/stats')->{subscribers} == 1 }, 5), '
 my $e2 = $t->publish('/pub?topic=h2', 'after reload');
 ok(SSETest::wait_until(sub { slurp($file) =~ /after reload/ }, 5), 'receives new events');
 is(slurp($file), ":ok\n\nid: $e2->{id}\ndata: after reload\n\n", 'exact bytes');
+kill 'TERM', $pid;
+waitpid($pid, 0);
+
+# Back over HTTP/2 from the id the old streams last saw (before the reload): the one event missed
+# since, then live.
+$file = $t->dir . '/h2-resume.out';
+$pid = curl_stream($t->port(1), $file, "Last-Event-ID: $e->{id}");
+ok(SSETest::wait_until(sub { slurp($file) =~ /after reload/ }, 5), 'an HTTP/2 stream resuming with Last-Event-ID');
+my $e3 = $t->publish('/pub?topic=h2', 'live again');
+ok(SSETest::wait_until(sub { slurp($file) =~ /live again/ }, 5), 'goes live after its replay');
+is(slurp($file), ":ok\n\nid: $e2->{id}\ndata: after reload\n\nid: $e3->{id}\ndata: live again\n\n",
+   'exactly the missed event, then live');
 kill 'TERM', $pid;
 waitpid($pid, 0);
 
