@@ -6,6 +6,8 @@
 // time. The result is one JSON line on stdout and a readable summary on stderr.
 // With --idle-only it connects the subscribers, prints "ready" and holds them until SIGTERM,
 // SIGINT or the end of its standard input (to measure the server's memory per idle stream).
+// With --replay it publishes the M events first and then connects the subscribers, which are
+// owed every event of their channel from the server's history (a reconnect storm).
 //
 // Threads, one per role: the main thread owns every subscriber socket; a publisher thread owns
 // the publish connections, so that publish response times do not include the time the main
@@ -74,6 +76,7 @@ struct Options {
     double rate = 100;          // events/s over all channels; 0 = as fast as the answers come
     double timeout = 30;        // seconds for connecting, and for deliveries after the last publish
     bool idle_only = false;
+    bool replay = false;        // publish first, then connect: the events come from history
     std::string channel_prefix; // default: "bench-<run id>-", fresh per run (see main)
     long pub_conns = 1;
     long payload = 0;           // pad each event body to at least this many bytes
@@ -97,6 +100,8 @@ void usage() {
         "  --rate R             events/s in all; 0 = closed loop (default 100)\n"
         "  --timeout S          limit for connecting and for deliveries after the last publish (30)\n"
         "  --idle-only          connect, print \"ready\", hold until SIGTERM/SIGINT/stdin EOF\n"
+        "  --replay             publish the events first, then connect: each subscriber is owed\n"
+        "                       every event of its channel from the server's history\n"
         "  --pub-conns P        keep-alive publish connections, channel c on connection c mod P (1)\n"
         "  --payload B          pad each event body to at least B bytes (default 0: no padding)\n"
         "  --channel-prefix S   channel names are S0, S1, ... (default bench-<run id>-)\n"
@@ -152,6 +157,7 @@ Options parse_args(int argc, char** argv) {
         else if (arg == "--rate") o.rate = parse_double(f, need(), 0);
         else if (arg == "--timeout") o.timeout = parse_double(f, need(), 0.1);
         else if (arg == "--idle-only") o.idle_only = true;
+        else if (arg == "--replay") o.replay = true;
         else if (arg == "--pub-conns") o.pub_conns = parse_long(f, need(), 1, 1000);
         else if (arg == "--payload") o.payload = parse_long(f, need(), 0, 16 * 1024 * 1024);
         else if (arg == "--channel-prefix") o.channel_prefix = need();
@@ -1199,6 +1205,72 @@ int self_test() {
     return failures ? 1 : 0;
 }
 
+// --replay: publishes every event, then connects the subscribers and waits until each has every
+// event of its channel, sent from the server's history as the stream opens. The window runs from
+// the first connect to the last delivery; the server's CPU is sampled over it.
+int run_replay(const Options& o, const sockaddr_in& dst, const std::string& run_id,
+               const std::vector<std::string>& channels, Subscribers& subs, JsonLine& j) {
+    Publisher p(o, dst, run_id, channels);
+    PublishOutcome pub = p.run();
+    std::vector<long> subs_per_channel(size_t(o.channels), 0);
+    for (auto& s : subs.subs()) ++subs_per_channel[s.channel];
+    long expected = 0, published_ok = 0;
+    for (long k = 0; k < o.events; ++k) {
+        if (pub.status[size_t(k)] / 100 != 2) continue;
+        ++published_ok;
+        expected += subs_per_channel[size_t(k % o.channels)];
+    }
+
+    const long long cpu_before = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const double self_cpu_before = self_cpu_s();
+    std::string error;
+    bool ok = subs.connect_all(error);  // deliveries are counted while connecting
+    const int64_t deadline = now_ns() + int64_t(o.timeout * 1e9);
+    bool timed_out = false;
+    while (ok && subs.tally().delivered < expected && subs.open_streams() > 0) {
+        if (g_stop || now_ns() > deadline) { timed_out = true; break; }
+        subs.poll(10);
+    }
+    const long long cpu_after = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const Tally& t = subs.tally();
+    const int64_t window_end = t.last_delivery ? t.last_delivery : now_ns();
+    const double window_s = double(window_end - subs.connect_started()) / 1e9;
+    const long lost = std::max(0L, expected - t.delivered);
+
+    j.num("connected", (long long)subs.connected());
+    j.num("events", (long long)o.events);
+    j.num("published_ok", (long long)published_ok);
+    j.num("publish_failed", (long long)(o.events - published_ok));
+    j.num("expected", (long long)expected);
+    j.num("delivered", (long long)t.delivered);
+    j.num("lost", (long long)lost);
+    j.num("duplicated", (long long)t.duplicated);
+    j.num("out_of_order", (long long)t.out_of_order);
+    j.num("foreign", (long long)t.foreign);
+    j.num("misrouted", (long long)t.misrouted);
+    j.num("closed_by_server", (long long)t.closed_by_server);
+    j.num("window_s", window_s);
+    j.num("delivered_per_s", window_s > 0 ? double(t.delivered) / window_s : -1, 1);
+    if (cpu_before >= 0 && cpu_after >= 0) {
+        const double cpu_s = double(cpu_after - cpu_before) / double(sysconf(_SC_CLK_TCK));
+        j.num("server_cpu_s", cpu_s, 2);
+        j.num("server_cpu_us_per_delivery", t.delivered ? cpu_s * 1e6 / double(t.delivered) : -1, 3);
+    }
+    j.num("loadgen_cpu_s", self_cpu_s() - self_cpu_before, 2);
+    j.boolean("timed_out", timed_out);
+    if (!ok) j.str("error", error);
+    else if (!pub.error.empty()) j.str("error", pub.error);
+    emit(j);
+    std::fprintf(stderr,
+                 "loadgen%s%s: replay of %ld events (%ld published) to %ld subscribers: expected %ld, delivered %ld, "
+                 "lost %ld, duplicated %ld, out of order %ld%s; %.0f deliveries/s over %.2f s\n",
+                 o.label.empty() ? "" : " ", o.label.c_str(), o.events, published_ok, o.subscribers, expected,
+                 t.delivered, lost, t.duplicated, t.out_of_order, timed_out ? " (timed out)" : "",
+                 window_s > 0 ? double(t.delivered) / window_s : 0.0, window_s);
+    if (!ok) std::fprintf(stderr, "loadgen: %s\n", error.c_str());
+    return ok && pub.error.empty() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1220,11 +1292,12 @@ int main(int argc, char** argv) {
 
     JsonLine j;
     if (!o.label.empty()) j.str("label", o.label);
-    j.str("mode", o.idle_only ? "idle" : "run");
+    j.str("mode", o.idle_only ? "idle" : o.replay ? "replay" : "run");
     j.num("subscribers", (long long)o.subscribers);
     j.num("channels", (long long)o.channels);
 
     Subscribers subs(o, dst, run_id, channels);
+    if (o.replay) return run_replay(o, dst, run_id, channels, subs, j);
     std::string error;
     bool ok = subs.connect_all(error);
     const double connect_s = subs.connect_finished() ? double(subs.connect_finished() - subs.connect_started()) / 1e9 : -1;

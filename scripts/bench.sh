@@ -7,7 +7,11 @@
 #   s1    10,000 subscribers on 1 channel (also gives publish response time under a big fan-out
 #         and the workers' CPU time per delivered event)
 #   s2    1,000 subscribers over 10 channels
-# s1 and s2 run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
+#   s3/s4 the same sizes as s1/s2, published in a closed loop (throughput)
+#   s5    reconnect storm: 100 events published first, then 10,000 subscribers connect and each
+#         is sent all 100 from the channel's history (ours: sse_replay 100; nchan:
+#         nchan_subscriber_first_message oldest, both keeping 100 messages per channel)
+# s1 to s5 run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
 #   scripts/bench.sh                   full run (about 5 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
@@ -37,6 +41,7 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
     : "${S2_SUBS:=200}" "${S2_CHANNELS:=10}" "${S2_EVENTS:=50}" "${S2_RATE:=100}"
     : "${S3_SUBS:=200}" "${S3_EVENTS:=50}"
     : "${S4_SUBS:=200}" "${S4_CHANNELS:=10}" "${S4_EVENTS:=200}"
+    : "${S5_SUBS:=200}" "${S5_EVENTS:=100}"
     : "${IDLE_SUBS:=200}"
     : "${RUN_TIMEOUT:=10}"
 else
@@ -50,10 +55,12 @@ else
     # so each server delivers as fast as it can.
     : "${S3_SUBS:=10000}" "${S3_EVENTS:=200}"
     : "${S4_SUBS:=1000}" "${S4_CHANNELS:=10}" "${S4_EVENTS:=4000}"
+    # Reconnect storm: every subscriber is sent the channel's whole history (100 events) as it connects.
+    : "${S5_SUBS:=10000}" "${S5_EVENTS:=100}"
     : "${IDLE_SUBS:=10000}"
     : "${RUN_TIMEOUT:=30}"
 fi
-scenarios=${BENCH_SCENARIOS:-idle s1 s2 s3 s4}
+scenarios=${BENCH_SCENARIOS:-idle s1 s2 s3 s4 s5}
 servers=(ours nchan)
 case "${BENCH_ONLY:-}" in
     "") ;;
@@ -107,6 +114,8 @@ write_conf() {  # server dir port
         listen 127.0.0.1:$p;
         location = /sub { sse_subscribe \$arg_channels; }
         location = /pub { sse_publish \$arg_channel; }
+        location = /replay { sse_subscribe \$arg_channels; sse_replay 100; }
+        location = /pubr { sse_publish \$arg_channel; sse_history 100; }
     }"
     else
         load="load_module /usr/lib/nginx/modules/ngx_nchan_module.so;"
@@ -114,6 +123,11 @@ write_conf() {  # server dir port
         listen 127.0.0.1:$p;
         location = /sub { nchan_subscriber eventsource; nchan_channel_id \$arg_channels; }
         location = /pub { nchan_publisher; nchan_channel_id \$arg_channel; }
+        location = /replay {
+            nchan_subscriber eventsource; nchan_channel_id \$arg_channels;
+            nchan_subscriber_first_message oldest;
+        }
+        location = /pubr { nchan_publisher; nchan_channel_id \$arg_channel; nchan_message_buffer_length 100; }
     }"
     fi
     cat >"$dir/nginx.conf" <<EOF
@@ -250,11 +264,14 @@ run_idle() {
 
 run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
+    local extra=()
     case $sc in
         s1) subs=$S1_SUBS channels=1 events=$S1_EVENTS rate=$S1_RATE conns=1 ;;
         s2) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 ;;
         s3) subs=$S3_SUBS channels=1 events=$S3_EVENTS rate=0 conns=1 ;;
         s4) subs=$S4_SUBS channels=$S4_CHANNELS events=$S4_EVENTS rate=0 conns=2 ;;
+        s5) subs=$S5_SUBS channels=1 events=$S5_EVENTS rate=0 conns=1
+            extra=(--replay --sub-path '/replay?channels={ch}' --pub-path '/pubr?channel={ch}') ;;
     esac
     pids0=$(workers "$s")
     cpu0=$(cpu_ticks "$s")
@@ -264,7 +281,7 @@ run_load() {  # server scenario rep
     # In the background with `wait`, so that a SIGTERM to this script is handled at once.
     timeout "$backstop" "$loadgen" \
         --port "${port[$s]}" --subscribers "$subs" --channels "$channels" --events "$events" --rate "$rate" \
-        --pub-conns "$conns" --timeout "$RUN_TIMEOUT" --cpu-pids "$pids0" --label "$s/$sc/$rep" \
+        --pub-conns "$conns" --timeout "$RUN_TIMEOUT" --cpu-pids "$pids0" --label "$s/$sc/$rep" "${extra[@]}" \
         >"$out/$s/run.out" 2>>"$out/$s/loadgen.err" &
     loadgen_pid=$!
     wait "$loadgen_pid" || true
@@ -325,7 +342,7 @@ for sc in $scenarios; do
     case $sc in
         idle)
             for s in "${active[@]}"; do run_idle "$s" || failures=$((failures + 1)); done ;;
-        s1 | s2 | s3 | s4)
+        s1 | s2 | s3 | s4 | s5)
             for rep in $(seq "$BENCH_REPS"); do
                 order=("${active[@]}")
                 # The servers take turns going first, so that neither always runs on a warmer machine.
@@ -397,6 +414,15 @@ table_head() {
                 row "publishes/s achieved" "$sc" publish_rate median
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
+                row "lost" "$sc" lost max
+                row "duplicated" "$sc" duplicated max
+                row "out of order" "$sc" out_of_order max
+                ;;
+            s5)
+                table_head "s5 (reconnect storm): $S5_EVENTS events published, then $S5_SUBS subscribers connect and each is sent all $S5_EVENTS from history"
+                row "replayed events/s" "$sc" delivered_per_s median
+                row "seconds until every subscriber had its replay" "$sc" window_s median
+                row "worker CPU µs per replayed event" "$sc" server_cpu_us_per_delivery median
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
