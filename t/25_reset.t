@@ -103,6 +103,12 @@ for my $bad ('abc', '12x', '1234567890123456789012345', '-5', '1.5', '0x10', '12
 $l = resume_ok(label => 'malformed by query argument', path => '/events?topics=r&last_event_id=a%20b', topics => 'r',
                reset => reset_frame('a b', 'malformed'), replay => [@r]);
 @r = (@r[1, 2], $l);
+# A line break in it is escaped, in the reset event and in the log line.
+$l = resume_ok(label => 'malformed with a line break', path => '/events?topics=r&last_event_id=a%0Ab', topics => 'r',
+               reset => reset_frame('a\u000ab', 'malformed'), replay => [@r]);
+@r = (@r[1, 2], $l);
+like($t->error_log, qr/\[info\].*sse: cannot resume exactly after id "a\\u000ab" \(malformed\)/,
+     'the info line shows the id escaped');
 # Echoed truncated to 64 bytes.
 {
     my $long = join '', map { chr(ord('a') + $_ % 26) } 0 .. 199;

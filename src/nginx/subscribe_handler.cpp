@@ -304,9 +304,9 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
     ngx_http_request_t* r = s->request;
     StoreCounters& counters = worker_context()->store.header()->counters;
     if (plan.reset != ResetReason::kNone) {
+        std::string shown = echoed_id(given_id);  // what a client sent: escaped for the log too
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: cannot resume exactly after id \"%*s\" (%*s); replaying what is retained",
-                      std::min<std::size_t>(given_id.size(), kMaxEchoedIdLength), given_id.data(),
+                      "sse: cannot resume exactly after id \"%s\" (%*s); replaying what is retained", shown.c_str(),
                       reset_reason_name(plan.reset).size(), reset_reason_name(plan.reset).data());
         if (s->conf->reset_event.len > 0) {
             std::string frame = reset_frame(to_view(s->conf->reset_event), given_id, plan.reset);

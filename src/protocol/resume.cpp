@@ -57,13 +57,19 @@ std::string_view reset_reason_name(ResetReason reason) noexcept {
     return "none";
 }
 
+std::string echoed_id(std::string_view given_id) {
+    std::string out;
+    append_json_escaped(out, given_id.substr(0, kMaxEchoedIdLength));
+    return out;
+}
+
 std::string reset_frame(std::string_view event_name, std::string_view given_id, ResetReason reason) {
     std::string out;
     out.reserve(64 + event_name.size() + kMaxEchoedIdLength * 6);
     out += "event: ";
     out += event_name;
     out += "\ndata: {\"last_event_id\":\"";
-    append_json_escaped(out, given_id.substr(0, kMaxEchoedIdLength));
+    out += echoed_id(given_id);
     out += "\",\"reason\":\"";
     out += reset_reason_name(reason);
     out += "\"}\n\n";

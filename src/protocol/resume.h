@@ -23,6 +23,10 @@ std::string_view reset_reason_name(ResetReason reason) noexcept;
 // The given id is echoed back at most this long.
 constexpr std::size_t kMaxEchoedIdLength = 64;
 
+// The given id as it may be echoed (in the reset event, in a log line): at most 64 bytes,
+// JSON-escaped, invalid UTF-8 as U+FFFD.
+std::string echoed_id(std::string_view given_id);
+
 // The frame
 //   event: <name>\n
 //   data: {"last_event_id":"<given id, JSON-escaped, at most 64 bytes>","reason":"<reason>"}\n

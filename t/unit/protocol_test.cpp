@@ -186,3 +186,9 @@ TEST(ResetFrame, EscapesWhatTheClientSent) {
     EXPECT_NE(frame.find("\"" + std::string(64, '7') + "\""), std::string::npos);
     EXPECT_EQ(frame.find(std::string(65, '7')), std::string::npos);
 }
+
+TEST(ResetFrame, EchoedIdIsWhatTheFrameAndTheLogShow) {
+    EXPECT_EQ(echoed_id("123"), "123");
+    EXPECT_EQ(echoed_id("a\nb"), "a\\u000ab");
+    EXPECT_EQ(echoed_id(std::string(70, '1')), std::string(64, '1'));
+}
