@@ -118,9 +118,24 @@ refused('sse_stats with a value', qr/invalid number of arguments in "sse_stats" 
 refused('sse_subscribe with a bad variable', qr/unknown "no_such_variable_here" variable/, no_line => 1,
         server => "location = /x {\n sse_subscribe \$no_such_variable_here;\n }");
 
+# --- History -----------------------------------------------------------------------------------
+refused('sse_history 10000001', qr/"sse_history" directive [^\n]*at most 10000000/,
+        http => 'sse_history 10000001;', server => $STREAM, at => 'sse_history 10000001');
+refused('sse_history lots', qr/"sse_history" directive [^\n]*invalid/,
+        server => "location = /events {\n sse_subscribe a;\n sse_history lots;\n }", at => 'sse_history lots');
+refused('sse_history_ttl soon', qr/"sse_history_ttl" directive [^\n]*invalid/,
+        http => 'sse_history_ttl soon;', server => $STREAM, at => 'sse_history_ttl soon');
+refused('sse_replay -1', qr/"sse_replay" directive [^\n]*invalid/,
+        server => "location = /events {\n sse_subscribe a;\n sse_replay -1;\n }", at => 'sse_replay -1');
+refused('sse_reset_event with a space', qr/"sse_reset_event" directive [^\n]*needs an event name/,
+        http => 'sse_reset_event "gap found";', server => $STREAM, at => 'sse_reset_event');
+refused('sse_reset_event twice', qr/"sse_reset_event" directive is duplicate/,
+        server => "location = /events {\n sse_subscribe a;\n sse_reset_event a;\n sse_reset_event b;\n }",
+        at => 'sse_reset_event b');
+
 # --- A good configuration -------------------------------------------------------------------
 accepted('good configuration',
-         http => "sse_shm_size 256k;\n    sse_heartbeat off;\n    sse_send_buffer 1k;\n    sse_max_channels 1024;\n    sse_retry 3s;",
+         http => "sse_shm_size 256k;\n    sse_heartbeat off;\n    sse_send_buffer 1k;\n    sse_max_channels 1024;\n    sse_retry 3s;\n    sse_history 50;\n    sse_history_ttl 10m;\n    sse_replay 5;\n    sse_reset_event reset;",
          server => <<'CONF');
         sse_heartbeat 15s;
         sse_max_channels 1;
@@ -133,9 +148,21 @@ accepted('good configuration',
         }
         location = /fixed {
             sse_subscribe "news,sport";
+            sse_replay 10;
+            sse_reset_event off;
+        }
+        location = /resume {
+            sse_subscribe $arg_topics;
+            sse_reset_event history.lost;
         }
         location = /pub {
             sse_publish $arg_topic;
+            sse_history 0;
+        }
+        location = /pub-kept {
+            sse_publish $arg_topic;
+            sse_history 1000;
+            sse_history_ttl 0;
         }
         location = /stats {
             sse_stats;
