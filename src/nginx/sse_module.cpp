@@ -386,7 +386,7 @@ std::string_view to_view(const ngx_str_t& s) {
     return {reinterpret_cast<const char*>(s.data), s.len};
 }
 
-static ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body) {
+ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body) {
     if (r->header_sent) return NGX_ERROR;
     ngx_http_discard_request_body(r);
     r->headers_out.status = status;

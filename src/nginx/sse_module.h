@@ -59,6 +59,8 @@ void end_local_streams() noexcept;
 
 // Answers with a status and a one-line plain-text reason.
 ngx_int_t send_text(ngx_http_request_t* r, ngx_uint_t status, std::string_view text);
+// Answers with a body of the given type.
+ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body);
 // Answers with a JSON body.
 ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view json);
 

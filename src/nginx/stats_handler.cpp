@@ -1,43 +1,140 @@
-// sse_stats: the zone's figures as JSON, for monitoring and for the tests' baseline checks.
+// sse_stats: the zone's figures for monitoring, as JSON or, for a Prometheus scraper, in its
+// text exposition format; per-channel figures when asked for.
+//   GET /stats                          JSON
+//   GET /stats?format=prometheus        (or Accept: text/plain / application/openmetrics-text)
+//   GET /stats?channels=all             also every channel's figures (at most 1000, by name)
+//   GET /stats?channels=orders,users    also those channels' figures
 #include <string>
+#include <vector>
 
 #include "nginx/sse_module.h"
+#include "protocol/channel_list.h"
+#include "protocol/stats_report.h"
 
 namespace sse {
 
+namespace {
+
+constexpr std::size_t kMaxListedChannels = 1000;
+constexpr std::size_t kMaxNamedChannels = 1024;
+
+enum class Format { kJson, kPrometheus };
+
+bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
+    return ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>(name)), ngx_strlen(name), &value) == NGX_OK;
+}
+
+// A scraper asks with Accept: application/openmetrics-text;...,text/plain;version=0.0.4;...
+bool accepts_prometheus(ngx_http_request_t* r) {
+    ngx_list_part_t* part = &r->headers_in.headers.part;
+    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) return false;
+            part = part->next;
+            h = static_cast<ngx_table_elt_t*>(part->elts);
+            i = 0;
+        }
+        if (h[i].key.len != sizeof("Accept") - 1 ||
+            ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>("Accept")), h[i].key.len) != 0) {
+            continue;
+        }
+        std::string_view accept = to_view(h[i].value);
+        if (accept.find("application/json") != std::string_view::npos) return false;
+        return accept.find("text/plain") != std::string_view::npos ||
+               accept.find("application/openmetrics-text") != std::string_view::npos;
+    }
+}
+
+ChannelReport channel_report(std::string name, const ChannelState& st) {
+    ChannelReport c;
+    c.name = std::move(name);
+    c.subscribers = st.subscribers;
+    c.events_published = st.events_published;
+    c.last_event_id = st.last_event_id;
+    c.retained = st.retained;
+    c.oldest_id = st.oldest_id;
+    c.newest_id = st.newest_id;
+    return c;
+}
+
+ngx_int_t stats(ngx_http_request_t* r) {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no event zone in this worker");
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        return send_text(r, NGX_HTTP_NOT_ALLOWED, "stats are read with GET");
+    }
+
+    Format format = accepts_prometheus(r) ? Format::kPrometheus : Format::kJson;
+    ngx_str_t arg;
+    if (query_arg(r, "format", arg)) {
+        std::string_view f = to_view(arg);
+        if (f == "json") {
+            format = Format::kJson;
+        } else if (f == "prometheus") {
+            format = Format::kPrometheus;
+        } else {
+            return send_text(r, NGX_HTTP_BAD_REQUEST, "unknown format: use format=json or format=prometheus");
+        }
+    }
+
+    // A worker killed outright leaves its slot behind; reap before counting.
+    w->store.reap_dead_slots(r->connection->log);
+    StoreStats st = w->store.stats();
+    const StoreCounters& c = w->store.header()->counters;
+    StatsReport report;
+    report.subscribers = st.subscribers;
+    report.channels = st.channels;
+    report.events_published = c.events_published;
+    report.events_delivered = c.events_delivered;
+    report.events_stored = st.events_stored;
+    report.events_retained = st.events_retained;
+    report.events_replayed = c.events_replayed;
+    report.resets = c.resets;
+    report.history_evictions = c.history_evictions;
+    report.slow_disconnects = c.slow_disconnects;
+    report.publishes_refused = c.publishes_refused;
+    report.workers_reaped = c.workers_reaped;
+    report.zone_bytes_used = st.bytes_used;
+    report.zone_bytes_total = st.bytes_total;
+    report.uptime_seconds = std::uint64_t(ngx_time() - w->store.header()->created_at);
+    for (const auto& [pid, n] : st.per_worker) report.workers.emplace_back(long(pid), n);
+
+    if (query_arg(r, "channels", arg)) {
+        if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        report.per_channel = true;
+        if (to_view(arg) == "all") {
+            bool more = false;
+            for (auto& [name, state] : w->store.channel_states(kMaxListedChannels, more)) {
+                report.channel_list.push_back(channel_report(std::move(name), state));
+            }
+            report.per_channel_truncated = more;
+        } else {
+            std::vector<std::string_view> names;
+            std::string reason;
+            if (!parse_channel_list(to_view(arg), kMaxNamedChannels, names, reason)) {
+                return send_text(r, NGX_HTTP_BAD_REQUEST, reason + " (or channels=all)");
+            }
+            for (std::string_view name : names) {
+                ChannelState state = w->store.channel_state(name);
+                if (state.found) report.channel_list.push_back(channel_report(std::string(name), state));
+            }
+        }
+    }
+
+    if (format == Format::kPrometheus) {
+        return send_body(r, NGX_HTTP_OK, kPrometheusContentType, stats_prometheus(report));
+    }
+    return send_json(r, NGX_HTTP_OK, stats_json(report));
+}
+
+}  // namespace
+
 ngx_int_t stats_handler(ngx_http_request_t* r) {
     try {
-        WorkerContext* w = worker_context();
-        if (w == nullptr || w->slot < 0)
-            return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no event zone in this worker");
-        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)))
-            return send_text(r, NGX_HTTP_NOT_ALLOWED, "stats are read with GET");
-        // A worker killed outright leaves its slot behind; reap before counting.
-        w->store.reap_dead_slots(r->connection->log);
-        StoreStats st = w->store.stats();
-        const StoreCounters& c = w->store.header()->counters;
-        std::string json =
-            "{\"subscribers\":" + std::to_string(st.subscribers) + ",\"channels\":" + std::to_string(st.channels) +
-            ",\"events_published\":" + std::to_string(c.events_published) +
-            ",\"events_delivered\":" + std::to_string(c.events_delivered) +
-            ",\"events_stored\":" + std::to_string(st.events_stored) +
-            ",\"events_retained\":" + std::to_string(st.events_retained) +
-            ",\"events_replayed\":" + std::to_string(c.events_replayed) +
-            ",\"resets\":" + std::to_string(c.resets) +
-            ",\"history_evictions\":" + std::to_string(c.history_evictions) +
-            ",\"slow_disconnects\":" + std::to_string(c.slow_disconnects) +
-            ",\"publishes_refused\":" + std::to_string(c.publishes_refused) +
-            ",\"workers_reaped\":" + std::to_string(c.workers_reaped) +
-            ",\"zone_bytes_used\":" + std::to_string(st.bytes_used) +
-            ",\"zone_bytes_total\":" + std::to_string(st.bytes_total) +
-            ",\"uptime\":" + std::to_string(ngx_time() - w->store.header()->created_at) + ",\"workers\":[";
-        for (size_t i = 0; i < st.per_worker.size(); i++) {
-            if (i) json += ",";
-            json += "{\"pid\":" + std::to_string(st.per_worker[i].first) +
-                    ",\"subscribers\":" + std::to_string(st.per_worker[i].second) + "}";
-        }
-        json += "]}\n";
-        return send_json(r, NGX_HTTP_OK, json);
+        return stats(r);
+    } catch (const std::bad_alloc&) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory answering stats");
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception in stats");
     }

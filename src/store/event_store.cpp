@@ -16,7 +16,12 @@ namespace {
 class ZoneLock {
 public:
     explicit ZoneLock(ngx_slab_pool_t* pool) : pool_(pool) { ngx_shmtx_lock(&pool_->mutex); }
-    ~ZoneLock() { ngx_shmtx_unlock(&pool_->mutex); }
+    ~ZoneLock() { unlock(); }
+    void unlock() {
+        if (pool_ == nullptr) return;
+        ngx_shmtx_unlock(&pool_->mutex);
+        pool_ = nullptr;
+    }
     ZoneLock(const ZoneLock&) = delete;
     ZoneLock& operator=(const ZoneLock&) = delete;
 
@@ -664,6 +669,38 @@ ChannelState Store::channel_state(std::string_view name) {
         st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
     }
     return st;
+}
+
+std::vector<std::pair<std::string, ChannelState>> Store::channel_states(std::size_t limit, bool& more) {
+    std::vector<std::pair<std::string, ChannelState>> out;
+    more = false;
+    ZoneLock lock(pool_);
+    ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
+    if (hdr_->channels.root == sentinel) return out;
+    out.reserve(hdr_->channel_count);
+    for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
+         n = ngx_rbtree_next(&hdr_->channels, n)) {
+        auto* ch = reinterpret_cast<ShmChannel*>(n);
+        ChannelState st;
+        st.found = true;
+        st.subscribers = ch->subscribers;
+        st.last_event_id = ch->last_event_id;
+        st.events_published = ch->events_published;
+        st.retained = ch->history_count;
+        if (ch->history_count > 0) {
+            st.oldest_id = history_ref(ngx_queue_head(&ch->history))->event->id;
+            st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
+        }
+        out.emplace_back(std::string(ch->name_view()), st);
+    }
+    lock.unlock();
+    // The tree is ordered by name hash; list by name, then cut.
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (out.size() > limit) {
+        out.resize(limit);
+        more = true;
+    }
+    return out;
 }
 
 void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {

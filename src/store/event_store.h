@@ -17,6 +17,7 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -225,6 +226,10 @@ public:
                        bool& no_memory);
 
     ChannelState channel_state(std::string_view name);
+
+    // Every channel's figures, by name, at most `limit` of them; `more` says whether some were
+    // left out.
+    std::vector<std::pair<std::string, ChannelState>> channel_states(std::size_t limit, bool& more);
 
     // A worker's events: those after its cursor that it is marked in, oldest first.
     void take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out);

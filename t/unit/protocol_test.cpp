@@ -8,6 +8,7 @@
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
+#include "protocol/stats_report.h"
 #include "protocol/utf8.h"
 
 using namespace sse;
@@ -191,4 +192,37 @@ TEST(ResetFrame, EchoedIdIsWhatTheFrameAndTheLogShow) {
     EXPECT_EQ(echoed_id("123"), "123");
     EXPECT_EQ(echoed_id("a\nb"), "a\\u000ab");
     EXPECT_EQ(echoed_id(std::string(70, '1')), std::string(64, '1'));
+}
+
+TEST(StatsReport, JsonListsChannelsOnlyWhenAsked) {
+    StatsReport r;
+    r.subscribers = 2;
+    r.workers = {{10, 2}, {11, 0}};
+    std::string j = stats_json(r);
+    EXPECT_EQ(j.find("per_channel"), std::string::npos);
+    EXPECT_NE(j.find("\"workers\":[{\"pid\":10,\"subscribers\":2},{\"pid\":11,\"subscribers\":0}]"), std::string::npos);
+    r.per_channel = true;
+    r.channel_list.push_back({"a", 2, 3, 7, 0, 0, 0});
+    j = stats_json(r);
+    EXPECT_NE(j.find("\"per_channel\":[{\"channel\":\"a\",\"subscribers\":2,\"events_published\":3,"
+                     "\"last_event_id\":\"7\",\"retained\":0,\"oldest_id\":null,\"newest_id\":null}],"
+                     "\"per_channel_truncated\":false}\n"),
+              std::string::npos)
+        << j;
+}
+
+TEST(StatsReport, PrometheusFamiliesHaveHelpTypeAndSamples) {
+    StatsReport r;
+    r.events_published = 5;
+    r.workers = {{10, 1}};
+    r.per_channel = true;
+    r.channel_list.push_back({"a", 1, 5, 9, 2, 8, 9});
+    std::string p = stats_prometheus(r);
+    EXPECT_NE(p.find("# HELP sse_events_published_total Events published.\n"
+                     "# TYPE sse_events_published_total counter\n"
+                     "sse_events_published_total 5\n"),
+              std::string::npos);
+    EXPECT_NE(p.find("sse_worker_subscribers{pid=\"10\"} 1\n"), std::string::npos);
+    EXPECT_NE(p.find("sse_channel_events_retained{channel=\"a\"} 2\n"), std::string::npos);
+    EXPECT_EQ(p.back(), '\n');
 }

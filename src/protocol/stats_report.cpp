@@ -1,0 +1,139 @@
+#include "protocol/stats_report.h"
+
+namespace sse {
+
+namespace {
+
+std::string id_or_null(std::uint64_t id) {
+    return id ? "\"" + std::to_string(id) + "\"" : "null";
+}
+
+// Channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /, so they need no escaping in JSON
+// or in a label value; escape anyway, so this stays right if the name rules ever widen.
+std::string escaped(const std::string& s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out;
+}
+
+struct Family {
+    const char* name;
+    const char* type;
+    const char* help;
+};
+
+void family(std::string& out, const Family& f) {
+    out += "# HELP ";
+    out += f.name;
+    out += ' ';
+    out += f.help;
+    out += "\n# TYPE ";
+    out += f.name;
+    out += ' ';
+    out += f.type;
+    out += '\n';
+}
+
+void sample(std::string& out, const char* name, std::uint64_t value, const std::string& labels = {}) {
+    out += name;
+    if (!labels.empty()) out += "{" + labels + "}";
+    out += ' ';
+    out += std::to_string(value);
+    out += '\n';
+}
+
+void single(std::string& out, const Family& f, std::uint64_t value) {
+    family(out, f);
+    sample(out, f.name, value);
+}
+
+}  // namespace
+
+std::string stats_json(const StatsReport& r) {
+    std::string j = "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"channels\":" + std::to_string(r.channels) +
+                    ",\"events_published\":" + std::to_string(r.events_published) +
+                    ",\"events_delivered\":" + std::to_string(r.events_delivered) +
+                    ",\"events_stored\":" + std::to_string(r.events_stored) +
+                    ",\"events_retained\":" + std::to_string(r.events_retained) +
+                    ",\"events_replayed\":" + std::to_string(r.events_replayed) +
+                    ",\"resets\":" + std::to_string(r.resets) +
+                    ",\"history_evictions\":" + std::to_string(r.history_evictions) +
+                    ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
+                    ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
+                    ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
+                    ",\"zone_bytes_used\":" + std::to_string(r.zone_bytes_used) +
+                    ",\"zone_bytes_total\":" + std::to_string(r.zone_bytes_total) +
+                    ",\"uptime\":" + std::to_string(r.uptime_seconds) + ",\"workers\":[";
+    for (std::size_t i = 0; i < r.workers.size(); i++) {
+        if (i) j += ",";
+        j += "{\"pid\":" + std::to_string(r.workers[i].first) +
+             ",\"subscribers\":" + std::to_string(r.workers[i].second) + "}";
+    }
+    j += "]";
+    if (r.per_channel) {
+        j += ",\"per_channel\":[";
+        for (std::size_t i = 0; i < r.channel_list.size(); i++) {
+            const ChannelReport& c = r.channel_list[i];
+            if (i) j += ",";
+            j += "{\"channel\":\"" + escaped(c.name) + "\",\"subscribers\":" + std::to_string(c.subscribers) +
+                 ",\"events_published\":" + std::to_string(c.events_published) +
+                 ",\"last_event_id\":" + id_or_null(c.last_event_id) + ",\"retained\":" + std::to_string(c.retained) +
+                 ",\"oldest_id\":" + id_or_null(c.oldest_id) + ",\"newest_id\":" + id_or_null(c.newest_id) + "}";
+        }
+        j += "],\"per_channel_truncated\":";
+        j += r.per_channel_truncated ? "true" : "false";
+    }
+    j += "}\n";
+    return j;
+}
+
+std::string stats_prometheus(const StatsReport& r) {
+    std::string out;
+    out.reserve(2048 + r.channel_list.size() * 200);
+    single(out, {"sse_subscribers", "gauge", "Event streams open, over all worker processes."}, r.subscribers);
+    family(out, {"sse_worker_subscribers", "gauge", "Event streams open, per worker process."});
+    for (const auto& [pid, n] : r.workers) sample(out, "sse_worker_subscribers", n, "pid=\"" + std::to_string(pid) + "\"");
+    single(out, {"sse_channels", "gauge", "Channels with subscribers or retained events."}, r.channels);
+    single(out, {"sse_events_published_total", "counter", "Events published."}, r.events_published);
+    single(out, {"sse_events_delivered_total", "counter", "Event frames handed to live streams."}, r.events_delivered);
+    single(out, {"sse_events_replayed_total", "counter", "Event frames written to streams from history."},
+           r.events_replayed);
+    single(out, {"sse_resets_total", "counter", "Reset events sent: positions that could not be resumed exactly."},
+           r.resets);
+    single(out, {"sse_events_stored", "gauge", "Events held in the shared zone."}, r.events_stored);
+    single(out, {"sse_events_retained", "gauge", "Events kept in some channel's history."}, r.events_retained);
+    single(out, {"sse_history_evictions_total", "counter", "Retained events evicted to make room in the zone."},
+           r.history_evictions);
+    single(out, {"sse_slow_disconnects_total", "counter", "Streams closed for falling more than sse_send_buffer behind."},
+           r.slow_disconnects);
+    single(out, {"sse_publishes_refused_total", "counter", "Publishes refused with 507: the zone could not hold them."},
+           r.publishes_refused);
+    single(out, {"sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
+           r.workers_reaped);
+    single(out, {"sse_zone_used_bytes", "gauge", "Bytes the module holds in the shared zone."}, r.zone_bytes_used);
+    single(out, {"sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."}, r.zone_bytes_total);
+    single(out, {"sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},
+           r.uptime_seconds);
+    if (r.per_channel) {
+        family(out, {"sse_channel_subscribers", "gauge", "Event streams open on the channel."});
+        for (const ChannelReport& c : r.channel_list)
+            sample(out, "sse_channel_subscribers", c.subscribers, "channel=\"" + escaped(c.name) + "\"");
+        family(out, {"sse_channel_events_published_total", "counter", "Events published to the channel."});
+        for (const ChannelReport& c : r.channel_list)
+            sample(out, "sse_channel_events_published_total", c.events_published, "channel=\"" + escaped(c.name) + "\"");
+        family(out, {"sse_channel_events_retained", "gauge", "Events the channel keeps for replay."});
+        for (const ChannelReport& c : r.channel_list)
+            sample(out, "sse_channel_events_retained", c.retained, "channel=\"" + escaped(c.name) + "\"");
+    }
+    return out;
+}
+
+}  // namespace sse

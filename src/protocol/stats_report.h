@@ -1,0 +1,55 @@
+// The zone's figures as a monitoring system reads them: JSON, or Prometheus's text exposition
+// format (version 0.0.4). Pure C++: the nginx side fills the report, this renders it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sse {
+
+struct ChannelReport {
+    std::string name;
+    std::uint64_t subscribers = 0;
+    std::uint64_t events_published = 0;
+    std::uint64_t last_event_id = 0;  // 0: none yet
+    std::uint64_t retained = 0;
+    std::uint64_t oldest_id = 0;  // 0: nothing retained
+    std::uint64_t newest_id = 0;
+};
+
+struct StatsReport {
+    std::uint64_t subscribers = 0;
+    std::uint64_t channels = 0;
+    std::uint64_t events_published = 0;
+    std::uint64_t events_delivered = 0;
+    std::uint64_t events_stored = 0;
+    std::uint64_t events_retained = 0;
+    std::uint64_t events_replayed = 0;
+    std::uint64_t resets = 0;
+    std::uint64_t history_evictions = 0;
+    std::uint64_t slow_disconnects = 0;
+    std::uint64_t publishes_refused = 0;
+    std::uint64_t workers_reaped = 0;
+    std::uint64_t zone_bytes_used = 0;
+    std::uint64_t zone_bytes_total = 0;
+    std::uint64_t uptime_seconds = 0;
+    std::vector<std::pair<long, std::uint64_t>> workers;  // pid, subscribers
+
+    bool per_channel = false;  // asked for: the channels below are listed
+    bool per_channel_truncated = false;
+    std::vector<ChannelReport> channel_list;
+};
+
+// {"subscribers":N,...,"workers":[{"pid":P,"subscribers":N}],
+//  and when asked for: "per_channel":[{"channel":"a",...}],"per_channel_truncated":false}
+std::string stats_json(const StatsReport& report);
+
+// Counters end in _total, sizes in _bytes, times in _seconds; every family has HELP and TYPE.
+std::string stats_prometheus(const StatsReport& report);
+
+// The Content-Type of stats_prometheus().
+constexpr const char* kPrometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+}  // namespace sse
