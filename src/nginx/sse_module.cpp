@@ -28,6 +28,7 @@ char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* check_max_channels(ngx_conf_t* cf, void* post, void* data);
 char* check_history(ngx_conf_t* cf, void* post, void* data);
 char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
@@ -58,6 +59,8 @@ ngx_command_t commands[] = {
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, replay), &history_post},
     {ngx_string("sse_reset_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      set_reset_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_event_filter"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_event_filter, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -139,6 +142,7 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
     ngx_conf_merge_uint_value(conf->history, prev->history, kDefaultHistory);
     ngx_conf_merge_msec_value(conf->history_ttl, prev->history_ttl, kDefaultHistoryTtl);
     ngx_conf_merge_uint_value(conf->replay, prev->replay, 0);
+    if (conf->event_filter == nullptr) conf->event_filter = prev->event_filter;
     if (conf->reset_event_set == NGX_CONF_UNSET) {
         conf->reset_event_set = prev->reset_event_set == NGX_CONF_UNSET ? 0 : prev->reset_event_set;
         conf->reset_event = prev->reset_event;
@@ -180,6 +184,22 @@ char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
         return const_cast<char*>("needs an event name (at most 128 bytes, no spaces or line breaks) or off");
     }
     lcf->reset_event = value[1];
+    return NGX_CONF_OK;
+}
+
+char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->event_filter != nullptr) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ccv));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = cv;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    lcf->event_filter = cv;
     return NGX_CONF_OK;
 }
 

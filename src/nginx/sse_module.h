@@ -35,6 +35,7 @@ struct LocConf {
     ngx_uint_t replay;        // most recent events sent on a first connect
     ngx_str_t reset_event;    // empty: off
     ngx_flag_t reset_event_set;
+    ngx_http_complex_value_t* event_filter;  // event type patterns a stream keeps; nullptr: all
 };
 
 // What one worker process owns; built in init_process, torn down in exit_process.

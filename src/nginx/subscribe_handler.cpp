@@ -8,6 +8,7 @@
 
 #include "nginx/sse_module.h"
 #include "protocol/channel_list.h"
+#include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
 
@@ -45,6 +46,7 @@ struct LocalChannel {
 struct Subscriber {
     ngx_http_request_t* request;
     LocConf* conf;
+    EventFilter* filter;    // nullptr: every event
     ShmSubscriber* record;  // in the zone: its channels, for every worker to see
     ShmChannel** channels;  // the record's
     Membership* memberships;
@@ -199,6 +201,8 @@ void cleanup_subscriber(void* data) noexcept {
         if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
         release_all_frames(s);
         unregister(s);
+        delete s->filter;
+        s->filter = nullptr;
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception releasing a subscriber");
     }
@@ -320,7 +324,13 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
     }
     LocalIndex& li = local_index();
     std::size_t replayed = 0;
+    auto slot = ngx_uint_t(worker_context()->slot);
     for (ShmEvent* ev : plan.replay) {
+        if (s->filter != nullptr && !s->filter->matches(ev->name())) {
+            // Pinned for this stream by the plan: unpin unless another stream here holds it.
+            if (li.replay_holds.find(ev) == li.replay_holds.end()) Store::unpin_event(ev, slot);
+            continue;
+        }
         auto [it, added] = li.replay_holds.try_emplace(ev, nullptr);
         if (added) it->second = new EventHold{ev, 0, true};
         EventHold* hold = it->second;
@@ -437,6 +447,19 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving event streams");
     }
 
+    // The event types the stream keeps, before anything is registered: a bad list is a 400.
+    EventFilter filter;
+    if (conf->event_filter != nullptr) {
+        ngx_str_t types;
+        if (ngx_http_complex_value(r, conf->event_filter, &types) != NGX_OK || !url_decode(r, types)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (!filter.parse(to_view(types), reason)) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
+            return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+        }
+    }
+
     ResumeRequest resume;
     ngx_str_t given_id = ngx_null_string;
     if (resume_position(r, given_id)) {
@@ -470,6 +493,7 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     s->registered = true;
     cln->handler = cleanup_subscriber;
     cln->data = s;
+    if (!filter.empty()) s->filter = new EventFilter(std::move(filter));
     send_own_bytes(s, preamble, preamble_len);
     queue_resume(s, plan, to_view(given_id));
 
@@ -614,6 +638,7 @@ void deliver_to_local_subscribers() noexcept {
                     // A stream on several of the event's channels takes it once.
                     if (s->ending || s->last_id >= ev->id) continue;
                     s->last_id = ev->id;
+                    if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
                     Frame* f = get_frame();
                     if (f == nullptr) continue;
                     if (hold == nullptr) hold = new EventHold{ev, 0, false};

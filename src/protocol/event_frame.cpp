@@ -84,6 +84,10 @@ char* write_event_frame(char* dst, std::uint64_t id, std::string_view name, std:
     return dst;
 }
 
+std::size_t event_name_offset(std::uint64_t id) noexcept {
+    return kIdField.size() + decimal_length(id) + 1 + kEventField.size();
+}
+
 bool is_valid_event_name(std::string_view name) noexcept {
     return name.size() <= kMaxEventNameLength && name.find_first_of("\r\n") == std::string_view::npos;
 }

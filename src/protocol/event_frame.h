@@ -21,6 +21,9 @@ std::size_t event_frame_size(std::uint64_t id, std::string_view name, std::strin
 // Writes the frame into dst, which holds event_frame_size() bytes; returns the end.
 char* write_event_frame(char* dst, std::uint64_t id, std::string_view name, std::string_view data) noexcept;
 
+// Where the event's name starts in its frame (when it has one): after "id: <id>\nevent: ".
+std::size_t event_name_offset(std::uint64_t id) noexcept;
+
 // An event name may not hold CR or LF (it would end the field) and is at most 128 bytes.
 bool is_valid_event_name(std::string_view name) noexcept;
 

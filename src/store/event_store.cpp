@@ -526,6 +526,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
             ev->frame_len = std::uint32_t(frame_len);
             ev->nchannels = std::uint16_t(targets.size());
             ev->kind = kEventMessage;
+            ev->name_len = std::uint16_t(in.name.size());
             ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
             for (std::size_t i = 0; i < targets.size(); i++) {
                 ev->refs[i].channel = targets[i];

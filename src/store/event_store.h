@@ -21,6 +21,7 @@ extern "C" {
 #include <string_view>
 #include <vector>
 
+#include "protocol/event_frame.h"
 #include "protocol/resume.h"
 
 namespace sse {
@@ -74,12 +75,17 @@ struct ShmEvent {
     std::uint16_t nchannels;
     std::uint16_t kind;
     std::uint16_t retained;  // channels whose history holds it
+    std::uint16_t name_len;  // the event's name is in its frame, from event_name_offset(id)
     bool in_log;
     bool orphan;
     EventChannelRef* refs;
     u_char* frame;
 
     ShmChannel* channel(std::size_t i) const { return refs[i].channel; }
+    std::string_view name() const {
+        if (name_len == 0) return {};
+        return {reinterpret_cast<const char*>(frame) + event_name_offset(id), name_len};
+    }
 };
 
 // One stream, as every worker can see it: its channels and the worker that serves it.

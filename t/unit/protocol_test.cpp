@@ -9,6 +9,7 @@
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
 #include "protocol/stats_report.h"
+#include "protocol/event_filter.h"
 #include "protocol/utf8.h"
 
 using namespace sse;
@@ -225,4 +226,40 @@ TEST(StatsReport, PrometheusFamiliesHaveHelpTypeAndSamples) {
     EXPECT_NE(p.find("sse_worker_subscribers{pid=\"10\"} 1\n"), std::string::npos);
     EXPECT_NE(p.find("sse_channel_events_retained{channel=\"a\"} 2\n"), std::string::npos);
     EXPECT_EQ(p.back(), '\n');
+}
+
+TEST(EventFilter, GlobPatterns) {
+    EXPECT_TRUE(glob_match("order.*", "order.created"));
+    EXPECT_TRUE(glob_match("order.*", "order."));
+    EXPECT_FALSE(glob_match("order.*", "order"));
+    EXPECT_TRUE(glob_match("*.deleted", "user.deleted"));
+    EXPECT_FALSE(glob_match("*.deleted", "user.deleted.not"));
+    EXPECT_TRUE(glob_match("*", ""));
+    EXPECT_TRUE(glob_match("a*b*c", "axxbyyc"));
+    EXPECT_FALSE(glob_match("a*b*c", "axxbyy"));
+    EXPECT_TRUE(glob_match("v?", "v2"));
+    EXPECT_FALSE(glob_match("v?", "v22"));
+    EXPECT_TRUE(glob_match("exact", "exact"));
+    EXPECT_FALSE(glob_match("exact", "exac"));
+    // Linear on a pathological pattern.
+    EXPECT_FALSE(glob_match("*a*a*a*a*a*a*a*b", std::string(10000, 'a')));
+}
+
+TEST(EventFilter, ListsAndUnnamedEvents) {
+    EventFilter f;
+    std::string reason;
+    ASSERT_TRUE(f.parse(" order.* , *.deleted,,message ", reason)) << reason;
+    EXPECT_TRUE(f.matches("order.paid"));
+    EXPECT_TRUE(f.matches("user.deleted"));
+    EXPECT_TRUE(f.matches(""));  // unnamed: message
+    EXPECT_FALSE(f.matches("user.created"));
+    ASSERT_TRUE(f.parse("", reason));
+    EXPECT_TRUE(f.empty());
+    EXPECT_TRUE(f.matches("anything"));
+    EXPECT_FALSE(f.parse(std::string(129, 'x'), reason));
+    EXPECT_EQ(reason.rfind("invalid event type pattern", 0), 0u) << reason;
+    std::string many;
+    for (int i = 0; i < 33; i++) many += "t" + std::to_string(i) + ",";
+    EXPECT_FALSE(f.parse(many, reason));
+    EXPECT_EQ(reason, "too many event type patterns: at most 32");
 }
