@@ -133,6 +133,20 @@ refused('sse_reset_event twice', qr/"sse_reset_event" directive is duplicate/,
         server => "location = /events {\n sse_subscribe a;\n sse_reset_event a;\n sse_reset_event b;\n }",
         at => 'sse_reset_event b');
 
+# --- Limits and filters -----------------------------------------------------------------------
+refused('sse_max_subscribers many', qr/"sse_max_subscribers" directive [^\n]*invalid/,
+        http => 'sse_max_subscribers many;', server => $STREAM, at => 'sse_max_subscribers many');
+refused('sse_max_subscribers_per_key 0', qr/"sse_max_subscribers_per_key" directive [^\n]*at least 1/,
+        server => "location = /events {\n sse_subscribe a;\n sse_max_subscribers_per_key \$remote_addr 0;\n }",
+        at => 'sse_max_subscribers_per_key');
+refused('sse_max_lifetime soon', qr/"sse_max_lifetime" directive [^\n]*invalid value/,
+        http => 'sse_max_lifetime soon;', server => $STREAM, at => 'sse_max_lifetime soon');
+refused('sse_max_lifetime jitter too long', qr/"sse_max_lifetime" directive [^\n]*invalid jitter/,
+        http => 'sse_max_lifetime 1m 2m;', server => $STREAM, at => 'sse_max_lifetime 1m 2m');
+refused('sse_event_filter twice', qr/"sse_event_filter" directive is duplicate/,
+        server => "location = /events {\n sse_subscribe a;\n sse_event_filter a;\n sse_event_filter b;\n }",
+        at => 'sse_event_filter b');
+
 # --- A good configuration -------------------------------------------------------------------
 accepted('good configuration',
          http => "sse_shm_size 256k;\n    sse_heartbeat off;\n    sse_send_buffer 1k;\n    sse_max_channels 1024;\n    sse_retry 3s;\n    sse_history 50;\n    sse_history_ttl 10m;\n    sse_replay 5;\n    sse_reset_event reset;",
@@ -154,6 +168,10 @@ accepted('good configuration',
         location = /resume {
             sse_subscribe $arg_topics;
             sse_reset_event history.lost;
+            sse_event_filter $arg_types;
+            sse_max_subscribers 1000;
+            sse_max_subscribers_per_key $remote_addr 10;
+            sse_max_lifetime 30m 5m;
         }
         location = /pub {
             sse_publish $arg_topic;

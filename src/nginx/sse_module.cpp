@@ -29,6 +29,8 @@ char* check_max_channels(ngx_conf_t* cf, void* post, void* data);
 char* check_history(ngx_conf_t* cf, void* post, void* data);
 char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
@@ -61,6 +63,13 @@ ngx_command_t commands[] = {
      set_reset_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_event_filter"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      set_event_filter, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_max_subscribers"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, max_subscribers), nullptr},
+    {ngx_string("sse_max_subscribers_per_key"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2, set_max_per_key,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
+     set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -128,6 +137,10 @@ void* create_loc_conf(ngx_conf_t* cf) {
     lcf->history_ttl = NGX_CONF_UNSET_MSEC;
     lcf->replay = NGX_CONF_UNSET_UINT;
     lcf->reset_event_set = NGX_CONF_UNSET;
+    lcf->max_subscribers = NGX_CONF_UNSET_UINT;
+    lcf->max_per_key = NGX_CONF_UNSET_UINT;
+    lcf->max_lifetime = NGX_CONF_UNSET_MSEC;
+    lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
     return lcf;
 }
 
@@ -143,6 +156,13 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
     ngx_conf_merge_msec_value(conf->history_ttl, prev->history_ttl, kDefaultHistoryTtl);
     ngx_conf_merge_uint_value(conf->replay, prev->replay, 0);
     if (conf->event_filter == nullptr) conf->event_filter = prev->event_filter;
+    ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers, 0);
+    if (conf->limit_key == nullptr) {
+        conf->limit_key = prev->limit_key;
+        conf->max_per_key = prev->max_per_key;
+    }
+    ngx_conf_merge_msec_value(conf->max_lifetime, prev->max_lifetime, 0);
+    ngx_conf_merge_msec_value(conf->lifetime_jitter, prev->lifetime_jitter, 0);
     if (conf->reset_event_set == NGX_CONF_UNSET) {
         conf->reset_event_set = prev->reset_event_set == NGX_CONF_UNSET ? 0 : prev->reset_event_set;
         conf->reset_event = prev->reset_event;
@@ -200,6 +220,48 @@ char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     ccv.complex_value = cv;
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
     lcf->event_filter = cv;
+    return NGX_CONF_OK;
+}
+
+// sse_max_subscribers_per_key <key> <n>: the key may hold variables ($remote_addr, a user id).
+char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->limit_key != nullptr) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ngx_int_t n = ngx_atoi(value[2].data, value[2].len);
+    if (n <= 0) return const_cast<char*>("needs a key and a number of streams of at least 1");
+    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ccv));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = cv;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    lcf->limit_key = cv;
+    lcf->max_per_key = ngx_uint_t(n);
+    return NGX_CONF_OK;
+}
+
+// sse_max_lifetime <time> [<jitter>]: a stream ends cleanly after <time> minus a random part of
+// <jitter>, so that clients reconnect spread out rather than all at once.
+char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->max_lifetime != NGX_CONF_UNSET_MSEC) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ngx_msec_t lifetime = ngx_parse_time(&value[1], 0);
+    if (lifetime == (ngx_msec_t)NGX_ERROR || lifetime == 0) {
+        return const_cast<char*>("has an invalid value: use a time such as 30m, optionally followed by a jitter");
+    }
+    ngx_msec_t jitter = 0;
+    if (cf->args->nelts == 3) {
+        jitter = ngx_parse_time(&value[2], 0);
+        if (jitter == (ngx_msec_t)NGX_ERROR || jitter >= lifetime) {
+            return const_cast<char*>("has an invalid jitter: use a time shorter than the lifetime");
+        }
+    }
+    lcf->max_lifetime = lifetime;
+    lcf->lifetime_jitter = jitter;
     return NGX_CONF_OK;
 }
 

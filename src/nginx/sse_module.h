@@ -36,6 +36,11 @@ struct LocConf {
     ngx_str_t reset_event;    // empty: off
     ngx_flag_t reset_event_set;
     ngx_http_complex_value_t* event_filter;  // event type patterns a stream keeps; nullptr: all
+    ngx_uint_t max_subscribers;                    // over all workers; 0: no limit
+    ngx_http_complex_value_t* limit_key;           // sse_max_subscribers_per_key's key
+    ngx_uint_t max_per_key;
+    ngx_msec_t max_lifetime;  // 0: none
+    ngx_msec_t lifetime_jitter;
 };
 
 // What one worker process owns; built in init_process, torn down in exit_process.

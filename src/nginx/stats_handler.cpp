@@ -95,6 +95,8 @@ ngx_int_t stats(ngx_http_request_t* r) {
     report.slow_disconnects = c.slow_disconnects;
     report.publishes_refused = c.publishes_refused;
     report.workers_reaped = c.workers_reaped;
+    report.refused_max_subscribers = c.refused_max_subscribers;
+    report.refused_per_key = c.refused_per_key;
     report.zone_bytes_used = st.bytes_used;
     report.zone_bytes_total = st.bytes_total;
     report.uptime_seconds = std::uint64_t(ngx_time() - w->store.header()->created_at);

@@ -62,6 +62,7 @@ struct Subscriber {
     std::size_t replay_end;    // queued_total at the end of the replay: it may exceed sse_send_buffer
     ngx_queue_t all_link;    // in LocalIndex::all
     ngx_event_t heartbeat;
+    ngx_event_t lifetime;  // sse_max_lifetime
     ngx_msec_t last_write;
     ngx_queue_t dirty_link;  // in LocalIndex::dirty while it has frames to flush
     bool dirty;
@@ -199,6 +200,7 @@ void cleanup_subscriber(void* data) noexcept {
     auto* s = static_cast<Subscriber*>(data);
     try {
         if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+        if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
         release_all_frames(s);
         unregister(s);
         delete s->filter;
@@ -260,6 +262,7 @@ void end_stream(Subscriber* s) {
     s->ending = true;
     ngx_http_request_t* r = s->request;
     if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+    if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
     unregister(s);
     // An EventSource never reuses the connection, and a retiring worker must not keep it.
     r->keepalive = 0;
@@ -276,6 +279,7 @@ void drop_slow(Subscriber* s) {
     ngx_atomic_fetch_add(&worker_context()->store.header()->counters.slow_disconnects, 1);
     s->ending = true;
     if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
+    if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
     release_all_frames(s);
     unregister(s);
     r->connection->error = 1;
@@ -394,6 +398,18 @@ void heartbeat_handler(ngx_event_t* ev) noexcept {
     ngx_add_timer(&s->heartbeat, interval - idle);
 }
 
+// sse_max_lifetime: the stream ends cleanly; EventSource reconnects with Last-Event-ID.
+void lifetime_handler(ngx_event_t* ev) noexcept {
+    auto* s = static_cast<Subscriber*>(ev->data);
+    try {
+        if (s->ending) return;
+        ngx_log_error(NGX_LOG_INFO, s->request->connection->log, 0, "sse: stream reached sse_max_lifetime, ending it");
+        end_stream(s);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending a stream");
+    }
+}
+
 void add_header(ngx_http_request_t* r, const char* key, const char* value) {
     auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
     if (h == nullptr) return;
@@ -416,6 +432,34 @@ ngx_int_t send_stream_header(ngx_http_request_t* r) {
     ngx_http_clear_last_modified(r);
     ngx_http_clear_etag(r);
     return ngx_http_send_header(r);
+}
+
+// Seconds a client refused by a limit is told to wait (Retry-After).
+constexpr const char* kLimitRetryAfter = "5";
+
+ngx_int_t refuse_stream(ngx_http_request_t* r, SubscribeRefusal refusal, const SubscribeLimits& limits) {
+    switch (refusal) {
+    case SubscribeRefusal::kMaxSubscribers:
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "sse: stream refused: sse_max_subscribers %uD reached", limits.max_total);
+        add_header(r, "Retry-After", kLimitRetryAfter);
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                         "too many subscribers: the limit of " + std::to_string(limits.max_total) +
+                             " streams is reached");
+    case SubscribeRefusal::kPerKey:
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sse: stream refused: key \"%*s\" already holds sse_max_subscribers_per_key %uD streams",
+                      std::min<std::size_t>(limits.key.size(), 64), limits.key.data(), limits.max_per_key);
+        add_header(r, "Retry-After", kLimitRetryAfter);
+        return send_text(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                         "too many streams for this client: at most " + std::to_string(limits.max_per_key));
+    case SubscribeRefusal::kZoneFull:
+    case SubscribeRefusal::kNone:
+        break;
+    }
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
+    return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the event zone is full");
 }
 
 ngx_int_t subscribe(ngx_http_request_t* r) {
@@ -483,13 +527,21 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
     if (s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
-    ResumePlan plan;
-    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, resume, s->last_id, plan, r->connection->log);
-    if (s->record == nullptr) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
-        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the event zone is full");
+    SubscribeLimits limits;
+    limits.max_total = std::uint32_t(conf->max_subscribers);
+    ngx_str_t key = ngx_null_string;
+    if (conf->limit_key != nullptr) {
+        if (ngx_http_complex_value(r, conf->limit_key, &key) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        // Keys longer than this are cut: they identify, they need not be whole.
+        limits.key = to_view(key).substr(0, 256);
+        limits.max_per_key = std::uint32_t(conf->max_per_key);
     }
+
+    ResumePlan plan;
+    SubscribeRefusal refusal;
+    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_id, plan, refusal,
+                                   r->connection->log);
+    if (s->record == nullptr) return refuse_stream(r, refusal, limits);
     s->registered = true;
     cln->handler = cleanup_subscriber;
     cln->data = s;
@@ -525,6 +577,14 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return NGX_DONE;
     }
 
+    if (conf->max_lifetime > 0) {
+        ngx_msec_t jitter = conf->lifetime_jitter ? ngx_msec_t(ngx_random()) % (conf->lifetime_jitter + 1) : 0;
+        s->lifetime.handler = lifetime_handler;
+        s->lifetime.data = s;
+        s->lifetime.log = r->connection->log;
+        s->lifetime.cancelable = 1;
+        ngx_add_timer(&s->lifetime, conf->max_lifetime - jitter);
+    }
     if (conf->heartbeat > 0) {
         s->heartbeat.handler = heartbeat_handler;
         s->heartbeat.data = s;

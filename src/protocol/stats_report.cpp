@@ -69,6 +69,8 @@ std::string stats_json(const StatsReport& r) {
                     ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
                     ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
                     ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
+                    ",\"refused_max_subscribers\":" + std::to_string(r.refused_max_subscribers) +
+                    ",\"refused_per_key\":" + std::to_string(r.refused_per_key) +
                     ",\"zone_bytes_used\":" + std::to_string(r.zone_bytes_used) +
                     ",\"zone_bytes_total\":" + std::to_string(r.zone_bytes_total) +
                     ",\"uptime\":" + std::to_string(r.uptime_seconds) + ",\"workers\":[";
@@ -118,6 +120,9 @@ std::string stats_prometheus(const StatsReport& r) {
            r.publishes_refused);
     single(out, {"sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
            r.workers_reaped);
+    family(out, {"sse_subscribers_refused_total", "counter", "Streams refused by a limit, by the limit."});
+    sample(out, "sse_subscribers_refused_total", r.refused_max_subscribers, "limit=\"max_subscribers\"");
+    sample(out, "sse_subscribers_refused_total", r.refused_per_key, "limit=\"per_key\"");
     single(out, {"sse_zone_used_bytes", "gauge", "Bytes the module holds in the shared zone."}, r.zone_bytes_used);
     single(out, {"sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."}, r.zone_bytes_total);
     single(out, {"sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},

@@ -32,6 +32,8 @@ struct StatsReport {
     std::uint64_t slow_disconnects = 0;
     std::uint64_t publishes_refused = 0;
     std::uint64_t workers_reaped = 0;
+    std::uint64_t refused_max_subscribers = 0;
+    std::uint64_t refused_per_key = 0;
     std::uint64_t zone_bytes_used = 0;
     std::uint64_t zone_bytes_total = 0;
     std::uint64_t uptime_seconds = 0;

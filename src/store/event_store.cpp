@@ -33,14 +33,16 @@ std::uint32_t hash_name(std::string_view name) {
     return ngx_crc32_short(reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size());
 }
 
-void insert_channel(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node, ngx_rbtree_node_t* sentinel) {
+// Inserts into a tree of named records (ShmChannel, ShmKey): by name hash, then by name.
+template <typename Named>
+void insert_named(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node, ngx_rbtree_node_t* sentinel) {
     ngx_rbtree_node_t** p;
     for (;;) {
         if (node->key != temp->key) {
             p = (node->key < temp->key) ? &temp->left : &temp->right;
         } else {
-            auto* a = reinterpret_cast<ShmChannel*>(node);
-            auto* b = reinterpret_cast<ShmChannel*>(temp);
+            auto* a = reinterpret_cast<Named*>(node);
+            auto* b = reinterpret_cast<Named*>(temp);
             p = (a->name_view() < b->name_view()) ? &temp->left : &temp->right;
         }
         if (*p == sentinel) break;
@@ -98,7 +100,8 @@ bool process_alive(ngx_pid_t pid) {
 StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     auto* hdr = static_cast<StoreHeader*>(ngx_slab_calloc(pool, sizeof(StoreHeader)));
     if (hdr == nullptr) return nullptr;
-    ngx_rbtree_init(&hdr->channels, &hdr->sentinel, insert_channel);
+    ngx_rbtree_init(&hdr->channels, &hdr->sentinel, insert_named<ShmChannel>);
+    ngx_rbtree_init(&hdr->keys, &hdr->keys_sentinel, insert_named<ShmKey>);
     ngx_queue_init(&hdr->log);
     ngx_queue_init(&hdr->retention);
     ngx_queue_init(&hdr->orphans);
@@ -183,6 +186,7 @@ void Store::drop_subscriber_locked(ShmSubscriber* sub) {
     }
     hdr_->slots[sub->slot].subscribers--;
     ngx_queue_remove(&sub->link);
+    if (sub->key != nullptr) release_key_locked(sub->key);
     for (std::uint32_t i = 0; i < sub->nchannels; i++) maybe_free_channel_locked(sub->channels[i]);
     free_locked(sub, subscriber_alloc_size(sub->nchannels));
 }
@@ -225,6 +229,28 @@ ShmChannel* Store::find_locked(std::string_view name, std::uint32_t hash) {
         node = (name < other) ? node->left : node->right;
     }
     return nullptr;
+}
+
+ShmKey* Store::find_key_locked(std::string_view name, std::uint32_t hash) {
+    ngx_rbtree_node_t* node = hdr_->keys.root;
+    ngx_rbtree_node_t* sentinel = hdr_->keys.sentinel;
+    while (node != sentinel) {
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+        auto* k = reinterpret_cast<ShmKey*>(node);
+        std::string_view other = k->name_view();
+        if (name == other) return k;
+        node = (name < other) ? node->left : node->right;
+    }
+    return nullptr;
+}
+
+void Store::release_key_locked(ShmKey* key) {
+    if (--key->streams > 0) return;
+    ngx_rbtree_delete(&hdr_->keys, &key->node);
+    free_locked(key, sizeof(ShmKey) + key->name_len);
 }
 
 ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t hash) {
@@ -351,12 +377,50 @@ void Store::maybe_free_event_locked(ShmEvent* ev) {
 }
 
 ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
-                                const ResumeRequest& resume, std::uint64_t& start_after, ResumePlan& plan,
-                                ngx_log_t* log) {
+                                const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
+                                ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log) {
     plan = ResumePlan{};
+    refusal = SubscribeRefusal::kNone;
     ZoneLock lock(pool_);
+    if (limits.max_total > 0) {
+        std::uint64_t total = 0;
+        for (ngx_uint_t i = 0; i < hdr_->slot_high; i++) total += hdr_->slots[i].subscribers;
+        if (total >= limits.max_total) {
+            refusal = SubscribeRefusal::kMaxSubscribers;
+            hdr_->counters.refused_max_subscribers++;
+            return nullptr;
+        }
+    }
+    ShmKey* key = nullptr;
+    if (!limits.key.empty() && limits.max_per_key > 0) {
+        std::uint32_t hash = hash_name(limits.key);
+        key = find_key_locked(limits.key, hash);
+        if (key != nullptr && key->streams >= limits.max_per_key) {
+            refusal = SubscribeRefusal::kPerKey;
+            hdr_->counters.refused_per_key++;
+            return nullptr;
+        }
+        if (key == nullptr) {
+            key = static_cast<ShmKey*>(alloc_evicting_locked(sizeof(ShmKey) + limits.key.size(), log));
+            if (key == nullptr) {
+                refusal = SubscribeRefusal::kZoneFull;
+                return nullptr;
+            }
+            std::memset(key, 0, sizeof(ShmKey));
+            key->node.key = hash;
+            key->name_len = std::uint16_t(limits.key.size());
+            std::memcpy(key->name, limits.key.data(), limits.key.size());
+            ngx_rbtree_insert(&hdr_->keys, &key->node);
+        }
+        key->streams++;  // held from here; released with the record, or below on failure
+    }
     auto* sub = static_cast<ShmSubscriber*>(alloc_evicting_locked(subscriber_alloc_size(names.size()), log));
-    if (sub == nullptr) return nullptr;
+    if (sub == nullptr) {
+        if (key != nullptr) release_key_locked(key);
+        refusal = SubscribeRefusal::kZoneFull;
+        return nullptr;
+    }
+    sub->key = key;
     sub->nchannels = 0;
     for (std::string_view name : names) {
         std::uint32_t hash = hash_name(name);
@@ -369,7 +433,9 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
                 sub->channels[i]->subscribers--;
                 maybe_free_channel_locked(sub->channels[i]);
             }
+            if (key != nullptr) release_key_locked(key);
             free_locked(sub, subscriber_alloc_size(names.size()));
+            refusal = SubscribeRefusal::kZoneFull;
             return nullptr;
         }
         ch->per_slot[slot]++;

@@ -88,9 +88,20 @@ struct ShmEvent {
     }
 };
 
+// A limit key (sse_max_subscribers_per_key) and how many streams hold it, over all workers.
+struct ShmKey {
+    ngx_rbtree_node_t node;  // key: hash of the name
+    std::uint32_t streams;
+    std::uint16_t name_len;
+    u_char name[1];
+
+    std::string_view name_view() const { return {reinterpret_cast<const char*>(name), name_len}; }
+};
+
 // One stream, as every worker can see it: its channels and the worker that serves it.
 struct ShmSubscriber {
     ngx_queue_t link;  // in its WorkerSlot's list
+    ShmKey* key;       // nullptr: not limited by key
     std::uint64_t client_id;
     time_t connected_at;
     std::uint32_t slot;
@@ -115,6 +126,8 @@ struct StoreCounters {
     ngx_atomic_t history_evictions;  // retained events evicted to make room
     ngx_atomic_t events_replayed;    // frames written to streams from history
     ngx_atomic_t resets;             // reset events sent
+    ngx_atomic_t refused_max_subscribers;  // streams refused by sse_max_subscribers
+    ngx_atomic_t refused_per_key;          // and by sse_max_subscribers_per_key
 };
 
 // Ids of channels the zone forgot entirely (freed, closed, or published to with no history),
@@ -127,6 +140,8 @@ struct StoreHeader {
     std::uint64_t next_client_id;
     ngx_rbtree_t channels;
     ngx_rbtree_node_t sentinel;
+    ngx_rbtree_t keys;
+    ngx_rbtree_node_t keys_sentinel;
     ngx_queue_t log;        // delivery log: events some worker may still have to take or write
     ngx_queue_t retention;  // events retained by some channel's history
     ngx_queue_t orphans;    // events in neither, kept only by a replay's pin
@@ -155,6 +170,15 @@ struct HistoryPolicy {
     std::uint32_t limit = 0;  // events per channel
     ngx_msec_t ttl = 0;
 };
+
+// Limits a new stream is admitted under, counted over all workers.
+struct SubscribeLimits {
+    std::uint32_t max_total = 0;  // 0: none
+    std::string_view key;         // empty: not limited by key
+    std::uint32_t max_per_key = 0;
+};
+
+enum class SubscribeRefusal { kNone, kZoneFull, kMaxSubscribers, kPerKey };
 
 // Where a new stream starts.
 struct ResumeRequest {
@@ -218,8 +242,10 @@ public:
     // channels in the order of `names`. `start_after` is the id after which it receives live
     // events; `plan` says what it is sent first, decided in the same critical section so that
     // nothing published meanwhile is missed or sent twice. Returns nullptr when the zone is full.
-    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names, const ResumeRequest& resume,
-                             std::uint64_t& start_after, ResumePlan& plan, ngx_log_t* log);
+    // Returns nullptr, saying why, when the zone is full or a limit is reached.
+    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
+                             const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
+                             ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log);
     void unsubscribe(ShmSubscriber* subscriber);
 
     // Stores the events (all or none) for the channels, keeping history as the policy says and
@@ -250,6 +276,8 @@ public:
 
 private:
     ShmChannel* find_locked(std::string_view name, std::uint32_t hash);
+    ShmKey* find_key_locked(std::string_view name, std::uint32_t hash);
+    void release_key_locked(ShmKey* key);
     void* alloc_evicting_locked(std::size_t size, ngx_log_t* log);
     bool could_fit_locked(std::size_t size) const;
     bool evict_oldest_locked();
