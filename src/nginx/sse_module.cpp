@@ -31,6 +31,7 @@ char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
@@ -70,6 +71,8 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
      set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_subscribe_allow"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -162,6 +165,7 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
         conf->max_per_key = prev->max_per_key;
     }
     ngx_conf_merge_msec_value(conf->max_lifetime, prev->max_lifetime, 0);
+    if (conf->allow == nullptr) conf->allow = prev->allow;
     ngx_conf_merge_msec_value(conf->lifetime_jitter, prev->lifetime_jitter, 0);
     if (conf->reset_event_set == NGX_CONF_UNSET) {
         conf->reset_event_set = prev->reset_event_set == NGX_CONF_UNSET ? 0 : prev->reset_event_set;
@@ -262,6 +266,28 @@ char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     }
     lcf->max_lifetime = lifetime;
     lcf->lifetime_jitter = jitter;
+    return NGX_CONF_OK;
+}
+
+// sse_subscribe_allow <pattern> ...: the channels a stream may ask for, by name or by prefix
+// (`public.*`); patterns may hold variables (`user:$user_id`).
+char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->allow != nullptr) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    lcf->allow = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_http_complex_value_t));
+    if (lcf->allow == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0) return const_cast<char*>("takes no empty pattern");
+        auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_array_push(lcf->allow));
+        if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+        ngx_http_compile_complex_value_t ccv;
+        ngx_memzero(&ccv, sizeof(ccv));
+        ccv.cf = cf;
+        ccv.value = &value[i];
+        ccv.complex_value = cv;
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    }
     return NGX_CONF_OK;
 }
 

@@ -39,6 +39,7 @@ struct LocConf {
     ngx_uint_t max_subscribers;                    // over all workers; 0: no limit
     ngx_http_complex_value_t* limit_key;           // sse_max_subscribers_per_key's key
     ngx_uint_t max_per_key;
+    ngx_array_t* allow;       // sse_subscribe_allow: ngx_http_complex_value_t patterns; nullptr: any channel
     ngx_msec_t max_lifetime;  // 0: none
     ngx_msec_t lifetime_jitter;
 };

@@ -479,6 +479,24 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
     }
 
+    // sse_subscribe_allow: every channel asked for must be allowed, or nothing is subscribed.
+    if (conf->allow != nullptr) {
+        std::vector<ngx_str_t> patterns(conf->allow->nelts);
+        auto* cvs = static_cast<ngx_http_complex_value_t*>(conf->allow->elts);
+        for (ngx_uint_t i = 0; i < conf->allow->nelts; i++) {
+            if (ngx_http_complex_value(r, &cvs[i], &patterns[i]) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        for (std::string_view name : names) {
+            bool allowed = false;
+            for (const ngx_str_t& p : patterns) allowed = allowed || channel_allowed_by(to_view(p), name);
+            if (allowed) continue;
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "sse: subscribe refused: channel \"%*s\" is not allowed by sse_subscribe_allow",
+                          name.size(), name.data());
+            return send_text(r, NGX_HTTP_FORBIDDEN, "channel \"" + std::string(name) + "\" is not allowed here");
+        }
+    }
+
     if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
     if (r->method == NGX_HTTP_HEAD) {

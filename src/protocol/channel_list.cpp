@@ -68,4 +68,12 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels, std::ve
     return true;
 }
 
+bool channel_allowed_by(std::string_view pattern, std::string_view name) noexcept {
+    if (!pattern.empty() && pattern.back() == '*') {
+        pattern.remove_suffix(1);
+        return name.substr(0, pattern.size()) == pattern;
+    }
+    return pattern == name;
+}
+
 }  // namespace sse

@@ -21,4 +21,8 @@ bool is_valid_channel_name(std::string_view name) noexcept;
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
                         std::string& reason);
 
+// Whether a channel is allowed by one pattern of sse_subscribe_allow: the pattern is the name
+// itself, or ends in `*` and the name starts with what comes before it (`public.*`, `*`).
+bool channel_allowed_by(std::string_view pattern, std::string_view name) noexcept;
+
 }  // namespace sse

@@ -32,6 +32,8 @@ sub new {
     $req .= "Accept: text/event-stream\r\n" unless exists $h{Accept} || $o{no_accept};
     for my $k (sort keys %h) { $req .= "$k: $h{$k}\r\n" }
     $req .= "\r\n";
+    # {headers} holds the response's from here on; the caller's request headers stay untouched.
+    $self->{headers} = {};
     $self->_write($req);
     $self->_read_head($o{timeout} // 5) unless $o{no_wait};
     return $self;

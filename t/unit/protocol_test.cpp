@@ -263,3 +263,14 @@ TEST(EventFilter, ListsAndUnnamedEvents) {
     EXPECT_FALSE(f.parse(many, reason));
     EXPECT_EQ(reason, "too many event type patterns: at most 32");
 }
+
+TEST(ChannelList, AllowedByNameOrPrefix) {
+    EXPECT_TRUE(channel_allowed_by("user:alice", "user:alice"));
+    EXPECT_FALSE(channel_allowed_by("user:alice", "user:alice2"));
+    EXPECT_TRUE(channel_allowed_by("public.*", "public.news"));
+    EXPECT_TRUE(channel_allowed_by("public.*", "public."));
+    EXPECT_FALSE(channel_allowed_by("public.*", "public"));
+    EXPECT_TRUE(channel_allowed_by("*", "anything"));
+    // A pattern whose variable was empty ("user:$id" with no id) allows only its fixed part.
+    EXPECT_FALSE(channel_allowed_by("user:", "user:alice"));
+}
