@@ -27,12 +27,8 @@ END { local $?; $t->stop if $t }
 
 # Five streams, alternating between the two listeners so both workers hold some: three on a,
 # two on a and b.
-my @streams;
-for my $i (0 .. 4) {
-    my $s = $t->subscribe($i < 3 ? '/events?topics=st-a' : '/events?topics=st-a,st-b', port => $t->port($i % 2));
-    is($s->wait_body(5), ":ok\n\n", "stream $i opens");
-    push @streams, $s;
-}
+my @streams = $t->subscribe_spread(('/events?topics=st-a') x 3, ('/events?topics=st-a,st-b') x 2);
+is($_->wait_body(5), ":ok\n\n", 'stream opens') for @streams;
 my $st = $t->stats_until({subscribers => 5}, 5);
 my @busy = grep { $_->{subscribers} > 0 } @{ $st->{workers} };
 is(scalar @busy, 2, 'both workers hold streams');

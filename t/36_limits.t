@@ -40,15 +40,15 @@ END { local $?; $t->stop if $t }
 
 my $PRE = ":ok\n\n";
 my $n = 0;
-sub open_stream {    # alternating between the two workers' listeners
+sub open_stream {    # over both listeners; which worker takes it is up to nginx and the kernel
     my ($path) = @_;
     my $s = $t->subscribe($path, port => $t->port($n++ % 2));
     return $s;
 }
 
 # --- sse_max_subscribers 4: counts every stream of the zone ------------------------------------
-my @s = map { open_stream('/events?topics=l-any') } 1 .. 2;
-push @s, map { open_stream('/capped?topics=l-cap') } 1 .. 2;
+my @s = $t->subscribe_spread('/events?topics=l-any', '/events?topics=l-any', '/capped?topics=l-cap',
+                             '/capped?topics=l-cap');
 is($_->wait_body(5), $PRE, 'stream opens') for @s;
 my $st = $t->stats_until({subscribers => 4}, 5);
 is(scalar(grep { $_->{subscribers} > 0 } @{ $st->{workers} }), 2, 'the 4 streams are on both workers');
@@ -68,7 +68,7 @@ $_->close for @s, $again;
 $t->stats_until({subscribers => 0}, 5);
 
 # --- sse_max_subscribers_per_key $arg_user 2 ---------------------------------------------------
-my @alice = map { open_stream('/per-user?topics=l-u&user=alice') } 1 .. 2;
+my @alice = $t->subscribe_spread(('/per-user?topics=l-u&user=alice') x 2);    # one on each worker
 is($_->wait_body(5), $PRE, 'alice opens a stream') for @alice;
 $r = $t->request('GET', '/per-user?topics=l-u&user=alice');
 is($r->{status}, 429, "alice's 3rd stream: 429");

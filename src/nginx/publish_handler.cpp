@@ -16,30 +16,11 @@ namespace sse {
 
 namespace {
 
-bool header_value(ngx_http_request_t* r, std::string_view name, ngx_str_t& out) {
-    ngx_list_part_t* part = &r->headers_in.headers.part;
-    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
-    for (ngx_uint_t i = 0;; i++) {
-        if (i >= part->nelts) {
-            if (part->next == nullptr) return false;
-            part = part->next;
-            h = static_cast<ngx_table_elt_t*>(part->elts);
-            i = 0;
-        }
-        if (h[i].hash == 0 || h[i].key.len != name.size()) continue;
-        if (ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) ==
-            0) {
-            out = h[i].value;
-            return true;
-        }
-    }
-}
-
 // The event name: the X-SSE-Event header, else the "event" query argument (URL-decoded).
 bool event_name(ngx_http_request_t* r, ngx_str_t& name, std::string& reason) {
     name.len = 0;
     name.data = nullptr;
-    if (!header_value(r, "X-SSE-Event", name)) {
+    if (!request_header(r, "X-SSE-Event", name)) {
         if (ngx_http_arg(r, (u_char*)"event", 5, &name) == NGX_OK && !url_decode(r, name)) {
             reason = "out of memory";
             return false;

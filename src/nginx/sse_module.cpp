@@ -181,6 +181,22 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
     return NGX_CONF_OK;
 }
 
+// Compiles a directive's argument, which may hold variables, into cv.
+bool compile_value_into(ngx_conf_t* cf, ngx_str_t* value, ngx_http_complex_value_t* cv) {
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ccv));
+    ccv.cf = cf;
+    ccv.value = value;
+    ccv.complex_value = cv;
+    return ngx_http_compile_complex_value(&ccv) == NGX_OK;
+}
+
+ngx_http_complex_value_t* compile_value(ngx_conf_t* cf, ngx_str_t* value) {
+    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr || !compile_value_into(cf, value, cv)) return nullptr;
+    return cv;
+}
+
 char* check_max_channels(ngx_conf_t* cf, void* post, void* data) {
     auto* n = static_cast<ngx_uint_t*>(data);
     if (*n == 0 || *n > 1024) return const_cast<char*>("must be between 1 and 1024");
@@ -215,14 +231,8 @@ char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     auto* lcf = static_cast<LocConf*>(conf);
     if (lcf->event_filter != nullptr) return const_cast<char*>("is duplicate");
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
     if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    ngx_http_compile_complex_value_t ccv;
-    ngx_memzero(&ccv, sizeof(ccv));
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = cv;
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
     lcf->event_filter = cv;
     return NGX_CONF_OK;
 }
@@ -234,14 +244,8 @@ char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     ngx_int_t n = ngx_atoi(value[2].data, value[2].len);
     if (n <= 0) return const_cast<char*>("needs a key and a number of streams of at least 1");
-    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
     if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    ngx_http_compile_complex_value_t ccv;
-    ngx_memzero(&ccv, sizeof(ccv));
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = cv;
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
     lcf->limit_key = cv;
     lcf->max_per_key = ngx_uint_t(n);
     return NGX_CONF_OK;
@@ -280,13 +284,7 @@ char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
         if (value[i].len == 0) return const_cast<char*>("takes no empty pattern");
         auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_array_push(lcf->allow));
-        if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-        ngx_http_compile_complex_value_t ccv;
-        ngx_memzero(&ccv, sizeof(ccv));
-        ccv.cf = cf;
-        ccv.value = &value[i];
-        ccv.complex_value = cv;
-        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+        if (cv == nullptr || !compile_value_into(cf, &value[i], cv)) return static_cast<char*>(NGX_CONF_ERROR);
     }
     return NGX_CONF_OK;
 }
@@ -310,14 +308,8 @@ char* compile_channels(ngx_conf_t* cf, ngx_command_t* cmd, ngx_http_complex_valu
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" needs a channel list, got an empty string", &cmd->name);
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
     if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    ngx_http_compile_complex_value_t ccv;
-    ngx_memzero(&ccv, sizeof(ccv));
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = cv;
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
     *out = cv;
     auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
     mcf->used = 1;
@@ -488,6 +480,25 @@ bool url_decode(ngx_http_request_t* r, ngx_str_t& value) {
 ngx_int_t evaluate_channel_list(ngx_http_request_t* r, ngx_http_complex_value_t* value, ngx_str_t& out) {
     if (ngx_http_complex_value(r, value, &out) != NGX_OK) return NGX_ERROR;
     return url_decode(r, out) ? NGX_OK : NGX_ERROR;
+}
+
+bool request_header(ngx_http_request_t* r, std::string_view name, ngx_str_t& out) {
+    ngx_list_part_t* part = &r->headers_in.headers.part;
+    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) return false;
+            part = part->next;
+            h = static_cast<ngx_table_elt_t*>(part->elts);
+            i = 0;
+        }
+        if (h[i].hash == 0 || h[i].key.len != name.size()) continue;
+        if (ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size()) ==
+            0) {
+            out = h[i].value;
+            return true;
+        }
+    }
 }
 
 std::string_view to_view(const ngx_str_t& s) {

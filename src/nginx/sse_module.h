@@ -73,6 +73,9 @@ ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view j
 
 std::string_view to_view(const ngx_str_t& s);
 
+// The value of the request's first header of this name (any case); false when it has none.
+bool request_header(ngx_http_request_t* r, std::string_view name, ngx_str_t& out);
+
 // URL-decodes a query value ('+' is a space) into the request pool when it holds escapes.
 bool url_decode(ngx_http_request_t* r, ngx_str_t& value);
 

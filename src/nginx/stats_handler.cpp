@@ -26,24 +26,12 @@ bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
 
 // A scraper asks with Accept: application/openmetrics-text;...,text/plain;version=0.0.4;...
 bool accepts_prometheus(ngx_http_request_t* r) {
-    ngx_list_part_t* part = &r->headers_in.headers.part;
-    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
-    for (ngx_uint_t i = 0;; i++) {
-        if (i >= part->nelts) {
-            if (part->next == nullptr) return false;
-            part = part->next;
-            h = static_cast<ngx_table_elt_t*>(part->elts);
-            i = 0;
-        }
-        if (h[i].key.len != sizeof("Accept") - 1 ||
-            ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>("Accept")), h[i].key.len) != 0) {
-            continue;
-        }
-        std::string_view accept = to_view(h[i].value);
-        if (accept.find("application/json") != std::string_view::npos) return false;
-        return accept.find("text/plain") != std::string_view::npos ||
-               accept.find("application/openmetrics-text") != std::string_view::npos;
-    }
+    ngx_str_t value;
+    if (!request_header(r, "Accept", value)) return false;
+    std::string_view accept = to_view(value);
+    if (accept.find("application/json") != std::string_view::npos) return false;
+    return accept.find("text/plain") != std::string_view::npos ||
+           accept.find("application/openmetrics-text") != std::string_view::npos;
 }
 
 ChannelReport channel_report(std::string name, const ChannelState& st) {

@@ -356,23 +356,7 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
 // The position a reconnecting client sends: the Last-Event-ID header, else the last_event_id
 // query argument (a page that reloads cannot set the header).
 bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
-    ngx_list_part_t* part = &r->headers_in.headers.part;
-    auto* h = static_cast<ngx_table_elt_t*>(part->elts);
-    for (ngx_uint_t i = 0;; i++) {
-        if (i >= part->nelts) {
-            if (part->next == nullptr) break;
-            part = part->next;
-            h = static_cast<ngx_table_elt_t*>(part->elts);
-            i = 0;
-        }
-        if (h[i].key.len == sizeof("Last-Event-ID") - 1 &&
-            ngx_strncasecmp(h[i].key.data, reinterpret_cast<u_char*>(const_cast<char*>("Last-Event-ID")),
-                            h[i].key.len) == 0 &&
-            h[i].value.len > 0) {
-            value = h[i].value;
-            return true;
-        }
-    }
+    if (request_header(r, "Last-Event-ID", value) && value.len > 0) return true;
     if (ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>("last_event_id")), sizeof("last_event_id") - 1,
                      &value) == NGX_OK &&
         value.len > 0) {

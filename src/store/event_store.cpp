@@ -55,6 +55,24 @@ void insert_named(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node, ngx_rbtree_n
     ngx_rbt_red(node);
 }
 
+// Finds a named record (ShmChannel, ShmKey) in its tree.
+template <typename Named>
+Named* find_named(ngx_rbtree_t& tree, std::string_view name, std::uint32_t hash) {
+    ngx_rbtree_node_t* node = tree.root;
+    ngx_rbtree_node_t* sentinel = tree.sentinel;
+    while (node != sentinel) {
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+        auto* named = reinterpret_cast<Named*>(node);
+        std::string_view other = named->name_view();
+        if (name == other) return named;
+        node = (name < other) ? node->left : node->right;
+    }
+    return nullptr;
+}
+
 bool has_bit(const std::uint64_t mask[2], ngx_uint_t slot) {
     return (__atomic_load_n(&mask[slot / 64], __ATOMIC_ACQUIRE) >> (slot % 64)) & 1;
 }
@@ -216,35 +234,11 @@ void Store::reap_slot_locked(ngx_uint_t slot) {
 }
 
 ShmChannel* Store::find_locked(std::string_view name, std::uint32_t hash) {
-    ngx_rbtree_node_t* node = hdr_->channels.root;
-    ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
-    while (node != sentinel) {
-        if (hash != node->key) {
-            node = (hash < node->key) ? node->left : node->right;
-            continue;
-        }
-        auto* ch = reinterpret_cast<ShmChannel*>(node);
-        std::string_view other = ch->name_view();
-        if (name == other) return ch;
-        node = (name < other) ? node->left : node->right;
-    }
-    return nullptr;
+    return find_named<ShmChannel>(hdr_->channels, name, hash);
 }
 
 ShmKey* Store::find_key_locked(std::string_view name, std::uint32_t hash) {
-    ngx_rbtree_node_t* node = hdr_->keys.root;
-    ngx_rbtree_node_t* sentinel = hdr_->keys.sentinel;
-    while (node != sentinel) {
-        if (hash != node->key) {
-            node = (hash < node->key) ? node->left : node->right;
-            continue;
-        }
-        auto* k = reinterpret_cast<ShmKey*>(node);
-        std::string_view other = k->name_view();
-        if (name == other) return k;
-        node = (name < other) ? node->left : node->right;
-    }
-    return nullptr;
+    return find_named<ShmKey>(hdr_->keys, name, hash);
 }
 
 void Store::release_key_locked(ShmKey* key) {

@@ -416,6 +416,22 @@ sub read_publisher_log {
     return @l;
 }
 
+# Opens one stream per path on the reuseport listener (spread => 1) so that both workers hold
+# some: the kernel picks the worker, so a try that lands all on one worker is closed and redone
+# (up to 20 tries). Returns the streams, in the order of the paths.
+sub subscribe_spread {
+    my ($self, @paths) = @_;
+    my $base = $self->stats->{subscribers};
+    for (1 .. 20) {
+        my @s = map { $self->subscribe($_, port => $self->port(1)) } @paths;
+        my $st = $self->stats_until({subscribers => $base + @s}, 5);
+        return @s if 2 <= grep { $_->{subscribers} > 0 } @{ $st->{workers} };
+        $_->close for @s;
+        $self->stats_until({subscribers => $base}, 5);
+    }
+    die "subscribe_spread: the streams never landed on two workers";
+}
+
 # Waits until code returns true (polling), up to $timeout seconds.
 sub wait_until {
     my ($code, $timeout) = @_;
