@@ -1,6 +1,6 @@
-// CORS in a real browser: Debian's Chromium, driven by playwright-core, loads a page from one
-// origin that opens an EventSource on another origin and publishes to it with fetch() and a
-// custom header (so the browser sends a preflight first).
+// A page in a real browser: Debian's Chromium, driven by playwright-core, loads a page that fills
+// window.cors (t/39: an EventSource on another origin and a preflighted publish to it; t/40: a
+// stream over TLS and HTTP/2) and waits until the page sets window.cors.done.
 //   node cors_page.js http://127.0.0.1:PAGE_PORT/cors.html?api=http://127.0.0.1:API_PORT
 // Prints one JSON object: {"opened":bool,"got":[[type,data],...],"publish_status":N|null,
 //   "publish_error":string|null,"errors":N,"page_errors":[...]}
@@ -14,9 +14,11 @@ const { chromium } = require('playwright-core');
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
            '--disable-component-update', '--disable-sync'],
   });
+  // SSE_IGNORE_CERT: the page is served with a certificate made for the test.
   const result = { page_errors: [] };
   try {
-    const page = await browser.newPage();
+    const context = await browser.newContext({ ignoreHTTPSErrors: Boolean(process.env.SSE_IGNORE_CERT) });
+    const page = await context.newPage();
     page.on('pageerror', (e) => result.page_errors.push(String(e)));
     await page.goto(url);
     // The page opens its stream, publishes once it is open, and waits for the event to come back.
