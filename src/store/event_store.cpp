@@ -105,6 +105,21 @@ EventChannelRef* history_ref(ngx_queue_t* q) {
     return ngx_queue_data(q, EventChannelRef, history_link);
 }
 
+// A channel's figures, as GET on a publish location and the stats report them.
+ChannelState state_of(ShmChannel* ch) {
+    ChannelState st;
+    st.found = true;
+    st.subscribers = ch->subscribers;
+    st.last_event_id = ch->last_event_id;
+    st.events_published = ch->events_published;
+    st.retained = ch->history_count;
+    if (ch->history_count > 0) {
+        st.oldest_id = history_ref(ngx_queue_head(&ch->history))->event->id;
+        st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
+    }
+    return st;
+}
+
 std::size_t channel_alloc_size(std::size_t name_len) {
     return sizeof(ShmChannel) + name_len;
 }
@@ -720,16 +735,7 @@ ChannelState Store::channel_state(std::string_view name) {
         maybe_free_channel_locked(ch);
         return st;
     }
-    st.found = true;
-    st.subscribers = ch->subscribers;
-    st.last_event_id = ch->last_event_id;
-    st.events_published = ch->events_published;
-    st.retained = ch->history_count;
-    if (ch->history_count > 0) {
-        st.oldest_id = history_ref(ngx_queue_head(&ch->history))->event->id;
-        st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
-    }
-    return st;
+    return state_of(ch);
 }
 
 std::vector<std::pair<std::string, ChannelState>> Store::channel_states(std::size_t limit, bool& more) {
@@ -742,17 +748,7 @@ std::vector<std::pair<std::string, ChannelState>> Store::channel_states(std::siz
     for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
          n = ngx_rbtree_next(&hdr_->channels, n)) {
         auto* ch = reinterpret_cast<ShmChannel*>(n);
-        ChannelState st;
-        st.found = true;
-        st.subscribers = ch->subscribers;
-        st.last_event_id = ch->last_event_id;
-        st.events_published = ch->events_published;
-        st.retained = ch->history_count;
-        if (ch->history_count > 0) {
-            st.oldest_id = history_ref(ngx_queue_head(&ch->history))->event->id;
-            st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
-        }
-        out.emplace_back(std::string(ch->name_view()), st);
+        out.emplace_back(std::string(ch->name_view()), state_of(ch));
     }
     lock.unlock();
     // The tree is ordered by name hash; list by name, then cut.
