@@ -1205,6 +1205,30 @@ int self_test() {
     return failures ? 1 : 0;
 }
 
+// The result fields both modes report: what was owed, what arrived and how.
+void delivery_fields(JsonLine& j, long expected, long lost, const Tally& t, double window_s) {
+    j.num("expected", (long long)expected);
+    j.num("delivered", (long long)t.delivered);
+    j.num("lost", (long long)lost);
+    j.num("duplicated", (long long)t.duplicated);
+    j.num("out_of_order", (long long)t.out_of_order);
+    j.num("foreign", (long long)t.foreign);
+    j.num("malformed", (long long)t.malformed);
+    j.num("misrouted", (long long)t.misrouted);
+    j.num("closed_by_server", (long long)t.closed_by_server);
+    j.num("stream_errors", (long long)t.stream_errors);
+    j.num("window_s", window_s);
+    j.num("delivered_per_s", window_s > 0 ? double(t.delivered) / window_s : -1, 1);
+}
+
+// The server's CPU time over the window (clock ticks sampled before and after), per delivery.
+void cpu_fields(JsonLine& j, long long cpu_before, long long cpu_after, long delivered) {
+    if (cpu_before < 0 || cpu_after < 0) return;
+    const double cpu_s = double(cpu_after - cpu_before) / double(sysconf(_SC_CLK_TCK));
+    j.num("server_cpu_s", cpu_s, 2);
+    j.num("server_cpu_us_per_delivery", delivered ? cpu_s * 1e6 / double(delivered) : -1, 3);
+}
+
 // --replay: publishes every event, then connects the subscribers and waits until each has every
 // event of its channel, sent from the server's history as the stream opens. The window runs from
 // the first connect to the last delivery; the server's CPU is sampled over it.
@@ -1241,21 +1265,8 @@ int run_replay(const Options& o, const sockaddr_in& dst, const std::string& run_
     j.num("events", (long long)o.events);
     j.num("published_ok", (long long)published_ok);
     j.num("publish_failed", (long long)(o.events - published_ok));
-    j.num("expected", (long long)expected);
-    j.num("delivered", (long long)t.delivered);
-    j.num("lost", (long long)lost);
-    j.num("duplicated", (long long)t.duplicated);
-    j.num("out_of_order", (long long)t.out_of_order);
-    j.num("foreign", (long long)t.foreign);
-    j.num("misrouted", (long long)t.misrouted);
-    j.num("closed_by_server", (long long)t.closed_by_server);
-    j.num("window_s", window_s);
-    j.num("delivered_per_s", window_s > 0 ? double(t.delivered) / window_s : -1, 1);
-    if (cpu_before >= 0 && cpu_after >= 0) {
-        const double cpu_s = double(cpu_after - cpu_before) / double(sysconf(_SC_CLK_TCK));
-        j.num("server_cpu_s", cpu_s, 2);
-        j.num("server_cpu_us_per_delivery", t.delivered ? cpu_s * 1e6 / double(t.delivered) : -1, 3);
-    }
+    delivery_fields(j, expected, lost, t, window_s);
+    cpu_fields(j, cpu_before, cpu_after, t.delivered);
     j.num("loadgen_cpu_s", self_cpu_s() - self_cpu_before, 2);
     j.boolean("timed_out", timed_out);
     if (!ok) j.str("error", error);
@@ -1385,29 +1396,14 @@ int main(int argc, char** argv) {
     j.num("published_ok", (long long)published_ok);
     j.num("publish_failed", (long long)publish_failed);
     j.num("publish_rate", publish_s > 0 ? double(published_ok + publish_failed - 1) / publish_s : -1, 1);
-    j.num("expected", (long long)expected);
-    j.num("delivered", (long long)t.delivered);
-    j.num("lost", (long long)lost);
-    j.num("duplicated", (long long)t.duplicated);
-    j.num("out_of_order", (long long)t.out_of_order);
-    j.num("foreign", (long long)t.foreign);
-    j.num("malformed", (long long)t.malformed);
-    j.num("misrouted", (long long)t.misrouted);
-    j.num("closed_by_server", (long long)t.closed_by_server);
-    j.num("stream_errors", (long long)t.stream_errors);
-    j.num("window_s", window_s);
-    j.num("delivered_per_s", window_s > 0 ? double(t.delivered) / window_s : -1, 1);
+    delivery_fields(j, expected, lost, t, window_s);
     j.num("latency_ms_p50", percentile_ms(lat, 0.50));
     j.num("latency_ms_p99", percentile_ms(lat, 0.99));
     j.num("latency_ms_max", lat.empty() ? -1 : to_ms(*std::max_element(lat.begin(), lat.end())));
     j.num("publish_ms_p50", percentile_ms(resp, 0.50));
     j.num("publish_ms_p99", percentile_ms(resp, 0.99));
     j.num("publish_reconnects", (long long)pub.reconnects);
-    if (cpu_before >= 0 && cpu_after >= 0) {
-        const double cpu_s = double(cpu_after - cpu_before) / double(sysconf(_SC_CLK_TCK));
-        j.num("server_cpu_s", cpu_s, 2);
-        j.num("server_cpu_us_per_delivery", t.delivered ? cpu_s * 1e6 / double(t.delivered) : -1, 3);
-    }
+    cpu_fields(j, cpu_before, cpu_after, t.delivered);
     // The load generator shares the machine with the server: its own share tells whether it,
     // rather than the server, was the limit.
     j.num("loadgen_cpu_s", self_cpu, 2);
