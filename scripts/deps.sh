@@ -24,7 +24,7 @@ ensure_build_deps() {
 
 ensure_test_deps() {
     ensure_build_deps
-    apt_install libgtest-dev curl perl libio-socket-ssl-perl chromium python3-prometheus-client openssl
+    apt_install libgtest-dev curl perl libio-socket-ssl-perl chromium python3-prometheus-client openssl redis-server redis-tools
     # Node.js ships with the machine image; Debian's packages are the fallback.
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 }

@@ -139,7 +139,10 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
     WorkerWakeup::wake(w->store.header(), result.wake);
 
     std::string json = "{\"id\":\"" + id_string(result.last_id) + "\",\"events\":" + std::to_string(result.events) +
-                       ",\"subscribers\":" + std::to_string(result.subscribers) + "}\n";
+                       ",\"subscribers\":" + std::to_string(result.subscribers);
+    std::string_view redis = redis_publish_state(w->store);
+    if (!redis.empty()) json += ",\"redis\":\"" + std::string(redis) + "\"";
+    json += "}\n";
     return send_json(r, NGX_HTTP_ACCEPTED, json);
 }
 

@@ -6,6 +6,7 @@
 
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
+#include "redis/redis_link.h"
 #include "wakeup/worker_wakeup.h"
 
 namespace sse {
@@ -71,6 +72,19 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
      set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_redis_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), nullptr},
+    {ngx_string("sse_redis_connect_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_connect_timeout), nullptr},
+    {ngx_string("sse_redis_command_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_command_timeout), nullptr},
+    {ngx_string("sse_redis_reconnect"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_redis_reconnect,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_redis_queue"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_num_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_queue), nullptr},
+    {ngx_string("sse_redis_sync_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_sync_timeout), nullptr},
     {ngx_string("sse_subscribe_allow"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
      set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command};
@@ -98,7 +112,16 @@ void* create_main_conf(ngx_conf_t* cf) {
     auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
     if (mcf == nullptr) return nullptr;
     mcf->shm_size = NGX_CONF_UNSET_SIZE;
+    init_redis_main_conf(mcf);
     return mcf;
+}
+
+// The configuration whose zone is being initialised (the master reads one at a time).
+MainConf* configuring = nullptr;
+
+void configure_cluster(StoreHeader* hdr) {
+    bool enabled = configuring != nullptr && configuring->redis != nullptr;
+    Store::configure_cluster(hdr, enabled, enabled ? configuring->redis->queue : 0);
 }
 
 ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
@@ -106,6 +129,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
     if (data != nullptr) {
         // Reload: the zone and all it holds carry over.
         zone->data = data;
+        configure_cluster(static_cast<StoreHeader*>(data));
         return NGX_OK;
     }
     if (zone->shm.exists) {
@@ -115,12 +139,15 @@ ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
     StoreHeader* hdr = Store::create(pool);
     if (hdr == nullptr) return NGX_ERROR;
     zone->data = hdr;
+    configure_cluster(hdr);
     return NGX_OK;
 }
 
 char* init_main_conf(ngx_conf_t* cf, void* conf) {
     auto* mcf = static_cast<MainConf*>(conf);
     ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
+    if (finish_redis_config(cf, mcf) != NGX_CONF_OK) return static_cast<char*>(NGX_CONF_ERROR);
+    configuring = mcf;
     if (!mcf->used) return NGX_CONF_OK;
     mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
     if (mcf->zone == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
@@ -384,12 +411,25 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept try {
 void on_shutdown() noexcept {
     if (the_worker == nullptr || the_worker->shutting_down) return;
     the_worker->shutting_down = true;
+    RedisLink::stop();
     end_local_streams();
     WorkerWakeup::stop();
 }
 
 void on_wake() noexcept {
     deliver_to_local_subscribers();
+    RedisLink::on_wake();
+}
+
+// What events of other nodes keep on channels never published to here: the http level's
+// sse_history and sse_history_ttl.
+HistoryPolicy http_level_history(ngx_cycle_t* cycle) {
+    auto* ctx = reinterpret_cast<ngx_http_conf_ctx_t*>(cycle->conf_ctx[ngx_http_module.index]);
+    auto* lcf = static_cast<LocConf*>(ctx->loc_conf[ngx_http_sse_module.ctx_index]);
+    HistoryPolicy policy;
+    policy.limit = std::uint32_t(lcf->history == NGX_CONF_UNSET_UINT ? kDefaultHistory : lcf->history);
+    policy.ttl = lcf->history_ttl == NGX_CONF_UNSET_MSEC ? kDefaultHistoryTtl : lcf->history_ttl;
+    return policy;
 }
 
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
@@ -413,6 +453,10 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
         return NGX_ERROR;
     }
     the_worker = w;
+    if (mcf->redis != nullptr) {
+        mcf->redis->history = http_level_history(cycle);
+        RedisLink::start(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
+    }
     return NGX_OK;
 } catch (...) {
     ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: unexpected exception in init_process");
@@ -422,6 +466,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
 void exit_process(ngx_cycle_t* cycle) noexcept {
     if (the_worker == nullptr) return;
     try {
+        RedisLink::stop();
         WorkerWakeup::stop();
         the_worker->store.release_slot(ngx_uint_t(the_worker->slot));
     } catch (...) {

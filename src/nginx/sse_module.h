@@ -16,11 +16,31 @@ extern "C" ngx_module_t ngx_http_sse_module;
 
 namespace sse {
 
+struct RedisConfig;
+
 struct MainConf {
     ngx_shm_zone_t* zone;
     size_t shm_size;
     ngx_flag_t used;  // some location subscribes or publishes: the zone and wake-ups are needed
+    RedisConfig* redis;  // sse_redis; nullptr: a single node
+    // The sse_redis_* directives as written, checked and put into `redis` by finish_redis_config.
+    ngx_str_t redis_prefix;
+    ngx_msec_t redis_connect_timeout;
+    ngx_msec_t redis_command_timeout;
+    ngx_msec_t redis_reconnect_min;
+    ngx_msec_t redis_reconnect_max;
+    ngx_uint_t redis_queue;
+    ngx_msec_t redis_sync_timeout;
 };
+
+// The sse_redis* directives (redis_config.cpp).
+char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_redis_reconnect(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+void init_redis_main_conf(MainConf* mcf);
+char* finish_redis_config(ngx_conf_t* cf, MainConf* mcf);
+// Whether this node's events go to Redis at once ("forwarded") or wait ("queued"); empty
+// without Redis.
+std::string_view redis_publish_state(Store& store);
 
 struct LocConf {
     ngx_http_complex_value_t* subscribe;

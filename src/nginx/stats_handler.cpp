@@ -89,6 +89,20 @@ ngx_int_t stats(ngx_http_request_t* r) {
     report.zone_bytes_total = st.bytes_total;
     report.uptime_seconds = std::uint64_t(ngx_time() - w->store.header()->created_at);
     for (const auto& [pid, n] : st.per_worker) report.workers.emplace_back(long(pid), n);
+    const ClusterState& cs = w->store.header()->cluster;
+    if (cs.enabled) {
+        switch (RedisState(__atomic_load_n(&cs.state, __ATOMIC_ACQUIRE))) {
+        case RedisState::kConnected: report.redis_state = "connected"; break;
+        case RedisState::kDisconnected: report.redis_state = "disconnected"; break;
+        default: report.redis_state = "connecting"; break;
+        }
+        report.redis_reconnects = c.redis_reconnects;
+        report.redis_queue = cs.outbound_count;
+        report.redis_queue_dropped = c.redis_queue_dropped;
+        report.redis_channels = cs.channels;
+        report.redis_events_sent = c.redis_events_sent;
+        report.redis_events_received = c.redis_events_received;
+    }
 
     if (query_arg(r, "channels", arg)) {
         if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -11,6 +11,7 @@
 #include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
+#include "wakeup/worker_wakeup.h"
 
 namespace sse {
 
@@ -51,7 +52,7 @@ struct Subscriber {
     ShmChannel** channels;  // the record's
     Membership* memberships;
     std::size_t channel_count;
-    std::uint64_t last_id;  // events up to this id were queued or predate the stream
+    std::uint64_t last_seq;  // events up to this place in the delivery order were queued or predate the stream
     Frame* sent_head;       // frames given to nginx, oldest first, until consumed
     Frame* sent_tail;
     Frame* new_head;  // frames queued by the current delivery round
@@ -63,12 +64,21 @@ struct Subscriber {
     ngx_queue_t all_link;    // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_event_t lifetime;  // sse_max_lifetime
+    // With Redis, a stream resuming on a channel this node has not synced yet waits (in
+    // LocalIndex::awaiting_sync) until it is, or until sse_redis_sync_timeout.
+    ngx_event_t sync_wait;
+    ngx_queue_t sync_link;
+    ResumeRequest resume;
+    ngx_str_t given_id;
+    bool awaiting_sync;
     ngx_msec_t last_write;
     ngx_queue_t dirty_link;  // in LocalIndex::dirty while it has frames to flush
     bool dirty;
     bool ending;      // the stream is being ended by us
     bool registered;  // counted in the store
 };
+
+void flush_dirty_streams();
 
 struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
@@ -77,6 +87,7 @@ struct LocalIndex {
     std::vector<ShmEvent*> taken;
     ngx_queue_t all;     // every stream of this worker, for shutdown
     ngx_queue_t dirty;   // streams with frames queued by a delivery round, not yet flushed
+    ngx_queue_t awaiting_sync;
     ngx_event_t resume;  // continues flushing after the event loop has had its turn
 
     LocalIndex();
@@ -178,6 +189,16 @@ void release_all_frames(Subscriber* s) {
     s->sent_bytes = s->new_bytes = 0;
 }
 
+// A channel got its first stream or lost its last: the worker holding the Redis link must
+// listen to it there, or stop.
+void wake_redis_owner(Store& store) {
+    ngx_uint_t owner = store.redis_owner_slot();
+    if (owner >= kMaxWorkerSlots) return;
+    std::uint64_t mask[2] = {0, 0};
+    mask[owner / 64] |= std::uint64_t(1) << (owner % 64);
+    WorkerWakeup::wake(store.header(), mask);
+}
+
 void unregister(Subscriber* s) {
     if (s->dirty) {
         ngx_queue_remove(&s->dirty_link);
@@ -192,13 +213,18 @@ void unregister(Subscriber* s) {
         if (it != li.channels.end() && ngx_queue_empty(&it->second.members)) li.channels.erase(it);
     }
     ngx_queue_remove(&s->all_link);
+    if (s->awaiting_sync) {
+        ngx_queue_remove(&s->sync_link);
+        s->awaiting_sync = false;
+    }
     WorkerContext* w = worker_context();
-    if (w != nullptr && w->slot >= 0) w->store.unsubscribe(s->record);
+    if (w != nullptr && w->slot >= 0 && w->store.unsubscribe(s->record)) wake_redis_owner(w->store);
 }
 
 void cleanup_subscriber(void* data) noexcept {
     auto* s = static_cast<Subscriber*>(data);
     try {
+        if (s->sync_wait.timer_set) ngx_del_timer(&s->sync_wait);
         if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
         if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
         release_all_frames(s);
@@ -351,6 +377,35 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
     }
     s->replay_end = s->new_bytes;
     if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
+}
+
+// Plans a stream that waited for its channels' history from Redis: from what this node has now.
+void finish_sync_wait(Subscriber* s) {
+    if (!s->awaiting_sync) return;
+    ngx_queue_remove(&s->sync_link);
+    s->awaiting_sync = false;
+    if (s->sync_wait.timer_set) ngx_del_timer(&s->sync_wait);
+    WorkerContext* w = worker_context();
+    ResumePlan plan;
+    w->store.plan_resume(ngx_uint_t(w->slot), s->record, s->resume, s->last_seq, plan);
+    queue_resume(s, plan, to_view(s->given_id));
+    if (!s->dirty) {
+        s->dirty = true;
+        ngx_queue_insert_tail(&local_index().dirty, &s->dirty_link);
+    }
+}
+
+void sync_wait_expired(ngx_event_t* ev) noexcept {
+    auto* s = static_cast<Subscriber*>(ev->data);
+    try {
+        ngx_log_error(NGX_LOG_INFO, s->request->connection->log, 0,
+                      "sse: redis did not send the channels' history within sse_redis_sync_timeout; resuming from this "
+                      "node's own");
+        finish_sync_wait(s);
+        flush_dirty_streams();
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception resuming a stream");
+    }
 }
 
 // The position a reconnecting client sends: the Last-Event-ID header, else the last_event_id
@@ -541,15 +596,31 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
 
     ResumePlan plan;
     SubscribeRefusal refusal;
-    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_id, plan, refusal,
-                                   r->connection->log);
+    bool new_channels = false;
+    bool redis_connected = redis_publish_state(w->store) == "forwarded";
+    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_seq, plan, refusal,
+                                   r->connection->log, redis_connected, &new_channels);
     if (s->record == nullptr) return refuse_stream(r, refusal, limits);
+    if (new_channels) wake_redis_owner(w->store);
     s->registered = true;
     cln->handler = cleanup_subscriber;
     cln->data = s;
     if (!filter.empty()) s->filter = new EventFilter(std::move(filter));
     send_own_bytes(s, preamble, preamble_len);
-    queue_resume(s, plan, to_view(given_id));
+    if (plan.deferred) {
+        s->resume = resume;
+        s->given_id = given_id;
+        s->awaiting_sync = true;
+        ngx_queue_insert_tail(&local_index().awaiting_sync, &s->sync_link);
+        s->sync_wait.handler = sync_wait_expired;
+        s->sync_wait.data = s;
+        s->sync_wait.log = r->connection->log;
+        s->sync_wait.cancelable = 1;
+        auto* mcf = static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_sse_module));
+        ngx_add_timer(&s->sync_wait, mcf->redis_sync_timeout);
+    } else {
+        queue_resume(s, plan, to_view(given_id));
+    }
 
     s->channels = s->record->channels;
     s->channel_count = s->record->nchannels;
@@ -655,6 +726,7 @@ void resume_flushing(ngx_event_t*) noexcept {
 LocalIndex::LocalIndex() {
     ngx_queue_init(&all);
     ngx_queue_init(&dirty);
+    ngx_queue_init(&awaiting_sync);
     ngx_memzero(&resume, sizeof(resume));
     resume.handler = resume_flushing;
     resume.log = ngx_cycle->log;
@@ -672,6 +744,18 @@ void deliver_to_local_subscribers() noexcept {
         __atomic_store_n(&hdr->slots[slot].wake_pending, 0, __ATOMIC_SEQ_CST);
 
         LocalIndex& li = local_index();
+        // Streams waiting for Redis's history go on once their channels are synced (or the link
+        // is down: then there is nothing to wait for).
+        if (!ngx_queue_empty(&li.awaiting_sync)) {
+            bool connected = redis_publish_state(w->store) == "forwarded";
+            std::vector<Subscriber*> ready;
+            for (ngx_queue_t* q = ngx_queue_head(&li.awaiting_sync); q != ngx_queue_sentinel(&li.awaiting_sync);
+                 q = ngx_queue_next(q)) {
+                Subscriber* s = ngx_queue_data(q, Subscriber, sync_link);
+                if (!connected || w->store.synced(s->record)) ready.push_back(s);
+            }
+            for (Subscriber* s : ready) finish_sync_wait(s);
+        }
         w->store.take_events(slot, li.taken);
 
         std::vector<Subscriber*> closing;
@@ -698,8 +782,8 @@ void deliver_to_local_subscribers() noexcept {
                      q = ngx_queue_next(q)) {
                     Subscriber* s = (ngx_queue_data(q, Membership, link))->subscriber;
                     // A stream on several of the event's channels takes it once.
-                    if (s->ending || s->last_id >= ev->id) continue;
-                    s->last_id = ev->id;
+                    if (s->ending || s->last_seq >= ev->seq) continue;
+                    s->last_seq = ev->seq;
                     if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
                     Frame* f = get_frame();
                     if (f == nullptr) continue;

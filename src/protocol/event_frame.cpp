@@ -109,4 +109,21 @@ char* write_stream_preamble(char* dst, long retry_ms) noexcept {
     return dst;
 }
 
+std::string event_frame_data(std::string_view frame) {
+    std::string out;
+    bool first = true;
+    while (!frame.empty()) {
+        std::size_t eol = frame.find('\n');
+        std::string_view line = frame.substr(0, eol);
+        frame = eol == std::string_view::npos ? std::string_view() : frame.substr(eol + 1);
+        if (line.substr(0, 5) != "data:") continue;
+        line.remove_prefix(5);
+        if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+        if (!first) out.push_back('\n');
+        out.append(line);
+        first = false;
+    }
+    return out;
+}
+
 }  // namespace sse

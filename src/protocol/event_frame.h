@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace sse {
@@ -20,6 +21,10 @@ std::size_t event_frame_size(std::uint64_t id, std::string_view name, std::strin
 
 // Writes the frame into dst, which holds event_frame_size() bytes; returns the end.
 char* write_event_frame(char* dst, std::uint64_t id, std::string_view name, std::string_view data) noexcept;
+
+// The data an event was published with, read back from its frame (its data lines joined by LF;
+// a CR or CRLF line end in the original comes back as LF).
+std::string event_frame_data(std::string_view frame);
 
 // Where the event's name starts in its frame (when it has one): after "id: <id>\nevent: ".
 std::size_t event_name_offset(std::uint64_t id) noexcept;

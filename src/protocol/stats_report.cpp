@@ -79,7 +79,11 @@ std::string stats_json(const StatsReport& r) {
         j += "{\"pid\":" + std::to_string(r.workers[i].first) +
              ",\"subscribers\":" + std::to_string(r.workers[i].second) + "}";
     }
-    j += "]";
+    j += "],\"redis\":{\"state\":\"" + escaped(r.redis_state) + "\",\"reconnects\":" + std::to_string(r.redis_reconnects) +
+         ",\"queue\":" + std::to_string(r.redis_queue) + ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
+         ",\"channels\":" + std::to_string(r.redis_channels) +
+         ",\"events_sent\":" + std::to_string(r.redis_events_sent) +
+         ",\"events_received\":" + std::to_string(r.redis_events_received) + "}";
     if (r.per_channel) {
         j += ",\"per_channel\":[";
         for (std::size_t i = 0; i < r.channel_list.size(); i++) {
@@ -127,6 +131,19 @@ std::string stats_prometheus(const StatsReport& r) {
     single(out, {"sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."}, r.zone_bytes_total);
     single(out, {"sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},
            r.uptime_seconds);
+    if (r.redis_state != "off") {
+        single(out, {"sse_redis_up", "gauge", "1 while this node's link to Redis is connected."},
+               r.redis_state == "connected" ? 1 : 0);
+        single(out, {"sse_redis_reconnects_total", "counter", "Connections to Redis made again after a loss."},
+               r.redis_reconnects);
+        single(out, {"sse_redis_queue_events", "gauge", "Events of this node waiting to be sent to Redis."}, r.redis_queue);
+        single(out, {"sse_redis_queue_dropped_total", "counter", "Events dropped from a full queue to Redis (sse_redis_queue)."},
+               r.redis_queue_dropped);
+        single(out, {"sse_redis_channels", "gauge", "Channels this node listens to in Redis."}, r.redis_channels);
+        single(out, {"sse_redis_events_sent_total", "counter", "Events of this node Redis has taken."}, r.redis_events_sent);
+        single(out, {"sse_redis_events_received_total", "counter", "Events of other nodes taken from Redis."},
+               r.redis_events_received);
+    }
     if (r.per_channel) {
         family(out, {"sse_channel_subscribers", "gauge", "Event streams open on the channel."});
         for (const ChannelReport& c : r.channel_list)

@@ -39,6 +39,15 @@ struct StatsReport {
     std::uint64_t uptime_seconds = 0;
     std::vector<std::pair<long, std::uint64_t>> workers;  // pid, subscribers
 
+    // With Redis ("off" without): connected, connecting or disconnected.
+    std::string redis_state = "off";
+    std::uint64_t redis_reconnects = 0;
+    std::uint64_t redis_queue = 0;  // events waiting to be sent
+    std::uint64_t redis_queue_dropped = 0;
+    std::uint64_t redis_channels = 0;  // subscribed to in Redis
+    std::uint64_t redis_events_sent = 0;
+    std::uint64_t redis_events_received = 0;
+
     bool per_channel = false;  // asked for: the channels below are listed
     bool per_channel_truncated = false;
     std::vector<ChannelReport> channel_list;

@@ -8,121 +8,13 @@
 #include <cstring>
 
 #include "protocol/event_frame.h"
+#include "store/zone_helpers.h"
 
 namespace sse {
 
+using namespace zone;
+
 namespace {
-
-class ZoneLock {
-public:
-    explicit ZoneLock(ngx_slab_pool_t* pool) : pool_(pool) { ngx_shmtx_lock(&pool_->mutex); }
-    ~ZoneLock() { unlock(); }
-    void unlock() {
-        if (pool_ == nullptr) return;
-        ngx_shmtx_unlock(&pool_->mutex);
-        pool_ = nullptr;
-    }
-    ZoneLock(const ZoneLock&) = delete;
-    ZoneLock& operator=(const ZoneLock&) = delete;
-
-private:
-    ngx_slab_pool_t* pool_;
-};
-
-std::uint32_t hash_name(std::string_view name) {
-    return ngx_crc32_short(reinterpret_cast<u_char*>(const_cast<char*>(name.data())), name.size());
-}
-
-// Inserts into a tree of named records (ShmChannel, ShmKey): by name hash, then by name.
-template <typename Named>
-void insert_named(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node, ngx_rbtree_node_t* sentinel) {
-    ngx_rbtree_node_t** p;
-    for (;;) {
-        if (node->key != temp->key) {
-            p = (node->key < temp->key) ? &temp->left : &temp->right;
-        } else {
-            auto* a = reinterpret_cast<Named*>(node);
-            auto* b = reinterpret_cast<Named*>(temp);
-            p = (a->name_view() < b->name_view()) ? &temp->left : &temp->right;
-        }
-        if (*p == sentinel) break;
-        temp = *p;
-    }
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-// Finds a named record (ShmChannel, ShmKey) in its tree.
-template <typename Named>
-Named* find_named(ngx_rbtree_t& tree, std::string_view name, std::uint32_t hash) {
-    ngx_rbtree_node_t* node = tree.root;
-    ngx_rbtree_node_t* sentinel = tree.sentinel;
-    while (node != sentinel) {
-        if (hash != node->key) {
-            node = (hash < node->key) ? node->left : node->right;
-            continue;
-        }
-        auto* named = reinterpret_cast<Named*>(node);
-        std::string_view other = named->name_view();
-        if (name == other) return named;
-        node = (name < other) ? node->left : node->right;
-    }
-    return nullptr;
-}
-
-bool has_bit(const std::uint64_t mask[2], ngx_uint_t slot) {
-    return (__atomic_load_n(&mask[slot / 64], __ATOMIC_ACQUIRE) >> (slot % 64)) & 1;
-}
-
-void set_bit(std::uint64_t mask[2], ngx_uint_t slot) {
-    mask[slot / 64] |= std::uint64_t(1) << (slot % 64);
-}
-
-std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
-    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + frame_len;
-}
-
-bool mask_empty(const std::uint64_t mask[2]) {
-    return __atomic_load_n(&mask[0], __ATOMIC_ACQUIRE) == 0 && __atomic_load_n(&mask[1], __ATOMIC_ACQUIRE) == 0;
-}
-
-void clear_bit_atomic(std::uint64_t mask[2], ngx_uint_t slot) {
-    __atomic_fetch_and(&mask[slot / 64], ~(std::uint64_t(1) << (slot % 64)), __ATOMIC_RELEASE);
-}
-
-// Each process caches its own reading of the monotonic clock, so another worker's event can
-// look a few milliseconds younger than "now"; that is not an age.
-bool expired(const ShmChannel* ch, const ShmEvent* ev) {
-    if (ch->history_ttl == 0) return false;
-    auto age = static_cast<ngx_msec_int_t>(ngx_current_msec - ev->published_at);
-    return age >= 0 && ngx_msec_t(age) >= ch->history_ttl;
-}
-
-EventChannelRef* history_ref(ngx_queue_t* q) {
-    return ngx_queue_data(q, EventChannelRef, history_link);
-}
-
-// A channel's figures, as GET on a publish location and the stats report them.
-ChannelState state_of(ShmChannel* ch) {
-    ChannelState st;
-    st.found = true;
-    st.subscribers = ch->subscribers;
-    st.last_event_id = ch->last_event_id;
-    st.events_published = ch->events_published;
-    st.retained = ch->history_count;
-    if (ch->history_count > 0) {
-        st.oldest_id = history_ref(ngx_queue_head(&ch->history))->event->id;
-        st.newest_id = history_ref(ngx_queue_last(&ch->history))->event->id;
-    }
-    return st;
-}
-
-std::size_t channel_alloc_size(std::size_t name_len) {
-    return sizeof(ShmChannel) + name_len;
-}
 
 bool process_alive(ngx_pid_t pid) {
     return kill(pid, 0) == 0 || errno != ESRCH;
@@ -144,7 +36,8 @@ StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     struct timeval tv;
     gettimeofday(&tv, nullptr);
     hdr->first_id = std::uint64_t(tv.tv_sec) * 1000000 + std::uint64_t(tv.tv_usec);
-    hdr->next_id = hdr->first_id;
+    hdr->last_id = hdr->first_id - 1;
+    ngx_queue_init(&hdr->cluster.outbound);
     hdr->created_at = tv.tv_sec;
     pool->data = hdr;
     // Running out of zone memory is answered with 507 and logged by us; keep nginx's slab
@@ -172,7 +65,7 @@ ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
         if (s.pid != 0) continue;
         s.pid = pid;
         s.wake_pending = 0;
-        s.cursor = hdr_->next_id - 1;
+        s.cursor = hdr_->next_seq;
         s.subscribers = 0;
         ngx_queue_init(&s.subscribers_list);
         if (i + 1 > hdr_->slot_high) hdr_->slot_high = i + 1;
@@ -215,7 +108,7 @@ void Store::drop_subscriber_locked(ShmSubscriber* sub) {
     for (std::uint32_t i = 0; i < sub->nchannels; i++) {
         ShmChannel* ch = sub->channels[i];
         ch->per_slot[sub->slot]--;
-        ch->subscribers--;
+        if (--ch->subscribers == 0) hdr_->cluster.subscriptions_changed++;
     }
     hdr_->slots[sub->slot].subscribers--;
     ngx_queue_remove(&sub->link);
@@ -273,6 +166,7 @@ ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t ha
     ch->name_len = std::uint16_t(name.size());
     std::memcpy(ch->name, name.data(), name.size());
     ch->linked = 1;
+    if (hdr_->cluster.enabled) ch->live_floor = std::max(hdr_->last_id, clock_id());
     ngx_rbtree_insert(&hdr_->channels, &ch->node);
     hdr_->channel_count++;
     return ch;
@@ -374,7 +268,7 @@ void* Store::alloc_evicting_locked(std::size_t size, ngx_log_t* log) {
 
 // Frees the event once nothing holds it; an event only a replay still writes waits as an orphan.
 void Store::maybe_free_event_locked(ShmEvent* ev) {
-    if (ev->in_log || ev->retained > 0) return;
+    if (ev->in_log || ev->retained > 0 || ev->in_outbound) return;
     if (!mask_empty(ev->pinned_by)) {
         if (!ev->orphan) {
             ev->orphan = true;
@@ -387,9 +281,11 @@ void Store::maybe_free_event_locked(ShmEvent* ev) {
 
 ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                                 const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
-                                ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log) {
+                                ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log, bool defer_unsynced,
+                                bool* new_channels) {
     plan = ResumePlan{};
     refusal = SubscribeRefusal::kNone;
+    if (new_channels != nullptr) *new_channels = false;
     ZoneLock lock(pool_);
     if (limits.max_total > 0) {
         std::uint64_t total = 0;
@@ -448,7 +344,10 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
             return nullptr;
         }
         ch->per_slot[slot]++;
-        ch->subscribers++;
+        if (ch->subscribers++ == 0) {
+            hdr_->cluster.subscriptions_changed++;
+            if (new_channels != nullptr) *new_channels = true;
+        }
         sub->channels[sub->nchannels++] = ch;
     }
     sub->client_id = ++hdr_->next_client_id;
@@ -456,9 +355,33 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
     sub->slot = std::uint32_t(slot);
     ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);
     hdr_->slots[slot].subscribers++;
-    start_after = hdr_->next_id - 1;
+    bool needs_history = resume.kind == ResumeRequest::kAfterId || resume.replay > 0;
+    if (defer_unsynced && needs_history) {
+        for (std::uint32_t i = 0; i < sub->nchannels; i++) plan.deferred |= !sub->channels[i]->redis_synced;
+    }
+    if (plan.deferred) {
+        start_after = UINT64_MAX;  // nothing live until planned
+        return sub;
+    }
+    start_after = hdr_->next_seq;
     plan_resume_locked(slot, sub, resume, plan);
     return sub;
+}
+
+void Store::plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, std::uint64_t& start_after,
+                        ResumePlan& plan) {
+    plan = ResumePlan{};
+    ZoneLock lock(pool_);
+    start_after = hdr_->next_seq;
+    plan_resume_locked(slot, sub, resume, plan);
+}
+
+bool Store::synced(const ShmSubscriber* sub) {
+    ZoneLock lock(pool_);
+    for (std::uint32_t i = 0; i < sub->nchannels; i++) {
+        if (!sub->channels[i]->redis_synced) return false;
+    }
+    return true;
 }
 
 // Decides what a new stream is sent before it goes live: nothing, the most recent events
@@ -470,7 +393,8 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
 
     std::uint64_t after = 0;  // replay the retained events after this id
     std::size_t most_recent = 0;  // or, when non-zero, only this many of the latest
-    std::uint64_t newest = hdr_->next_id - 1;
+    std::uint64_t newest = hdr_->last_id;
+    bool cluster = hdr_->cluster.enabled;
     switch (resume.kind) {
     case ResumeRequest::kLive:
         if (resume.replay == 0) return;
@@ -480,9 +404,12 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
         plan.reset = ResetReason::kMalformed;
         break;
     case ResumeRequest::kAfterId:
-        if (resume.after > newest) {
+        // With Redis, other nodes' ids run ahead of what this one has seen: an id is only from
+        // the future when its clock part is beyond this node's clock by a margin.
+        if (cluster ? resume.after > std::max(newest, clock_id() + kClockMarginUs * kIdsPerMicrosecond)
+                    : resume.after > newest) {
             plan.reset = ResetReason::kFuture;
-        } else if (resume.after + 1 < hdr_->first_id) {
+        } else if (!cluster && resume.after + 1 < hdr_->first_id) {
             plan.reset = ResetReason::kBeforeRestart;
         } else {
             after = resume.after;
@@ -514,11 +441,91 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
     for (ShmEvent* ev : plan.replay) __atomic_fetch_or(&ev->pinned_by[slot / 64], bit, __ATOMIC_ACQ_REL);
 }
 
-void Store::unsubscribe(ShmSubscriber* sub) {
+bool Store::unsubscribe(ShmSubscriber* sub) {
     ZoneLock lock(pool_);
+    std::uint64_t changes = hdr_->cluster.subscriptions_changed;
     // Channels go first: collecting may free a channel along with its last event.
     drop_subscriber_locked(sub);
     collect_locked();
+    return hdr_->cluster.subscriptions_changed != changes;
+}
+
+// The id after `prev` in this node's numbering (see kIdsPerMicrosecond).
+std::uint64_t Store::next_local_id_locked() {
+    std::uint64_t prev = hdr_->last_id;
+    if (!hdr_->cluster.enabled) return prev + 1;
+    std::uint64_t base = std::max(prev + 1, clock_id());
+    std::uint64_t node = hdr_->cluster.node_bits;
+    // The smallest id >= base whose low bits are this node's.
+    std::uint64_t id = (base & ~std::uint64_t(kIdsPerMicrosecond - 1)) | node;
+    if (id < base) id += kIdsPerMicrosecond;
+    return id;
+}
+
+// Allocates and formats one event for the channels; nullptr when the zone is full.
+ShmEvent* Store::store_event_locked(std::uint64_t id, std::string_view name, std::string_view data,
+                                    const std::vector<ShmChannel*>& targets, ngx_log_t* log) {
+    std::size_t frame_len = event_frame_size(id, name, data);
+    std::size_t size = event_alloc_size(targets.size(), frame_len);
+    auto* ev = static_cast<ShmEvent*>(alloc_evicting_locked(size, log));
+    if (ev == nullptr) return nullptr;
+    std::memset(ev, 0, sizeof(ShmEvent));
+    ev->id = id;
+    ev->published_at = ngx_current_msec;
+    ev->frame_len = std::uint32_t(frame_len);
+    ev->nchannels = std::uint16_t(targets.size());
+    ev->kind = kEventMessage;
+    ev->name_len = std::uint16_t(name.size());
+    ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
+    for (std::size_t i = 0; i < targets.size(); i++) {
+        ev->refs[i].channel = targets[i];
+        ev->refs[i].event = ev;
+        ev->refs[i].retained = false;
+    }
+    ev->frame = reinterpret_cast<u_char*>(ev->refs + targets.size());
+    write_event_frame(reinterpret_cast<char*>(ev->frame), ev->id, name, data);
+    return ev;
+}
+
+// Puts a stored event in the delivery order (and log, when `wake` names workers) and in the
+// history of each of its channels that keeps one. An event from another node may be older than
+// what a history holds: `keep_sorted` inserts it in id order.
+void Store::link_event_locked(ShmEvent* ev, const std::uint64_t wake[2], bool keep_sorted) {
+    hdr_->event_count++;
+    ev->seq = ++hdr_->next_seq;
+    if (hdr_->last_id < ev->id) hdr_->last_id = ev->id;
+    ev->needed_by[0] = wake[0];
+    ev->needed_by[1] = wake[1];
+    if (!mask_empty(wake)) {
+        ev->in_log = true;
+        ngx_queue_insert_tail(&hdr_->log, &ev->link);
+    }
+    for (std::size_t i = 0; i < ev->nchannels; i++) {
+        EventChannelRef& ref = ev->refs[i];
+        ShmChannel* ch = ref.channel;
+        ch->events_in_log++;
+        ch->events_published++;
+        if (ev->id > ch->last_event_id) ch->last_event_id = ev->id;
+        if (ch->history_limit == 0) {
+            if (ev->id > ch->lost_through) ch->lost_through = ev->id;
+            continue;
+        }
+        ngx_queue_t* after = ngx_queue_last(&ch->history);
+        if (keep_sorted) {
+            while (after != ngx_queue_sentinel(&ch->history) && history_ref(after)->event->id > ev->id) {
+                after = ngx_queue_prev(after);
+            }
+        }
+        ref.retained = true;
+        ngx_queue_insert_after(after, &ref.history_link);
+        ch->history_count++;
+        ev->retained++;
+    }
+    if (ev->retained > 0) {
+        ngx_queue_insert_tail(&hdr_->retention, &ev->retained_link);
+        hdr_->retained_count++;
+        hdr_->retained_bytes += event_alloc_size(ev->nchannels, ev->frame_len);
+    }
 }
 
 bool Store::publish(const std::vector<EventInput>& events, const std::vector<std::string_view>& names,
@@ -527,12 +534,22 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     ZoneLock lock(pool_);
     collect_locked();
     sweep_expired_locked();
+    bool cluster = hdr_->cluster.enabled;
 
-    std::uint64_t first = hdr_->next_id;
-    std::uint64_t last = first + events.size() - 1;
+    // The ids this publish takes, given out only if it succeeds.
+    std::vector<std::uint64_t> ids;
+    ids.reserve(events.size());
+    std::uint64_t saved_last = hdr_->last_id;
+    for (std::size_t i = 0; i < events.size(); i++) {
+        ids.push_back(next_local_id_locked());
+        hdr_->last_id = ids.back();
+    }
+    hdr_->last_id = saved_last;
+    std::uint64_t last = ids.back();
 
     // Channels someone listens to, or that keep history, store the event; the others only
-    // advance their counters. Every channel found is held (events_in_log) while evicting for room.
+    // advance their counters. With Redis every channel does: the event waits for Redis.
+    // Every channel found is held (events_in_log) while evicting for room.
     std::vector<ShmChannel*> found;
     std::vector<ShmChannel*> targets;
     found.reserve(names.size());
@@ -542,7 +559,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     for (std::string_view name : names) {
         std::uint32_t hash = hash_name(name);
         ShmChannel* ch = find_locked(name, hash);
-        if (ch == nullptr && history.limit > 0) {
+        if (ch == nullptr && (history.limit > 0 || cluster)) {
             ch = create_channel_locked(name, hash);
             if (ch == nullptr) {
                 refused = true;
@@ -559,8 +576,10 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
         result.subscribers += ch->subscribers;
         ch->history_limit = history.limit;
         ch->history_ttl = history.ttl;
-        if (ch->subscribers == 0 && history.limit == 0) {
+        if (ch->subscribers == 0 && history.limit == 0 && !cluster) {
             ch->lost_through = last;
+            ch->last_event_id = last;
+            ch->events_published += events.size();
             continue;
         }
         targets.push_back(ch);
@@ -572,7 +591,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     if (!refused && !targets.empty()) {
         std::size_t total = 0;
         for (std::size_t i = 0; i < events.size(); i++) {
-            total += event_alloc_size(targets.size(), event_frame_size(first + i, events[i].name, events[i].data));
+            total += event_alloc_size(targets.size(), event_frame_size(ids[i], events[i].name, events[i].data));
         }
         refused = !could_fit_locked(total);
     }
@@ -580,11 +599,8 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     std::vector<ShmEvent*> stored;
     if (!refused && !targets.empty()) {
         stored.reserve(events.size());
-        std::uint64_t id = first;
-        for (const EventInput& in : events) {
-            std::size_t frame_len = event_frame_size(id, in.name, in.data);
-            std::size_t size = event_alloc_size(targets.size(), frame_len);
-            auto* ev = static_cast<ShmEvent*>(alloc_evicting_locked(size, log));
+        for (std::size_t i = 0; i < events.size(); i++) {
+            ShmEvent* ev = store_event_locked(ids[i], events[i].name, events[i].data, targets, log);
             if (ev == nullptr) {
                 for (ShmEvent* done : stored) {
                     free_locked(done, event_alloc_size(done->nchannels, done->frame_len));
@@ -593,23 +609,6 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
                 refused = true;
                 break;
             }
-            std::memset(ev, 0, sizeof(ShmEvent));
-            ev->id = id++;
-            ev->needed_by[0] = wake[0];
-            ev->needed_by[1] = wake[1];
-            ev->published_at = ngx_current_msec;
-            ev->frame_len = std::uint32_t(frame_len);
-            ev->nchannels = std::uint16_t(targets.size());
-            ev->kind = kEventMessage;
-            ev->name_len = std::uint16_t(in.name.size());
-            ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
-            for (std::size_t i = 0; i < targets.size(); i++) {
-                ev->refs[i].channel = targets[i];
-                ev->refs[i].event = ev;
-                ev->refs[i].retained = false;
-            }
-            ev->frame = reinterpret_cast<u_char*>(ev->refs + targets.size());
-            write_event_frame(reinterpret_cast<char*>(ev->frame), ev->id, in.name, in.data);
             stored.push_back(ev);
         }
     }
@@ -623,44 +622,40 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
         return false;
     }
 
-    bool delivering = wake[0] != 0 || wake[1] != 0;
     for (ShmEvent* ev : stored) {
-        hdr_->event_count++;
-        if (delivering) {
-            ev->in_log = true;
-            ngx_queue_insert_tail(&hdr_->log, &ev->link);
-        }
-        for (std::size_t i = 0; i < ev->nchannels; i++) {
-            EventChannelRef& ref = ev->refs[i];
-            ShmChannel* ch = ref.channel;
-            if (ch->history_limit == 0) {
-                ch->lost_through = ev->id;
-                continue;
-            }
-            ref.retained = true;
-            ngx_queue_insert_tail(&ch->history, &ref.history_link);
-            ch->history_count++;
-            ev->retained++;
-        }
-        if (ev->retained > 0) {
-            ngx_queue_insert_tail(&hdr_->retention, &ev->retained_link);
-            hdr_->retained_count++;
-            hdr_->retained_bytes += event_alloc_size(ev->nchannels, ev->frame_len);
+        link_event_locked(ev, wake, false);
+        if (cluster) {
+            ev->in_outbound = true;
+            ngx_queue_insert_tail(&hdr_->cluster.outbound, &ev->outbound_link);
+            hdr_->cluster.outbound_count++;
         }
     }
-    for (ShmChannel* ch : targets) {
-        ch->events_in_log += std::uint32_t(stored.size());
-        trim_history_locked(ch);
+    if (hdr_->last_id < last) hdr_->last_id = last;
+    if (cluster) {
+        // Bounded whatever Redis does: the oldest waiting events give way.
+        ClusterState& cs = hdr_->cluster;
+        while (cs.outbound_count > cs.outbound_limit) {
+            drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
+            hdr_->counters.redis_queue_dropped++;
+            cs.dropped_unlogged++;
+        }
+        if (cs.dropped_unlogged > 0 && ngx_time() - cs.dropped_logged_at >= 60) {
+            ngx_log_error(NGX_LOG_WARN, log ? log : ngx_cycle->log, 0,
+                          "sse: redis queue full (sse_redis_queue %uD), dropped the oldest %uL events",
+                          cs.outbound_limit, cs.dropped_unlogged);
+            cs.dropped_unlogged = 0;
+            cs.dropped_logged_at = ngx_time();
+        }
+        if (cs.owner > 0) set_bit(wake, cs.owner - 1);
     }
+    for (ShmChannel* ch : targets) trim_history_locked(ch);
 
-    hdr_->next_id += events.size();
+    result.first_id = ids.front();
     result.last_id = last;
     result.events = events.size();
     result.wake[0] = wake[0];
     result.wake[1] = wake[1];
     for (ShmChannel* ch : found) {
-        ch->last_event_id = last;
-        ch->events_published += events.size();
         ch->events_in_log--;
         maybe_free_channel_locked(ch);
     }
@@ -703,8 +698,10 @@ bool Store::close_channel(std::string_view name, PublishResult& result, std::uin
         for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
             if (ch->per_slot[s] > 0) set_bit(ev->needed_by, s);
         }
-        // A close is ordered among the events but is not one: it takes no id.
-        ev->id = hdr_->next_id - 1;
+        // A close is ordered among the events but is not one: it takes a place in the delivery
+        // order, not an id.
+        ev->id = hdr_->last_id;
+        ev->seq = ++hdr_->next_seq;
         ev->kind = kEventCloseChannel;
         ev->nchannels = 1;
         ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
@@ -764,20 +761,11 @@ void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
     out.clear();
     ZoneLock lock(pool_);
     WorkerSlot& s = hdr_->slots[slot];
-    std::uint64_t cursor = s.cursor;
     for (ngx_queue_t* q = ngx_queue_head(&hdr_->log); q != ngx_queue_sentinel(&hdr_->log); q = ngx_queue_next(q)) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
-        // A close carries the id of the event before it, so it is taken by "not yet seen" order
-        // rather than by id: the slot's mark on it is only cleared once it has been handled.
-        if (ev->kind == kEventCloseChannel) {
-            if (has_bit(ev->needed_by, slot)) {
-                out.push_back(ev);
-            }
-            continue;
-        }
-        if (ev->id <= cursor || !has_bit(ev->needed_by, slot)) continue;
+        if (ev->seq <= s.cursor || !has_bit(ev->needed_by, slot)) continue;
         out.push_back(ev);
-        if (ev->id > s.cursor) s.cursor = ev->id;
+        s.cursor = ev->seq;
     }
 }
 

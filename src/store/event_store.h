@@ -28,6 +28,14 @@ namespace sse {
 
 constexpr ngx_uint_t kMaxWorkerSlots = 128;  // old and new workers overlap during a reload
 
+// Ids. A single node numbers its events one by one from its zone's creation time in
+// microseconds. With Redis, every node takes ids from a hybrid clock so that they are unique
+// and comparable across nodes without asking anyone: (microseconds << 10) | node bits, above
+// every id the node has given out or seen. Node bits 1023 are those of events Redis numbers
+// itself (published by other services).
+constexpr std::uint64_t kIdsPerMicrosecond = 1024;
+constexpr std::uint32_t kRedisAssignedNode = 1023;
+
 struct ShmChannel {
     ngx_rbtree_node_t node;  // key: hash of the name
     std::uint64_t last_event_id;
@@ -42,7 +50,13 @@ struct ShmChannel {
     std::uint32_t subscribers;    // over all workers
     std::uint32_t events_in_log;  // events naming this channel that are still stored
     std::uint32_t per_slot[kMaxWorkerSlots];
+    // With Redis: events from other nodes with ids above this are news to this channel's
+    // streams (ids are clock-based); set when the channel is created here.
+    std::uint64_t live_floor;
     unsigned linked : 1;  // findable by name; a closed channel is unlinked at once
+    // With Redis: this node listens to the channel there and has merged what Redis retains, so
+    // its history here is as complete as Redis's.
+    unsigned redis_synced : 1;
     std::uint16_t name_len;
     u_char name[1];
 
@@ -65,9 +79,13 @@ struct EventChannelRef {
 };
 
 struct ShmEvent {
-    ngx_queue_t link;           // the delivery log (while in_log) or the orphan list, id order
-    ngx_queue_t retained_link;  // the global retention list while retained anywhere, id order
+    ngx_queue_t link;           // the delivery log (while in_log) or the orphan list, seq order
+    ngx_queue_t retained_link;  // the global retention list while retained anywhere, seq order
+    ngx_queue_t outbound_link;  // the queue of events waiting to go to Redis, while in_outbound
     std::uint64_t id;
+    // Position in this zone's delivery order. Equal to the id's order on a single node; with
+    // Redis, events from other nodes can carry lower ids than ones already delivered here.
+    std::uint64_t seq;
     std::uint64_t needed_by[2];  // bit per worker slot; cleared atomically by that worker
     std::uint64_t pinned_by[2];  // bit per worker slot replaying it; cleared atomically
     ngx_msec_t published_at;     // monotonic clock, for sse_history_ttl
@@ -78,6 +96,7 @@ struct ShmEvent {
     std::uint16_t name_len;  // the event's name is in its frame, from event_name_offset(id)
     bool in_log;
     bool orphan;
+    bool in_outbound;
     EventChannelRef* refs;
     u_char* frame;
 
@@ -113,7 +132,7 @@ struct WorkerSlot {
     ngx_pid_t pid;                 // 0: free
     ngx_queue_t subscribers_list;  // ShmSubscriber records of this worker
     ngx_atomic_t wake_pending;     // coalesces wake-ups: set by the first publisher, cleared by the worker
-    std::uint64_t cursor;          // the last event id this worker took from the log
+    std::uint64_t cursor;          // the seq of the last event this worker took from the log
     std::uint32_t subscribers;
 };
 
@@ -128,6 +147,30 @@ struct StoreCounters {
     ngx_atomic_t resets;             // reset events sent
     ngx_atomic_t refused_max_subscribers;  // streams refused by sse_max_subscribers
     ngx_atomic_t refused_per_key;          // and by sse_max_subscribers_per_key
+    ngx_atomic_t redis_reconnects;         // connections to Redis made again after a loss
+    ngx_atomic_t redis_queue_dropped;      // events dropped from a full queue to Redis
+    ngx_atomic_t redis_events_sent;        // events Redis acknowledged
+    ngx_atomic_t redis_events_received;    // events of other nodes taken from Redis
+};
+
+enum class RedisState : ngx_uint_t { kOff = 0, kConnecting, kConnected, kDisconnected };
+
+// This node's part in a Redis cluster. One worker (the owner) holds the connections; the
+// others see its state here and wake it when there is work.
+struct ClusterState {
+    bool enabled;
+    std::uint32_t node_bits;  // low 10 bits of this node's ids: 0-1022 (1023: ids Redis assigns)
+    std::uint64_t origin;     // tells this node's events apart when Redis sends them back
+    ngx_queue_t outbound;     // this node's events waiting for Redis, seq order
+    std::uint32_t outbound_count;
+    std::uint32_t outbound_limit;  // sse_redis_queue
+    std::uint64_t subscriptions_changed;  // bumped when a channel gains its first or loses its last stream
+    ngx_uint_t owner;        // slot + 1 of the worker holding the connections; 0: none
+    ngx_msec_t owner_beat;   // when the owner last said it is alive
+    ngx_atomic_t state;      // RedisState
+    std::uint32_t channels;  // channels subscribed to in Redis
+    time_t dropped_logged_at;
+    std::uint64_t dropped_unlogged;
 };
 
 // Ids of channels the zone forgot entirely (freed, closed, or published to with no history),
@@ -136,7 +179,8 @@ constexpr ngx_uint_t kForgottenBuckets = 1024;
 
 struct StoreHeader {
     std::uint64_t first_id;  // ids of this zone start here: its creation time in microseconds
-    std::uint64_t next_id;
+    std::uint64_t last_id;   // the highest id given out or, with Redis, seen
+    std::uint64_t next_seq;
     std::uint64_t next_client_id;
     ngx_rbtree_t channels;
     ngx_rbtree_node_t sentinel;
@@ -157,6 +201,7 @@ struct StoreHeader {
     WorkerSlot slots[kMaxWorkerSlots];
     StoreCounters counters;
     time_t created_at;
+    ClusterState cluster;
 };
 
 // An event to publish.
@@ -192,9 +237,33 @@ struct ResumeRequest {
 struct ResumePlan {
     ResetReason reset = ResetReason::kNone;
     std::vector<ShmEvent*> replay;  // id order
+    // With Redis: a channel's history here is not yet complete (the node has not merged what
+    // Redis retains), so nothing was planned and the stream takes no live events yet: plan
+    // again with plan_resume() once synced or after waiting long enough.
+    bool deferred = false;
+};
+
+// An event of this node on its way to Redis, copied out of the zone.
+struct OutboundEvent {
+    std::uint64_t seq;
+    std::uint64_t id;
+    std::uint32_t history_limit;  // of the publishing location, for Redis to apply too
+    ngx_msec_t history_ttl;
+    std::string name;
+    std::string data;
+    std::vector<std::string> channels;
+};
+
+// An event as Redis carries it between nodes.
+struct RemoteEvent {
+    std::uint64_t id = 0;
+    std::uint64_t published_ms = 0;  // Redis's clock
+    std::string_view name;
+    std::string_view data;
 };
 
 struct PublishResult {
+    std::uint64_t first_id = 0;
     std::uint64_t last_id = 0;
     ngx_uint_t events = 0;
     ngx_uint_t subscribers = 0;      // subscribers of the target channels, summed per channel
@@ -243,10 +312,20 @@ public:
     // events; `plan` says what it is sent first, decided in the same critical section so that
     // nothing published meanwhile is missed or sent twice. Returns nullptr when the zone is full.
     // Returns nullptr, saying why, when the zone is full or a limit is reached.
+    // With `defer_unsynced` (Redis is connected), a stream that resumes on a channel not yet
+    // synced with Redis is registered but not planned: see ResumePlan::deferred. `new_channels`
+    // says whether a channel got its first stream (the Redis owner must be told).
     ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                              const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
-                             ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log);
-    void unsubscribe(ShmSubscriber* subscriber);
+                             ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log,
+                             bool defer_unsynced = false, bool* new_channels = nullptr);
+    // Plans a deferred stream's start (see subscribe()); it then takes live events after `start_after`.
+    void plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, std::uint64_t& start_after,
+                     ResumePlan& plan);
+    // Whether every channel of the stream has been synced with Redis.
+    bool synced(const ShmSubscriber* sub);
+    // Returns true when a channel lost its last stream (the Redis owner must be told).
+    bool unsubscribe(ShmSubscriber* subscriber);
 
     // Stores the events (all or none) for the channels, keeping history as the policy says and
     // evicting the oldest history for room. Returns false when even that leaves no room.
@@ -274,7 +353,42 @@ public:
 
     StoreStats stats();
 
+    // ---- Redis (src/store/cluster_store.cpp) ----
+
+    // At zone creation or reload: whether this node is part of a cluster.
+    static void configure_cluster(StoreHeader* header, bool enabled, std::uint32_t queue_limit);
+    // The worker holding the Redis connections: claims the role when nobody holds it or its
+    // holder stopped beating for `stale_after`; the holder's call refreshes its beat.
+    bool claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after);
+    void release_redis(ngx_uint_t slot);
+    ngx_uint_t redis_owner_slot();  // kMaxWorkerSlots: none
+    // The names of channels with streams on this node.
+    std::vector<std::string> channels_in_use();
+    // Marks channels synced with Redis or not; unsynced with an empty list means all.
+    void set_synced(const std::vector<std::string>& names, bool synced);
+    void unsync_all();
+    // This node's events after `after_seq` waiting for Redis, oldest first, at most `max`.
+    void outbound_after(std::uint64_t after_seq, std::size_t max, std::vector<OutboundEvent>& out);
+    // Redis took the events up to this seq.
+    void outbound_sent(std::uint64_t through_seq);
+    std::uint32_t outbound_count();
+    // An event of another node: stored and delivered like a local one (not sent back to Redis).
+    // False when the channel has nobody here or the zone is full.
+    bool ingest(std::string_view channel, const RemoteEvent& event, const HistoryPolicy& fallback,
+                PublishResult& result, ngx_log_t* log);
+    // What Redis retains for a channel, merged into its history here. Events not seen here that
+    // are newer than the channel's live floor are delivered too (published elsewhere while this
+    // node was away from Redis); older ones only join the history. Marks the channel synced
+    // and wakes its streams' workers.
+    void merge_history(std::string_view channel, const std::vector<RemoteEvent>& events, std::uint64_t redis_lost,
+                       const HistoryPolicy& fallback, PublishResult& result, ngx_log_t* log);
+
 private:
+    std::uint64_t next_local_id_locked();
+    ShmEvent* store_event_locked(std::uint64_t id, std::string_view name, std::string_view data,
+                                 const std::vector<ShmChannel*>& targets, ngx_log_t* log);
+    void link_event_locked(ShmEvent* ev, const std::uint64_t wake[2], bool keep_sorted);
+    void drop_outbound_locked(ShmEvent* ev);
     ShmChannel* find_locked(std::string_view name, std::uint32_t hash);
     ShmKey* find_key_locked(std::string_view name, std::uint32_t hash);
     void release_key_locked(ShmKey* key);

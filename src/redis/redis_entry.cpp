@@ -1,0 +1,89 @@
+#include "redis/redis_entry.h"
+
+#include <nlohmann/json.hpp>
+
+#include "protocol/event_frame.h"
+#include "protocol/resume.h"
+#include "protocol/utf8.h"
+
+namespace sse {
+
+namespace {
+
+using nlohmann::json;
+
+bool id_field(const json& j, const char* key, std::uint64_t& out, bool required) {
+    auto it = j.find(key);
+    if (it == j.end()) return !required;
+    return it->is_string() && parse_event_id(it->get_ref<const std::string&>(), out);
+}
+
+bool entry_from(const json& j, RedisEntry& out, std::string& reason) {
+    out = RedisEntry{};
+    if (!j.is_object()) {
+        reason = "an entry is not a JSON object";
+        return false;
+    }
+    if (!id_field(j, "i", out.id, true) || out.id == 0) {
+        reason = "an entry has no valid id";
+        return false;
+    }
+    if (!id_field(j, "l", out.lost, false)) {
+        reason = "an entry has a bad \"l\"";
+        return false;
+    }
+    auto text = [&](const char* key, std::string& dst) {
+        auto it = j.find(key);
+        if (it == j.end()) return true;
+        if (!it->is_string()) return false;
+        dst = it->get<std::string>();
+        return true;
+    };
+    if (!text("o", out.origin) || !text("e", out.name) || !text("d", out.data)) {
+        reason = "an entry has a field of the wrong type";
+        return false;
+    }
+    if (!is_valid_event_name(out.name)) {
+        reason = "an entry's event name holds CR or LF or is too long";
+        return false;
+    }
+    auto t = j.find("t");
+    if (t != j.end() && t->is_number()) out.published_ms = std::uint64_t(t->get<double>());
+    return true;
+}
+
+}  // namespace
+
+bool parse_redis_entry(const char* text, std::size_t len, RedisEntry& out, std::string& reason) {
+    json j = json::parse(text, text + len, nullptr, false);
+    if (j.is_discarded()) {
+        reason = "not JSON (or not UTF-8)";
+        return false;
+    }
+    return entry_from(j, out, reason);
+}
+
+bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, std::string& reason) {
+    out = RedisHistory{};
+    json j = json::parse(text, text + len, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+        reason = "a history is not a JSON object";
+        return false;
+    }
+    auto k = j.find("k");
+    auto e = j.find("e");
+    if (k == j.end() || !k->is_string() || e == j.end() || !e->is_array()) {
+        reason = "a history has no \"k\" string and \"e\" array";
+        return false;
+    }
+    out.key = k->get<std::string>();
+    out.entries.reserve(e->size());
+    for (const json& item : *e) {
+        RedisEntry entry;
+        if (!entry_from(item, entry, reason)) return false;
+        out.entries.push_back(std::move(entry));
+    }
+    return true;
+}
+
+}  // namespace sse

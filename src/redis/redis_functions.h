@@ -1,0 +1,116 @@
+// The Redis side of the module: a Redis 7 function library every node loads (FUNCTION LOAD
+// REPLACE) when it connects. Publishing through it keeps a channel's history in Redis and its
+// pub/sub message in one atomic step, so every node and every reader of the history sees the
+// same events in the same order. Other services publish with the same function:
+//   FCALL sse_publish <n> <prefix><channel>... <data> [<event> [<history> [<ttl-ms>]]]
+// A channel's history is the list at key <prefix><channel>; its messages go to the pub/sub
+// channel of the same name. Each entry is JSON: i (id), o (origin node), t (Redis time, ms),
+// l (the newest id no longer retained when it was added), e (event name), d (data).
+// Ids are decimal strings: Lua's numbers cannot hold 64 bits.
+#pragma once
+
+#include <string_view>
+
+namespace sse {
+
+constexpr std::string_view kRedisFunctionLibrary = R"lua(#!lua name=sse
+
+-- a >= b, for decimal strings without leading zeros
+local function at_least(a, b)
+  if #a ~= #b then return #a > #b end
+  return a >= b
+end
+
+-- hi and lo of a decimal string: a = hi * 1e9 + lo, both exact in Lua's numbers
+local function split(a)
+  local hi = 0
+  if #a > 9 then hi = tonumber(string.sub(a, 1, -10)) end
+  return hi, tonumber(string.sub(a, -9))
+end
+
+local function join(hi, lo)
+  hi = hi + math.floor(lo / 1e9)
+  lo = lo % 1e9
+  if hi == 0 then return string.format('%d', lo) end
+  return string.format('%.0f%09d', hi, lo)
+end
+
+-- an id Redis gives: (microseconds << 10) | 1023, after every id of the channels
+local function redis_id(keys, time)
+  local a = tonumber(time[1]) * 1024
+  local q = math.floor(a / 1000)
+  local id = join(q, (a - q * 1000) * 1e6 + tonumber(time[2]) * 1024 + 1023)
+  for _, key in ipairs(keys) do
+    local tail = redis.call('LINDEX', key, -1)
+    if tail then
+      local last = cjson.decode(tail).i
+      if at_least(last, id) then
+        local hi, lo = split(last)
+        local low_bits = ((hi % 2) * 512 + lo) % 1024
+        id = join(hi, lo + 2047 - low_bits)
+      end
+    end
+  end
+  return id
+end
+
+local usage = 'usage: FCALL sse_publish <number of channels> <prefix><channel>... <data> [<event> [<history> [<ttl-ms>]]]'
+
+local function publish(keys, args)
+  if #keys == 0 or args[1] == nil then return redis.error_reply(usage) end
+  local data = args[1]
+  local name = args[2] or ''
+  local limit = tonumber(args[3] or '100')
+  local ttl = tonumber(args[4] or '3600000')
+  if limit == nil or ttl == nil or limit < 0 or ttl < 0 then return redis.error_reply(usage) end
+  if string.find(name, '[\r\n]') or #name > 128 then
+    return redis.error_reply('sse_publish: an event name is at most 128 bytes without CR or LF')
+  end
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local id = args[5]
+  if id == nil or id == '' then id = redis_id(keys, time) end
+  local origin = args[6] or ''
+  for _, key in ipairs(keys) do
+    local lost = '0'
+    if limit > 0 then
+      local tail = redis.call('LINDEX', key, -1)
+      if tail then lost = cjson.decode(tail).l or '0' end
+      if ttl > 0 then
+        while true do
+          local head = redis.call('LINDEX', key, 0)
+          if not head then break end
+          local h = cjson.decode(head)
+          if h.t + ttl > now_ms then break end
+          redis.call('LPOP', key)
+          if at_least(h.i, lost) then lost = h.i end
+        end
+      end
+      while redis.call('LLEN', key) >= limit do
+        local h = cjson.decode(redis.call('LPOP', key))
+        if at_least(h.i, lost) then lost = h.i end
+      end
+    end
+    local entry = cjson.encode({i = id, o = origin, t = now_ms, l = lost, e = name, d = data})
+    if limit > 0 then
+      redis.call('RPUSH', key, entry)
+      if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    end
+    redis.call('PUBLISH', key, entry)
+  end
+  return id
+end
+
+-- Sends a channel's history to the asking node's own pub/sub channel: on the connection that
+-- carries the channel's messages, so the node sees it in order with them.
+local function history(keys, args)
+  local entries = redis.call('LRANGE', keys[1], 0, -1)
+  redis.call('PUBLISH', args[1], '{"k":' .. cjson.encode(keys[1]) .. ',"e":[' .. table.concat(entries, ',') .. ']}')
+  return #entries
+end
+
+redis.register_function('sse_publish', publish)
+redis.register_function('sse_history', history)
+)lua";
+
+}  // namespace sse

@@ -1,0 +1,243 @@
+// The store's side of Redis: which worker holds the connections, which channels the node needs
+// from Redis, the bounded queue of this node's events on their way out, and events of other
+// nodes coming in (live, or merged from what Redis retains).
+#include <sys/time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "store/event_store.h"
+#include "store/zone_helpers.h"
+
+namespace sse {
+
+using namespace zone;
+
+void Store::configure_cluster(StoreHeader* hdr, bool enabled, std::uint32_t queue_limit) {
+    ClusterState& cs = hdr->cluster;
+    if (enabled && !cs.enabled) {
+        // Ids of a single node are counts; a cluster's are clock readings, far above them.
+        std::uint64_t seed = 0;
+        struct timeval tv;
+        gettimeofday(&tv, nullptr);
+        seed = std::uint64_t(tv.tv_sec) * 1000003 ^ std::uint64_t(tv.tv_usec) << 20 ^ std::uint64_t(ngx_pid) << 40;
+        cs.node_bits = std::uint32_t(ngx_random() ^ seed) % kRedisAssignedNode;
+        cs.origin = (std::uint64_t(ngx_random()) << 33) ^ (std::uint64_t(ngx_random()) << 2) ^ seed;
+        if (cs.origin == 0) cs.origin = 1;
+        if (hdr->first_id < clock_id()) hdr->first_id = clock_id();
+    }
+    cs.enabled = enabled;
+    cs.outbound_limit = queue_limit;
+    if (!enabled) {
+        __atomic_store_n(&cs.state, ngx_atomic_uint_t(RedisState::kOff), __ATOMIC_RELEASE);
+    } else if (cs.state == ngx_atomic_uint_t(RedisState::kOff)) {
+        __atomic_store_n(&cs.state, ngx_atomic_uint_t(RedisState::kConnecting), __ATOMIC_RELEASE);
+    }
+}
+
+bool Store::claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after) {
+    ZoneLock lock(pool_);
+    ClusterState& cs = hdr_->cluster;
+    if (cs.owner == slot + 1) {
+        cs.owner_beat = now;
+        return true;
+    }
+    bool vacant = cs.owner == 0 || hdr_->slots[cs.owner - 1].pid == 0 ||
+                  ngx_msec_int_t(now - cs.owner_beat) > ngx_msec_int_t(stale_after);
+    if (!vacant) return false;
+    cs.owner = slot + 1;
+    cs.owner_beat = now;
+    return true;
+}
+
+void Store::release_redis(ngx_uint_t slot) {
+    ZoneLock lock(pool_);
+    if (hdr_->cluster.owner == slot + 1) hdr_->cluster.owner = 0;
+}
+
+ngx_uint_t Store::redis_owner_slot() {
+    ngx_uint_t owner = __atomic_load_n(&hdr_->cluster.owner, __ATOMIC_ACQUIRE);
+    return owner == 0 ? kMaxWorkerSlots : owner - 1;
+}
+
+std::vector<std::string> Store::channels_in_use() {
+    std::vector<std::string> out;
+    ZoneLock lock(pool_);
+    ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
+    if (hdr_->channels.root == sentinel) return out;
+    for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
+         n = ngx_rbtree_next(&hdr_->channels, n)) {
+        auto* ch = reinterpret_cast<ShmChannel*>(n);
+        if (ch->subscribers > 0) out.emplace_back(ch->name_view());
+    }
+    return out;
+}
+
+void Store::set_synced(const std::vector<std::string>& names, bool synced) {
+    ZoneLock lock(pool_);
+    for (const std::string& name : names) {
+        ShmChannel* ch = find_locked(name, hash_name(name));
+        if (ch != nullptr) ch->redis_synced = synced;
+    }
+}
+
+void Store::unsync_all() {
+    ZoneLock lock(pool_);
+    ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
+    if (hdr_->channels.root == sentinel) return;
+    for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
+         n = ngx_rbtree_next(&hdr_->channels, n)) {
+        reinterpret_cast<ShmChannel*>(n)->redis_synced = 0;
+    }
+}
+
+void Store::outbound_after(std::uint64_t after_seq, std::size_t max, std::vector<OutboundEvent>& out) {
+    out.clear();
+    ZoneLock lock(pool_);
+    ngx_queue_t* head = &hdr_->cluster.outbound;
+    for (ngx_queue_t* q = ngx_queue_head(head); q != ngx_queue_sentinel(head) && out.size() < max;
+         q = ngx_queue_next(q)) {
+        auto* ev = ngx_queue_data(q, ShmEvent, outbound_link);
+        if (ev->seq <= after_seq) continue;
+        OutboundEvent o;
+        o.seq = ev->seq;
+        o.id = ev->id;
+        o.history_limit = ev->nchannels > 0 ? ev->channel(0)->history_limit : 0;
+        o.history_ttl = ev->nchannels > 0 ? ev->channel(0)->history_ttl : 0;
+        o.name = std::string(ev->name());
+        o.data = event_frame_data(std::string_view(reinterpret_cast<const char*>(ev->frame), ev->frame_len));
+        o.channels.reserve(ev->nchannels);
+        for (std::uint16_t i = 0; i < ev->nchannels; i++) o.channels.emplace_back(ev->channel(i)->name_view());
+        out.push_back(std::move(o));
+    }
+}
+
+void Store::drop_outbound_locked(ShmEvent* ev) {
+    ngx_queue_remove(&ev->outbound_link);
+    ev->in_outbound = false;
+    hdr_->cluster.outbound_count--;
+    maybe_free_event_locked(ev);
+}
+
+void Store::outbound_sent(std::uint64_t through_seq) {
+    ZoneLock lock(pool_);
+    ngx_queue_t* head = &hdr_->cluster.outbound;
+    while (!ngx_queue_empty(head)) {
+        auto* ev = ngx_queue_data(ngx_queue_head(head), ShmEvent, outbound_link);
+        if (ev->seq > through_seq) break;
+        drop_outbound_locked(ev);
+    }
+}
+
+std::uint32_t Store::outbound_count() {
+    return __atomic_load_n(&hdr_->cluster.outbound_count, __ATOMIC_ACQUIRE);
+}
+
+namespace {
+
+// Whether Redis's clock says the event is past the channel's sse_history_ttl.
+bool remote_expired(const RemoteEvent& e, ngx_msec_t ttl) {
+    if (ttl == 0 || e.published_ms == 0) return false;
+    struct timeval tv;
+    gettimeofday(&tv, nullptr);
+    std::uint64_t now_ms = std::uint64_t(tv.tv_sec) * 1000 + std::uint64_t(tv.tv_usec) / 1000;
+    return e.published_ms + ttl <= now_ms;
+}
+
+}  // namespace
+
+bool Store::ingest(std::string_view channel, const RemoteEvent& e, const HistoryPolicy& fallback,
+                   PublishResult& result, ngx_log_t* log) {
+    result = PublishResult{};
+    ZoneLock lock(pool_);
+    collect_locked();
+    if (e.id > hdr_->last_id) hdr_->last_id = e.id;  // the hybrid clock keeps up with the cluster
+    ShmChannel* ch = find_locked(channel, hash_name(channel));
+    if (ch == nullptr || ch->subscribers == 0) return false;
+    if (ch->events_published == 0 && ch->history_limit == 0) {
+        // Never published to here: keep what arrives as the http level's sse_history says.
+        ch->history_limit = fallback.limit;
+        ch->history_ttl = fallback.ttl;
+    }
+    std::uint64_t wake[2] = {0, 0};
+    for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
+        if (ch->per_slot[s] > 0) set_bit(wake, s);
+    }
+    std::vector<ShmChannel*> targets{ch};
+    ch->events_in_log++;  // held while evicting for room
+    ShmEvent* ev = store_event_locked(e.id, e.name, e.data, targets, log);
+    if (ev == nullptr) {
+        ch->events_in_log--;
+        hdr_->counters.publishes_refused++;
+        return false;
+    }
+    link_event_locked(ev, wake, true);
+    ch->events_in_log--;
+    trim_history_locked(ch);
+    hdr_->counters.redis_events_received++;
+    result.first_id = result.last_id = e.id;
+    result.events = 1;
+    result.subscribers = ch->subscribers;
+    result.wake[0] = wake[0];
+    result.wake[1] = wake[1];
+    return true;
+}
+
+void Store::merge_history(std::string_view channel, const std::vector<RemoteEvent>& events, std::uint64_t redis_lost,
+                          const HistoryPolicy& fallback, PublishResult& result, ngx_log_t* log) {
+    result = PublishResult{};
+    ZoneLock lock(pool_);
+    collect_locked();
+    ShmChannel* ch = find_locked(channel, hash_name(channel));
+    if (ch == nullptr) return;
+    if (ch->events_published == 0 && ch->history_limit == 0) {
+        ch->history_limit = fallback.limit;
+        ch->history_ttl = fallback.ttl;
+    }
+    std::uint64_t wake[2] = {0, 0};
+    for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
+        if (ch->per_slot[s] > 0) set_bit(wake, s);
+    }
+    ch->events_in_log++;  // held while evicting for room
+    trim_history_locked(ch);
+    // What Redis retains is what this node can promise: with nothing of its own, Redis's record
+    // of what it no longer has is the channel's.
+    if (ngx_queue_empty(&ch->history)) {
+        ch->lost_through = redis_lost;
+    } else if (redis_lost > ch->lost_through) {
+        ch->lost_through = redis_lost;
+    }
+    std::unordered_set<std::uint64_t> known;
+    for (ngx_queue_t* q = ngx_queue_head(&ch->history); q != ngx_queue_sentinel(&ch->history); q = ngx_queue_next(q)) {
+        known.insert(history_ref(q)->event->id);
+    }
+    std::vector<ShmChannel*> targets{ch};
+    std::uint64_t none[2] = {0, 0};
+    for (const RemoteEvent& e : events) {
+        if (e.id > hdr_->last_id) hdr_->last_id = e.id;
+        if (known.count(e.id) != 0) continue;
+        if (remote_expired(e, ch->history_ttl)) {
+            if (e.id > ch->lost_through) ch->lost_through = e.id;
+            continue;
+        }
+        if (e.id <= ch->lost_through) continue;  // had here once, and evicted
+        bool news = e.id > ch->live_floor && ch->subscribers > 0;
+        if (!news && ch->history_limit == 0) continue;
+        ShmEvent* ev = store_event_locked(e.id, e.name, e.data, targets, log);
+        if (ev == nullptr) break;
+        link_event_locked(ev, news ? wake : none, true);
+        if (news) {
+            hdr_->counters.redis_events_received++;
+            result.events++;
+        }
+    }
+    ch->events_in_log--;
+    trim_history_locked(ch);
+    ch->redis_synced = 1;
+    result.wake[0] = wake[0];
+    result.wake[1] = wake[1];
+    maybe_free_channel_locked(ch);
+}
+
+}  // namespace sse

@@ -1,0 +1,132 @@
+// The pure parts of the Redis link: the sse_redis address and what Redis carries.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "protocol/event_frame.h"
+#include "redis/redis_entry.h"
+#include "redis/redis_url.h"
+
+namespace sse {
+namespace {
+
+TEST(RedisUrl, HostPortDb) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("redis://10.0.0.5:6380/3", a, reason)) << reason;
+    EXPECT_EQ(a.host, "10.0.0.5");
+    EXPECT_EQ(a.port, 6380);
+    EXPECT_EQ(a.db, 3);
+    EXPECT_FALSE(a.has_password);
+    EXPECT_EQ(a.display(), "10.0.0.5:6380");
+}
+
+TEST(RedisUrl, Defaults) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("redis://localhost", a, reason)) << reason;
+    EXPECT_EQ(a.host, "localhost");
+    EXPECT_EQ(a.port, 6379);
+    EXPECT_EQ(a.db, 0);
+}
+
+TEST(RedisUrl, Credentials) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("redis://:s3cret@127.0.0.1", a, reason)) << reason;
+    EXPECT_TRUE(a.has_password);
+    EXPECT_EQ(a.user, "");
+    EXPECT_EQ(a.password, "s3cret");
+    ASSERT_TRUE(parse_redis_url("redis://app:p%40ss%3Aword@127.0.0.1:7000", a, reason)) << reason;
+    EXPECT_EQ(a.user, "app");
+    EXPECT_EQ(a.password, "p@ss:word");
+    EXPECT_EQ(a.port, 7000);
+    EXPECT_EQ(a.display(), "127.0.0.1:7000");  // never the password
+}
+
+TEST(RedisUrl, UnixSocket) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("unix:/run/redis/redis.sock?db=2", a, reason)) << reason;
+    EXPECT_EQ(a.socket_path, "/run/redis/redis.sock");
+    EXPECT_EQ(a.db, 2);
+    EXPECT_EQ(a.display(), "unix:/run/redis/redis.sock");
+}
+
+TEST(RedisUrl, Refusals) {
+    RedisAddress a;
+    std::string reason;
+    for (const char* bad : {"http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x",
+                            "redis://h/abc", "redis://user@h", "redis://u:%zz@h", "redis://u:%4@h", "unix:relative",
+                            "unix:/s?database=1", "redis://[::1"}) {
+        EXPECT_FALSE(parse_redis_url(bad, a, reason)) << bad;
+        EXPECT_FALSE(reason.empty()) << bad;
+    }
+}
+
+TEST(RedisUrl, Ipv6) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("redis://[::1]:6390", a, reason)) << reason;
+    EXPECT_EQ(a.host, "::1");
+    EXPECT_EQ(a.port, 6390);
+}
+
+TEST(RedisEntry, Parses) {
+    std::string text =
+        R"({"i":"1801439850948198400","o":"00ab","t":1763900000123,"l":"17","e":"greeting","d":"line 1\nline \/2"})";
+    RedisEntry e;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_entry(text.data(), text.size(), e, reason)) << reason;
+    EXPECT_EQ(e.id, 1801439850948198400ULL);
+    EXPECT_EQ(e.origin, "00ab");
+    EXPECT_EQ(e.published_ms, 1763900000123ULL);
+    EXPECT_EQ(e.lost, 17u);
+    EXPECT_EQ(e.name, "greeting");
+    EXPECT_EQ(e.data, "line 1\nline /2");
+}
+
+TEST(RedisEntry, Refusals) {
+    RedisEntry e;
+    std::string reason;
+    for (std::string bad : {std::string("nope"), std::string("[]"), std::string(R"({"d":"x"})"),
+                            std::string(R"({"i":17,"d":"x"})"), std::string(R"({"i":"0","d":"x"})"),
+                            std::string(R"({"i":"12a","d":"x"})"), std::string(R"({"i":"5","d":3})"),
+                            std::string(R"({"i":"5","e":"a\nb","d":"x"})"), std::string("{\"i\":\"5\",\"d\":\"\xff\"}")}) {
+        EXPECT_FALSE(parse_redis_entry(bad.data(), bad.size(), e, reason)) << bad;
+        EXPECT_FALSE(reason.empty());
+    }
+}
+
+TEST(RedisEntry, History) {
+    std::string text = R"({"k":"sse:news","e":[{"i":"5","l":"0","d":"a"},{"i":"9","l":"3","e":"x","d":""}]})";
+    RedisHistory h;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_history(text.data(), text.size(), h, reason)) << reason;
+    EXPECT_EQ(h.key, "sse:news");
+    ASSERT_EQ(h.entries.size(), 2u);
+    EXPECT_EQ(h.entries[1].id, 9u);
+    EXPECT_EQ(h.entries[1].lost, 3u);
+    EXPECT_EQ(h.entries[1].name, "x");
+    std::string empty = R"({"k":"sse:news","e":[]})";
+    ASSERT_TRUE(parse_redis_history(empty.data(), empty.size(), h, reason));
+    EXPECT_TRUE(h.entries.empty());
+    std::string bad = R"({"k":"sse:news","e":[{"d":"no id"}]})";
+    EXPECT_FALSE(parse_redis_history(bad.data(), bad.size(), h, reason));
+}
+
+// The data a node sends to Redis is read back from the frame it formatted once.
+TEST(EventFrameData, RoundTrips) {
+    for (std::string data : {std::string(""), std::string("one"), std::string("a\nb"), std::string("\n\n"),
+                             std::string(" leading space"), std::string("x\n"), std::string("data: inside")}) {
+        std::string frame(event_frame_size(42, "n", data), '\0');
+        write_event_frame(frame.data(), 42, "n", data);
+        EXPECT_EQ(event_frame_data(frame), data) << frame;
+    }
+    std::string frame(event_frame_size(7, "", "a\r\nb\rc"), '\0');
+    write_event_frame(frame.data(), 7, "", "a\r\nb\rc");
+    EXPECT_EQ(event_frame_data(frame), "a\nb\nc");
+}
+
+}  // namespace
+}  // namespace sse
