@@ -47,6 +47,20 @@ bool entry_from(const json& j, RedisEntry& out, std::string& reason) {
         reason = "an entry's event name holds CR or LF or is too long";
         return false;
     }
+    auto c = j.find("c");
+    if (c != j.end()) {
+        if (!c->is_array()) {
+            reason = "an entry's \"c\" is not an array";
+            return false;
+        }
+        for (const json& key : *c) {
+            if (!key.is_string()) {
+                reason = "an entry's \"c\" holds a non-string";
+                return false;
+            }
+            out.keys.push_back(key.get<std::string>());
+        }
+    }
     auto t = j.find("t");
     if (t != j.end() && t->is_number()) out.published_ms = std::uint64_t(t->get<double>());
     return true;

@@ -16,6 +16,7 @@ struct RedisEntry {
     std::uint64_t lost = 0;  // the channel's newest id Redis no longer retained when this was added
     std::string name;
     std::string data;
+    std::vector<std::string> keys;  // all its channels' keys, when it has several
 };
 
 struct RedisHistory {

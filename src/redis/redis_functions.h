@@ -5,7 +5,8 @@
 //   FCALL sse_publish <n> <prefix><channel>... <data> [<event> [<history> [<ttl-ms>]]]
 // A channel's history is the list at key <prefix><channel>; its messages go to the pub/sub
 // channel of the same name. Each entry is JSON: i (id), o (origin node), t (Redis time, ms),
-// l (the newest id no longer retained when it was added), e (event name), d (data).
+// l (the newest id no longer retained when it was added), e (event name), d (data), and c (every
+// channel's key) when the event has several channels.
 // Ids are decimal strings: Lua's numbers cannot hold 64 bits.
 #pragma once
 
@@ -71,6 +72,10 @@ local function publish(keys, args)
   local id = args[5]
   if id == nil or id == '' then id = redis_id(keys, time) end
   local origin = args[6] or ''
+  -- An event of several channels names them all, so that a node listening to more than one
+  -- of them takes it once.
+  local channels = nil
+  if #keys > 1 then channels = keys end
   for _, key in ipairs(keys) do
     local lost = '0'
     if limit > 0 then
@@ -91,7 +96,7 @@ local function publish(keys, args)
         if at_least(h.i, lost) then lost = h.i end
       end
     end
-    local entry = cjson.encode({i = id, o = origin, t = now_ms, l = lost, e = name, d = data})
+    local entry = cjson.encode({i = id, o = origin, t = now_ms, l = lost, e = name, d = data, c = channels})
     if limit > 0 then
       redis.call('RPUSH', key, entry)
       if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end

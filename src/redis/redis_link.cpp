@@ -9,6 +9,7 @@ extern "C" {
 
 #include <cinttypes>
 #include <cstdio>
+#include <deque>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -27,6 +28,7 @@ constexpr ngx_msec_t kOwnerStaleAfter = 2000;  // a holder that has not beaten f
 constexpr ngx_msec_t kIdlePingInterval = 5000;
 constexpr unsigned kMaxInFlight = 1024;  // commands Redis has not answered yet: bounds hiredis's buffers
 constexpr std::size_t kDrainBatch = 256;
+constexpr std::size_t kRecentMulti = 4096;
 
 enum class Phase { kIdle, kConnecting, kReady, kBackoff };
 
@@ -76,6 +78,8 @@ struct Link {
     unsigned in_flight = 0;
     ngx_msec_t last_progress = 0;
     ngx_msec_t bad_entry_logged_at = 0;
+    std::unordered_set<std::uint64_t> recent_multi;  // ids of events of several channels taken lately
+    std::deque<std::uint64_t> recent_multi_order;
 
     ngx_event_t tick;
     ngx_event_t retry;
@@ -255,9 +259,27 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
         return;
     }
     if (entry.origin == link->origin) return;  // ours, delivered here when published
+    std::vector<std::string_view> channels;
+    if (entry.keys.size() > 1) {
+        // One event of several channels comes once per channel this node listens to: the
+        // first copy stands for all (the others follow it at once, in Redis's order).
+        if (link->recent_multi.count(entry.id) != 0) return;
+        link->recent_multi.insert(entry.id);
+        link->recent_multi_order.push_back(entry.id);
+        if (link->recent_multi_order.size() > kRecentMulti) {
+            link->recent_multi.erase(link->recent_multi_order.front());
+            link->recent_multi_order.pop_front();
+        }
+        for (const std::string& key : entry.keys) {
+            std::string_view c;
+            if (channel_of(key, c)) channels.push_back(c);
+        }
+    } else {
+        channels.push_back(channel);
+    }
     PublishResult result;
     RemoteEvent e{entry.id, entry.published_ms, entry.name, entry.data};
-    if (link->store->ingest(channel, e, link->config->history, result, link->log)) wake(result);
+    if (link->store->ingest(channels, e, link->config->history, result, link->log)) wake(result);
 }
 
 void on_command_reply(redisAsyncContext* ac, void* r, void*) {

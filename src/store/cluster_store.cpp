@@ -147,38 +147,44 @@ bool remote_expired(const RemoteEvent& e, ngx_msec_t ttl) {
 
 }  // namespace
 
-bool Store::ingest(std::string_view channel, const RemoteEvent& e, const HistoryPolicy& fallback,
+bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEvent& e, const HistoryPolicy& fallback,
                    PublishResult& result, ngx_log_t* log) {
     result = PublishResult{};
     ZoneLock lock(pool_);
     collect_locked();
     if (e.id > hdr_->last_id) hdr_->last_id = e.id;  // the hybrid clock keeps up with the cluster
-    ShmChannel* ch = find_locked(channel, hash_name(channel));
-    if (ch == nullptr || ch->subscribers == 0) return false;
-    if (ch->events_published == 0 && ch->history_limit == 0) {
-        // Never published to here: keep what arrives as the http level's sse_history says.
-        ch->history_limit = fallback.limit;
-        ch->history_ttl = fallback.ttl;
-    }
+    std::vector<ShmChannel*> targets;
     std::uint64_t wake[2] = {0, 0};
-    for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-        if (ch->per_slot[s] > 0) set_bit(wake, s);
+    for (std::string_view name : channels) {
+        ShmChannel* ch = find_locked(name, hash_name(name));
+        if (ch == nullptr || ch->subscribers == 0) continue;
+        if (ch->events_published == 0 && ch->history_limit == 0) {
+            // Never published to here: keep what arrives as the http level's sse_history says.
+            ch->history_limit = fallback.limit;
+            ch->history_ttl = fallback.ttl;
+        }
+        for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
+            if (ch->per_slot[s] > 0) set_bit(wake, s);
+        }
+        ch->events_in_log++;  // held while evicting for room
+        targets.push_back(ch);
+        result.subscribers += ch->subscribers;
     }
-    std::vector<ShmChannel*> targets{ch};
-    ch->events_in_log++;  // held while evicting for room
+    if (targets.empty()) return false;
     ShmEvent* ev = store_event_locked(e.id, e.name, e.data, targets, log);
-    if (ev == nullptr) {
+    if (ev != nullptr) link_event_locked(ev, wake, true);
+    for (ShmChannel* ch : targets) {
         ch->events_in_log--;
+        trim_history_locked(ch);
+        maybe_free_channel_locked(ch);
+    }
+    if (ev == nullptr) {
         hdr_->counters.publishes_refused++;
         return false;
     }
-    link_event_locked(ev, wake, true);
-    ch->events_in_log--;
-    trim_history_locked(ch);
     hdr_->counters.redis_events_received++;
     result.first_id = result.last_id = e.id;
     result.events = 1;
-    result.subscribers = ch->subscribers;
     result.wake[0] = wake[0];
     result.wake[1] = wake[1];
     return true;

@@ -433,7 +433,11 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
     }
     // Merge the channels in publish order; an event of two of them is sent once.
     std::sort(plan.replay.begin(), plan.replay.end(), [](ShmEvent* a, ShmEvent* b) { return a->id < b->id; });
-    plan.replay.erase(std::unique(plan.replay.begin(), plan.replay.end()), plan.replay.end());
+    // With Redis, an event of several channels merged from Redis's history is held once per
+    // channel: the same id is still sent once.
+    plan.replay.erase(std::unique(plan.replay.begin(), plan.replay.end(),
+                                  [](ShmEvent* a, ShmEvent* b) { return a->id == b->id; }),
+                      plan.replay.end());
     if (most_recent && plan.replay.size() > most_recent) {
         plan.replay.erase(plan.replay.begin(), plan.replay.end() - std::ptrdiff_t(most_recent));
     }

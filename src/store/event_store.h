@@ -374,7 +374,7 @@ public:
     std::uint32_t outbound_count();
     // An event of another node: stored and delivered like a local one (not sent back to Redis).
     // False when the channel has nobody here or the zone is full.
-    bool ingest(std::string_view channel, const RemoteEvent& event, const HistoryPolicy& fallback,
+    bool ingest(const std::vector<std::string_view>& channels, const RemoteEvent& event, const HistoryPolicy& fallback,
                 PublishResult& result, ngx_log_t* log);
     // What Redis retains for a channel, merged into its history here. Events not seen here that
     // are newer than the channel's live floor are delivered too (published elsewhere while this
