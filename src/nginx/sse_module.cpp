@@ -119,9 +119,10 @@ void* create_main_conf(ngx_conf_t* cf) {
 // The configuration whose zone is being initialised (the master reads one at a time).
 MainConf* configuring = nullptr;
 
-void configure_cluster(StoreHeader* hdr) {
+void configure_cluster(ngx_shm_zone_t* zone, StoreHeader* hdr) {
     bool enabled = configuring != nullptr && configuring->redis != nullptr;
-    Store::configure_cluster(hdr, enabled, enabled ? configuring->redis->queue : 0);
+    Store::configure_cluster(reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr), hdr, enabled,
+                             enabled ? configuring->redis->queue : 0);
 }
 
 ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
@@ -129,7 +130,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
     if (data != nullptr) {
         // Reload: the zone and all it holds carry over.
         zone->data = data;
-        configure_cluster(static_cast<StoreHeader*>(data));
+        configure_cluster(zone, static_cast<StoreHeader*>(data));
         return NGX_OK;
     }
     if (zone->shm.exists) {
@@ -139,7 +140,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
     StoreHeader* hdr = Store::create(pool);
     if (hdr == nullptr) return NGX_ERROR;
     zone->data = hdr;
-    configure_cluster(hdr);
+    configure_cluster(zone, hdr);
     return NGX_OK;
 }
 

@@ -69,7 +69,7 @@ struct Link {
 
     unsigned attempts = 0;  // failed attempts since the link was last ready
     bool ever_ready = false;
-    bool outage_logged = false;
+    bool outage_logged = false;  // a failed attempt of this outage was logged
     bool refusal_logged = false;
 
     std::unordered_map<std::string, ChannelSubscription> channels;  // by channel name
@@ -156,20 +156,18 @@ void fail(const std::string& reason, const redisAsyncContext* dying, bool alread
     bool was_ready = link->phase == Phase::kReady;
     drop_connections(dying);
     link->attempts++;
-    if (!link->outage_logged && !already_logged) {
-        if (was_ready) {
-            ngx_log_error(NGX_LOG_WARN, link->log, 0,
-                          "sse: redis connection to %s lost: %s; queueing events and reconnecting",
-                          link->where.c_str(), reason.c_str());
-        } else {
-            ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying",
-                          link->where.c_str(), reason.c_str());
-        }
+    // Once per outage each: the loss, and why the attempts after it fail (the first of them).
+    if (was_ready && !already_logged) {
+        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis connection to %s lost: %s; queueing events and reconnecting",
+                      link->where.c_str(), reason.c_str());
+    } else if (!link->outage_logged && !already_logged) {
+        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying", link->where.c_str(),
+                      reason.c_str());
+        link->outage_logged = true;
     } else {
         ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", link->where.c_str(),
                        reason.c_str());
     }
-    link->outage_logged = true;
     set_state(link->ever_ready ? RedisState::kDisconnected : RedisState::kConnecting);
     link->phase = Phase::kBackoff;
     if (link->retry.timer_set) ngx_del_timer(&link->retry);

@@ -14,8 +14,15 @@ namespace sse {
 
 using namespace zone;
 
-void Store::configure_cluster(StoreHeader* hdr, bool enabled, std::uint32_t queue_limit) {
+void Store::configure_cluster(ngx_slab_pool_t* pool, StoreHeader* hdr, bool enabled, std::uint32_t queue_limit) {
     ClusterState& cs = hdr->cluster;
+    if (!enabled && cs.enabled) {
+        Store store(pool, hdr);
+        ZoneLock lock(pool);
+        while (!ngx_queue_empty(&cs.outbound)) {
+            store.drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
+        }
+    }
     if (enabled && !cs.enabled) {
         // Ids of a single node are counts; a cluster's are clock readings, far above them.
         std::uint64_t seed = 0;

@@ -356,7 +356,8 @@ public:
     // ---- Redis (src/store/cluster_store.cpp) ----
 
     // At zone creation or reload: whether this node is part of a cluster.
-    static void configure_cluster(StoreHeader* header, bool enabled, std::uint32_t queue_limit);
+    // A reload that turns Redis off drops the events still waiting for it.
+    static void configure_cluster(ngx_slab_pool_t* pool, StoreHeader* header, bool enabled, std::uint32_t queue_limit);
     // The worker holding the Redis connections: claims the role when nobody holds it or its
     // holder stopped beating for `stale_after`; the holder's call refreshes its beat.
     bool claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after);
