@@ -1,0 +1,350 @@
+package SSERedis;
+
+# A real redis-server for the cross-node tests: started on a free loopback port in a temp dir,
+# with nothing persisted, optionally with a password (requirepass) and ACL users, stopped at the
+# end of the test. It can be stopped and started again on the same port to simulate an outage.
+#
+#   my $redis = SSERedis->new;                               # started
+#   my $redis = SSERedis->new(password => 's3cret', users => [[alice => 'pw']]);
+#   my $redis = SSERedis->new(start => 0);                   # port reserved, not started
+#   $redis->url;                                             # redis://127.0.0.1:PORT
+#   $redis->url(user => 'alice', password => 'pw');         # redis://alice:pw@127.0.0.1:PORT
+#   $redis->cli('PUBSUB', 'NUMSUB', 'sse:news');             # redis-cli's output, chomped
+#   $redis->client_count('sse-');                            # CLIENT LIST entries named sse-*
+#   $redis->numsub('sse:news');                              # PUBSUB NUMSUB's count
+#   $redis->stop; $redis->start;                             # an outage, same port
+#   my @nodes = $redis->nodes(3, server => $locations);      # 3 started nginx nodes using it
+#   SSERedis::wait_connected($node);                         # stats' redis.state is "connected"
+
+use strict;
+use warnings;
+
+use File::Temp qw(tempdir);
+use File::Path ();
+use Scalar::Util ();
+use IO::Socket::INET;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+use Test::More ();
+
+use SSETest;
+
+our @ALL;    # every Redis started, weakly held, for the END block
+
+sub new {
+    my ($class, %o) = @_;
+    my $self = bless {%o}, $class;
+    $self->{dir} = tempdir('sse-redis-XXXXXX', TMPDIR => 1, CLEANUP => 0);
+    # nginx's workers run as nobody: a unix socket in here must be reachable for them.
+    chmod 0755, $self->{dir};
+    $self->{port} //= SSETest::free_port();
+    push @ALL, $self;
+    Scalar::Util::weaken($ALL[-1]);
+    $self->write_conf;
+    $self->start unless defined $o{start} && !$o{start};
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub dir { $_[0]{dir} }
+sub socket_path { "$_[0]{dir}/redis.sock" }
+sub running { $_[0]{pid} ? 1 : 0 }
+
+# redis://[user:password@]127.0.0.1:PORT[/db]; the password defaults to requirepass's.
+# Options: user, password, db, host.
+sub url {
+    my ($self, %o) = @_;
+    my $pass = exists $o{password} ? $o{password} : $self->{password};
+    my $auth = '';
+    if (defined $o{user}) {
+        $auth = "$o{user}:" . ($pass // '') . '@';
+    } elsif (defined $pass) {
+        $auth = ":$pass\@";
+    }
+    my $url = "redis://$auth" . ($o{host} // '127.0.0.1') . ":$self->{port}";
+    $url .= "/$o{db}" if defined $o{db};
+    return $url;
+}
+
+# unix:/path/to/redis.sock[?db=N] (the server listens on one when made with unixsocket => 1).
+sub unix_url {
+    my ($self, %o) = @_;
+    return 'unix:' . $self->socket_path . (defined $o{db} ? "?db=$o{db}" : '');
+}
+
+sub write_conf {
+    my ($self) = @_;
+    my $d = $self->{dir};
+    my $conf = <<"CONF";
+bind 127.0.0.1
+port $self->{port}
+protected-mode no
+daemonize no
+save ""
+appendonly no
+dir $d
+logfile $d/redis.log
+loglevel notice
+databases 16
+CONF
+    if ($self->{unixsocket}) {
+        $conf .= "unixsocket " . $self->socket_path . "\nunixsocketperm 777\n";
+    }
+    $conf .= "requirepass $self->{password}\n" if defined $self->{password};
+    # ACL users: [name, password, rules (default: everything)].
+    for my $u (@{ $self->{users} || [] }) {
+        my ($name, $pass, $rules) = @$u;
+        $conf .= "user $name on >$pass " . ($rules // '~* &* +@all') . "\n";
+    }
+    $conf .= $self->{extra_conf} if $self->{extra_conf};
+    open my $fh, '>', "$d/redis.conf" or die "redis.conf: $!";
+    print $fh $conf;
+    close $fh;
+}
+
+# Is something accepting connections on the port?
+sub port_open {
+    my ($self) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->{port}, Proto => 'tcp', Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+# Starts redis-server (again, on the same port after stop) and waits until it answers PING.
+sub start {
+    my ($self) = @_;
+    die "redis already running" if $self->{pid};
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        # The child must never run the test's END blocks or destructors.
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$self->{dir}/redis.stdout";
+        open STDERR, '>&', \*STDOUT;
+        exec('redis-server', "$self->{dir}/redis.conf") or POSIX::_exit(127);
+    }
+    $self->{pid} = $pid;
+    my $end = time + 10;
+    while (time < $end) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            $self->{pid} = undef;
+            die "redis-server exited at start: " . $self->log_text;
+        }
+        if ($self->port_open) {
+            my $pong = $self->cli('PING');
+            return $self if $pong eq 'PONG';
+        }
+        sleep 0.05;
+    }
+    die "redis-server did not answer within 10 s: " . $self->log_text;
+}
+
+# Stops redis-server: SHUTDOWN NOSAVE, else SIGTERM, else SIGKILL; returns once the process is
+# gone and the port is closed.
+sub stop {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return;
+    $self->cli('SHUTDOWN', 'NOSAVE');
+    my $end = time + 5;
+    my $gone = 0;
+    while (time < $end) {
+        if (waitpid($pid, POSIX::WNOHANG()) == $pid) { $gone = 1; last }
+        sleep 0.02;
+    }
+    if (!$gone) {
+        kill 'TERM', $pid;
+        $end = time + 5;
+        while (time < $end) {
+            if (waitpid($pid, POSIX::WNOHANG()) == $pid) { $gone = 1; last }
+            sleep 0.02;
+        }
+    }
+    if (!$gone) {
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+    }
+    $self->{pid} = undef;
+    $end = time + 5;
+    while ($self->port_open && time < $end) { sleep 0.02 }
+    die "redis port $self->{port} still open after stop" if $self->port_open;
+    return $self;
+}
+
+# Runs redis-cli against this server, authenticated as the admin (the default user with
+# requirepass's password) unless auth => [user, pass] or auth => undef is given first as
+# { auth => ... }; returns its output without the trailing newline.
+sub cli {
+    my ($self, @args) = @_;
+    my %o = ref $args[0] eq 'HASH' ? %{ shift @args } : ();
+    my @auth;
+    local $ENV{REDISCLI_AUTH};
+    if (exists $o{auth}) {
+        if ($o{auth}) {
+            @auth = ('--user', $o{auth}[0]);
+            $ENV{REDISCLI_AUTH} = $o{auth}[1];
+        }
+    } elsif (defined $self->{password}) {
+        $ENV{REDISCLI_AUTH} = $self->{password};
+    }
+    delete $ENV{REDISCLI_AUTH} unless defined $ENV{REDISCLI_AUTH};
+    my $pid = open(my $fh, '-|') // die "fork: $!";
+    if (!$pid) {
+        open STDERR, '>&', \*STDOUT;
+        exec('redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, @auth, @args) or POSIX::_exit(127);
+    }
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    $out =~ s/\n\z//;
+    return $out;
+}
+
+# CLIENT LIST entries whose name starts with $prefix (default "sse-").
+sub client_names {
+    my ($self, $prefix) = @_;
+    $prefix //= 'sse-';
+    my @names;
+    for my $line (split /\n/, $self->cli('CLIENT', 'LIST')) {
+        my ($name) = $line =~ /(?:^| )name=(\S*)/ or next;
+        push @names, $name if index($name, $prefix) == 0;
+    }
+    return sort @names;
+}
+
+sub client_count {
+    my ($self, $prefix) = @_;
+    my @n = $self->client_names($prefix);
+    return scalar @n;
+}
+
+# PUBSUB NUMSUB <channel>: how many connections are subscribed to it (-1 when unreadable).
+sub numsub {
+    my ($self, $channel) = @_;
+    my @l = split /\n/, $self->cli('PUBSUB', 'NUMSUB', $channel);
+    return (@l == 2 && $l[1] =~ /^\d+$/) ? $l[1] : -1;
+}
+
+# The Redis list key's length (the channel's history in Redis).
+sub llen {
+    my ($self, $key) = @_;
+    my $n = $self->cli('LLEN', $key);
+    return $n =~ /^\d+$/ ? $n : -1;
+}
+
+# Polls until PUBSUB NUMSUB <channel> is $n (up to $timeout s, default 10); true when it is.
+sub wait_numsub {
+    my ($self, $channel, $n, $timeout) = @_;
+    my $v = wait_value(sub { $self->numsub($channel) }, $n, $timeout);
+    Test::More::diag("PUBSUB NUMSUB $channel is $v, not $n") unless $v eq $n;
+    return $v eq $n;
+}
+
+# Polls until CLIENT LIST holds $n clients named $prefix* (default sse-); true when it does.
+sub wait_clients {
+    my ($self, $n, $prefix, $timeout) = @_;
+    my $v = wait_value(sub { $self->client_count($prefix) }, $n, $timeout);
+    Test::More::diag("CLIENT LIST holds $v clients named " . ($prefix // 'sse-') . "*, not $n: "
+                     . join(' ', $self->client_names($prefix))) unless $v eq $n;
+    return $v eq $n;
+}
+
+# Failed authentications Redis recorded for $user (ACL LOG, reason auth; Redis groups repeats of
+# one entry and counts them).
+sub auth_failures {
+    my ($self, $user) = @_;
+    my @l = split /\n/, $self->cli('ACL', 'LOG', 128);
+    my ($n, %e) = (0);
+    my $flush = sub { $n += $e{count} if %e && ($e{reason} // '') eq 'auth' && ($e{username} // '') eq $user; %e = () };
+    for (my $i = 0; $i + 1 < @l; $i += 2) {
+        $flush->() if $l[$i] eq 'count';
+        $e{ $l[$i] } = $l[$i + 1];
+    }
+    $flush->();
+    return $n;
+}
+
+sub log_text {
+    my ($self) = @_;
+    my $text = '';
+    for my $f ("$self->{dir}/redis.log", "$self->{dir}/redis.stdout") {
+        open my $fh, '<', $f or next;
+        local $/;
+        $text .= <$fh>;
+    }
+    return $text;
+}
+
+# Starts $n nginx nodes (SSETest objects) whose http{} begins with "sse_redis <url>;"; %o goes to
+# SSETest->new (http is appended after sse_redis; url overrides the URL; start => 0 leaves them
+# stopped). Returns the nodes.
+sub nodes {
+    my ($self, $n, %o) = @_;
+    my $start = exists $o{start} ? delete $o{start} : 1;
+    my $url = delete $o{url} // $self->url;
+    my $http = delete $o{http} // '';
+    my @nodes = map { SSETest->new(%o, http => "    sse_redis $url;\n$http") } 1 .. $n;
+    if ($start) { $_->start for @nodes }
+    return @nodes;
+}
+
+# nginx -s reload on $node, returning once every worker not shutting down is a new one (SSETest's
+# reload returns when the new workers run; a worker of the old generation may not have begun to
+# shut down yet, and a stream it accepts then ends at once).
+sub reload_node {
+    my ($node, $timeout) = @_;
+    my %old = map { $_ => 1 } $node->worker_pids(1);
+    $node->reload;
+    my $ok = SSETest::wait_until(sub { !grep { $old{$_} } $node->worker_pids }, $timeout // 10);
+    die "reload: workers of the old generation still run without shutting down" unless $ok;
+    return $node;
+}
+
+# Polls $node's stats until its redis.state is $state (default "connected"), up to $timeout s.
+sub wait_state {
+    my ($node, $state, $timeout) = @_;
+    $state //= 'connected';
+    my $last = '';
+    my $ok = SSETest::wait_until(sub {
+        my $st = eval { $node->stats } or return 0;
+        $last = ($st->{redis} && $st->{redis}{state}) // '(none)';
+        return $last eq $state;
+    }, $timeout // 10);
+    Test::More::diag("redis state of node :" . $node->port . " is $last, not $state") unless $ok;
+    return $ok;
+}
+
+sub wait_connected { my ($node, $timeout) = @_; return wait_state($node, 'connected', $timeout) }
+
+# Polls until $code returns $want (compared as strings), up to $timeout s; returns the last value.
+sub wait_value {
+    my ($code, $want, $timeout) = @_;
+    my $v;
+    SSETest::wait_until(sub { $v = $code->(); defined $v && $v eq $want }, $timeout // 10);
+    return $v;
+}
+
+# Compares two event ids (decimal strings, possibly beyond what a double holds exactly).
+sub id_cmp {
+    my ($x, $y) = @_;
+    return length($x) <=> length($y) || $x cmp $y;
+}
+
+# Lines of $node's error.log matching $re.
+sub log_lines {
+    my ($node, $re) = @_;
+    return grep { /$re/ } split /\n/, $node->error_log;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    local ($?, $!, $@);
+    eval { $self->stop };
+    File::Path::remove_tree($self->{dir}) if $self->{dir} && !$ENV{SSE_KEEP};
+}
+
+END {
+    local ($?, $!, $@);
+    for my $r (grep { defined } @ALL) { eval { $r->stop } }
+}
+
+1;
