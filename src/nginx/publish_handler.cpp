@@ -9,6 +9,7 @@
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
+#include "protocol/resume.h"
 #include "protocol/utf8.h"
 #include "wakeup/worker_wakeup.h"
 
@@ -148,9 +149,46 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
 
 // Evaluates the location's channel list. On a bad list the 400 is sent and false returned,
 // with rc what the handler must finish with.
+// sse_publish_client / sse_publish_user: the one channel that reaches the client or the user.
+bool target_of_stream(ngx_http_request_t* r, LocConf* conf, std::vector<std::string_view>& channels, ngx_int_t& rc) {
+    ngx_str_t value;
+    if (ngx_http_complex_value(r, conf->publish, &value) != NGX_OK || !url_decode(r, value)) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
+    }
+    std::string name;
+    std::string reason;
+    if (conf->publish_target == LocConf::kToClient) {
+        std::uint64_t id = 0;
+        if (!parse_event_id(to_view(value), id) || id == 0) {
+            reason = "a client id is a decimal number, as the connected event gives it";
+        } else {
+            name = client_channel(id);
+        }
+    } else if (value.len == 0 || value.len > kMaxUserKeyLength) {
+        reason = "a user key is 1-256 bytes";
+    } else {
+        name = user_channel(to_view(value));
+    }
+    if (!reason.empty()) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
+        rc = send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+        return false;
+    }
+    auto* stored = static_cast<char*>(ngx_pnalloc(r->pool, name.size()));
+    if (stored == nullptr) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
+    }
+    ngx_memcpy(stored, name.data(), name.size());
+    channels.emplace_back(stored, name.size());
+    return true;
+}
+
 bool target_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     ngx_str_t text;
+    if (conf->publish_target != LocConf::kToChannels) return target_of_stream(r, conf, channels, rc);
     if (evaluate_channel_list(r, conf->publish, text) != NGX_OK) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return false;

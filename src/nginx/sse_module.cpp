@@ -33,6 +33,10 @@ char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler);
+char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
@@ -72,6 +76,16 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
      set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
+     LocConf::kToClient, nullptr},
+    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
+     LocConf::kToUser, nullptr},
+    {ngx_string("sse_user"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_user,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_client_channel"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, client_channel), nullptr},
+    {ngx_string("sse_connected_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_connected_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_redis_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
      NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), nullptr},
@@ -172,6 +186,8 @@ void* create_loc_conf(ngx_conf_t* cf) {
     lcf->max_per_key = NGX_CONF_UNSET_UINT;
     lcf->max_lifetime = NGX_CONF_UNSET_MSEC;
     lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
+    lcf->client_channel = NGX_CONF_UNSET;
+    lcf->connected_event_set = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -201,6 +217,12 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
         if (prev->reset_event_set == NGX_CONF_UNSET) {
             ngx_str_set(&conf->reset_event, "reset");
         }
+    }
+    if (conf->user == nullptr) conf->user = prev->user;
+    ngx_conf_merge_value(conf->client_channel, prev->client_channel, 0);
+    if (conf->connected_event_set == NGX_CONF_UNSET) {
+        conf->connected_event_set = prev->connected_event_set;
+        conf->connected_event = prev->connected_event;
     }
     if (conf->send_buffer < 1024) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"sse_send_buffer\" must be at least 1k");
@@ -314,6 +336,49 @@ char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
         auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_array_push(lcf->allow));
         if (cv == nullptr || !compile_value_into(cf, &value[i], cv)) return static_cast<char*>(NGX_CONF_ERROR);
     }
+    return NGX_CONF_OK;
+}
+
+// sse_user <value>: the stream's user key (any variable, e.g. set by auth_request_set).
+char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->user != nullptr) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len == 0) return const_cast<char*>("needs a value, such as $user_id");
+    lcf->user = compile_value(cf, &value[1]);
+    return lcf->user == nullptr ? static_cast<char*>(NGX_CONF_ERROR) : NGX_CONF_OK;
+}
+
+// sse_connected_event <name> | off: a first event telling the stream its client id.
+char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->connected_event_set != NGX_CONF_UNSET) return const_cast<char*>("is duplicate");
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    lcf->connected_event_set = 1;
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        ngx_str_null(&lcf->connected_event);
+        return NGX_CONF_OK;
+    }
+    if (value[1].len == 0 || value[1].len > kMaxEventNameLength || !is_valid_event_name(to_view(value[1]))) {
+        return const_cast<char*>("needs an event name (1-128 bytes, no CR or LF) or off");
+    }
+    lcf->connected_event = value[1];
+    return NGX_CONF_OK;
+}
+
+// sse_publish_client <value> / sse_publish_user <value>: the location publishes to one stream
+// (by client id) or to every stream of one user key, wherever they are.
+char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = set_handler(cf, cmd, lcf, publish_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len == 0) return const_cast<char*>("needs a value, such as $arg_client");
+    lcf->publish = compile_value(cf, &value[1]);
+    if (lcf->publish == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    lcf->publish_target = LocConf::PublishTarget(cmd->offset);
+    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    mcf->used = 1;
     return NGX_CONF_OK;
 }
 

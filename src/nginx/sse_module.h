@@ -62,6 +62,11 @@ struct LocConf {
     ngx_array_t* allow;       // sse_subscribe_allow: ngx_http_complex_value_t patterns; nullptr: any channel
     ngx_msec_t max_lifetime;  // 0: none
     ngx_msec_t lifetime_jitter;
+    ngx_http_complex_value_t* user;  // sse_user: the stream's user key; nullptr: none
+    ngx_flag_t client_channel;       // sse_client_channel: the stream can be published to by client id
+    ngx_str_t connected_event;       // sse_connected_event: the first event's name; empty: off
+    ngx_flag_t connected_event_set;
+    enum PublishTarget : ngx_uint_t { kToChannels = 0, kToClient, kToUser } publish_target;
 };
 
 // What one worker process owns; built in init_process, torn down in exit_process.

@@ -548,6 +548,27 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving event streams");
     }
 
+    // Who the stream is: its client id, its user key, and the channels that reach it by them.
+    std::uint64_t client_id = w->store.new_client_id();
+    ngx_str_t user = ngx_null_string;
+    std::string user_name;
+    std::string client_name;
+    if (conf->user != nullptr) {
+        if (ngx_http_complex_value(r, conf->user, &user) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (user.len > kMaxUserKeyLength) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: the sse_user value is longer than 256 bytes");
+            return send_text(r, NGX_HTTP_INTERNAL_SERVER_ERROR, "the user key is too long");
+        }
+        if (user.len > 0) {
+            user_name = user_channel(to_view(user));
+            names.push_back(user_name);
+        }
+    }
+    if (conf->client_channel) {
+        client_name = client_channel(client_id);
+        names.push_back(client_name);
+    }
+
     // The event types the stream keeps, before anything is registered: a bad list is a 400.
     EventFilter filter;
     if (conf->event_filter != nullptr) {
@@ -599,7 +620,7 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     bool new_channels = false;
     bool redis_connected = redis_publish_state(w->store) == "forwarded";
     s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_seq, plan, refusal,
-                                   r->connection->log, redis_connected, &new_channels);
+                                   r->connection->log, redis_connected, &new_channels, client_id);
     if (s->record == nullptr) return refuse_stream(r, refusal, limits);
     if (new_channels) wake_redis_owner(w->store);
     s->registered = true;
@@ -607,6 +628,13 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     cln->data = s;
     if (!filter.empty()) s->filter = new EventFilter(std::move(filter));
     send_own_bytes(s, preamble, preamble_len);
+    if (conf->connected_event.len > 0) {
+        std::string frame = connected_frame(to_view(conf->connected_event), client_id, to_view(user));
+        auto* bytes = static_cast<u_char*>(ngx_pnalloc(r->pool, frame.size()));
+        if (bytes == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_memcpy(bytes, frame.data(), frame.size());
+        send_own_bytes(s, bytes, frame.size());
+    }
     if (plan.deferred) {
         s->resume = resume;
         s->given_id = given_id;

@@ -76,4 +76,14 @@ bool channel_allowed_by(std::string_view pattern, std::string_view name) noexcep
     return pattern == name;
 }
 
+std::string client_channel(std::uint64_t client_id) {
+    return "#c:" + std::to_string(client_id);
+}
+
+std::string user_channel(std::string_view user) {
+    std::string name = "#u:";
+    name.append(user);
+    return name;
+}
+
 }  // namespace sse

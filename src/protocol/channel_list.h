@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,13 @@ bool is_valid_channel_name(std::string_view name) noexcept;
 // The views point into `text`.
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
                         std::string& reason);
+
+// The channels that reach one stream (its client id) or every stream of one user key. A `#`
+// cannot be in a channel a request names, so these never meet one; they travel like any channel
+// (to every worker, through Redis to every node, with history).
+std::string client_channel(std::uint64_t client_id);
+std::string user_channel(std::string_view user);
+constexpr std::size_t kMaxUserKeyLength = 256;
 
 // Whether a channel is allowed by one pattern of sse_subscribe_allow: the pattern is the name
 // itself, or ends in `*` and the name starts with what comes before it (`public.*`, `*`).

@@ -76,4 +76,19 @@ std::string reset_frame(std::string_view event_name, std::string_view given_id, 
     return out;
 }
 
+std::string connected_frame(std::string_view event_name, std::uint64_t client_id, std::string_view user) {
+    std::string out = "event: ";
+    out += event_name;
+    out += "\ndata: {\"client_id\":\"";
+    out += std::to_string(client_id);
+    out += "\"";
+    if (!user.empty()) {
+        out += ",\"user\":\"";
+        append_json_escaped(out, user);
+        out += "\"";
+    }
+    out += "}\n\n";
+    return out;
+}
+
 }  // namespace sse

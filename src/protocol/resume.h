@@ -34,4 +34,11 @@ std::string echoed_id(std::string_view given_id);
 // It carries no id: the client's position stays that of the last real event it receives.
 std::string reset_frame(std::string_view event_name, std::string_view given_id, ResetReason reason);
 
+// The first frame of a stream with sse_connected_event, telling it who it is:
+//   event: <name>\n
+//   data: {"client_id":"<id>"}\n             or {"client_id":"<id>","user":"<user, JSON-escaped>"}
+//   \n
+// No id either, for the same reason.
+std::string connected_frame(std::string_view event_name, std::uint64_t client_id, std::string_view user);
+
 }  // namespace sse

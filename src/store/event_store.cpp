@@ -37,6 +37,7 @@ StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     gettimeofday(&tv, nullptr);
     hdr->first_id = std::uint64_t(tv.tv_sec) * 1000000 + std::uint64_t(tv.tv_usec);
     hdr->last_id = hdr->first_id - 1;
+    hdr->next_client_id = hdr->first_id;
     ngx_queue_init(&hdr->cluster.outbound);
     hdr->created_at = tv.tv_sec;
     pool->data = hdr;
@@ -282,7 +283,7 @@ void Store::maybe_free_event_locked(ShmEvent* ev) {
 ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                                 const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
                                 ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log, bool defer_unsynced,
-                                bool* new_channels) {
+                                bool* new_channels, std::uint64_t client_id) {
     plan = ResumePlan{};
     refusal = SubscribeRefusal::kNone;
     if (new_channels != nullptr) *new_channels = false;
@@ -350,7 +351,7 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
         }
         sub->channels[sub->nchannels++] = ch;
     }
-    sub->client_id = ++hdr_->next_client_id;
+    sub->client_id = client_id != 0 ? client_id : ++hdr_->next_client_id;
     sub->connected_at = ngx_time();
     sub->slot = std::uint32_t(slot);
     ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);
@@ -366,6 +367,12 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
     start_after = hdr_->next_seq;
     plan_resume_locked(slot, sub, resume, plan);
     return sub;
+}
+
+std::uint64_t Store::new_client_id() {
+    std::uint64_t n = __atomic_add_fetch(&hdr_->next_client_id, 1, __ATOMIC_ACQ_REL);
+    if (!hdr_->cluster.enabled) return n;
+    return (n << 10) | hdr_->cluster.node_bits;
 }
 
 void Store::plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, std::uint64_t& start_after,

@@ -318,7 +318,10 @@ public:
     ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                              const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
                              ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log,
-                             bool defer_unsynced = false, bool* new_channels = nullptr);
+                             bool defer_unsynced = false, bool* new_channels = nullptr, std::uint64_t client_id = 0);
+    // A client id no stream of this zone (or, with Redis, of any node) has had: it starts at the
+    // zone's creation time in microseconds, and carries the node bits with Redis.
+    std::uint64_t new_client_id();
     // Plans a deferred stream's start (see subscribe()); it then takes live events after `start_after`.
     void plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, std::uint64_t& start_after,
                      ResumePlan& plan);

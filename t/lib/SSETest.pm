@@ -418,12 +418,14 @@ sub read_publisher_log {
 
 # Opens one stream per path on the reuseport listener (spread => 1) so that both workers hold
 # some: the kernel picks the worker, so a try that lands all on one worker is closed and redone
-# (up to 20 tries). Returns the streams, in the order of the paths.
+# (up to 20 tries). Returns the streams, in the order of the paths. A path may be [path, options
+# of subscribe()] (headers => {...}).
 sub subscribe_spread {
     my ($self, @paths) = @_;
     my $base = $self->stats->{subscribers};
     for (1 .. 20) {
-        my @s = map { $self->subscribe($_, port => $self->port(1)) } @paths;
+        my @s = map { ref $_ ? $self->subscribe($_->[0], @$_[1 .. $#$_], port => $self->port(1))
+                             : $self->subscribe($_, port => $self->port(1)) } @paths;
         my $st = $self->stats_until({subscribers => $base + @s}, 5);
         return @s if 2 <= grep { $_->{subscribers} > 0 } @{ $st->{workers} };
         $_->close for @s;

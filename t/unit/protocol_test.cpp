@@ -274,3 +274,17 @@ TEST(ChannelList, AllowedByNameOrPrefix) {
     // A pattern whose variable was empty ("user:$id" with no id) allows only its fixed part.
     EXPECT_FALSE(channel_allowed_by("user:", "user:alice"));
 }
+
+TEST(StreamIdentity, ChannelsOfAClientAndAUser) {
+    EXPECT_EQ(client_channel(1763900000000042ULL), "#c:1763900000000042");
+    EXPECT_EQ(user_channel("alice@example.com"), "#u:alice@example.com");
+    // A request can never name them: '#' is not a channel name character.
+    EXPECT_FALSE(is_valid_channel_name(client_channel(7)));
+    EXPECT_FALSE(is_valid_channel_name(user_channel("bob")));
+}
+
+TEST(StreamIdentity, ConnectedFrame) {
+    EXPECT_EQ(connected_frame("connected", 17, ""), "event: connected\ndata: {\"client_id\":\"17\"}\n\n");
+    EXPECT_EQ(connected_frame("hello", 5, "a\"b\\c\n"),
+              "event: hello\ndata: {\"client_id\":\"5\",\"user\":\"a\\\"b\\\\c\\u000a\"}\n\n");
+}
