@@ -34,6 +34,7 @@ char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler);
 char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
@@ -49,6 +50,7 @@ ngx_command_t commands[] = {
      nullptr},
     {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_clients"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_clients, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
      nullptr},
     {ngx_string("sse_heartbeat"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -385,9 +387,11 @@ char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
 // Sets the content handler of the location; only one of sse_subscribe, sse_publish, sse_stats
 // may be in a location.
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler) {
-    if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1) {
+    if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1 || lcf->clients == 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": a location takes only one of sse_subscribe, sse_publish and sse_stats", &cmd->name);
+                           "\"%V\": a location takes only one of sse_subscribe, sse_publish (or sse_publish_client, "
+                           "sse_publish_user), sse_stats and sse_clients",
+                           &cmd->name);
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
@@ -428,6 +432,16 @@ char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     char* rv = set_handler(cf, cmd, lcf, stats_handler);
     if (rv != NGX_CONF_OK) return rv;
     lcf->stats = 1;
+    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    mcf->used = 1;
+    return NGX_CONF_OK;
+}
+
+char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = set_handler(cf, cmd, lcf, clients_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    lcf->clients = 1;
     auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
     mcf->used = 1;
     return NGX_CONF_OK;

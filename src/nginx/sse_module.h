@@ -46,6 +46,7 @@ struct LocConf {
     ngx_http_complex_value_t* subscribe;
     ngx_http_complex_value_t* publish;
     ngx_flag_t stats;
+    ngx_flag_t clients;  // sse_clients
     ngx_msec_t heartbeat;  // 0: off
     ngx_msec_t retry;      // NGX_CONF_UNSET_MSEC: no retry field
     size_t send_buffer;
@@ -83,6 +84,7 @@ Store* store_for(ngx_http_request_t* r);
 ngx_int_t subscribe_handler(ngx_http_request_t* r);
 ngx_int_t publish_handler(ngx_http_request_t* r);
 ngx_int_t stats_handler(ngx_http_request_t* r);
+ngx_int_t clients_handler(ngx_http_request_t* r);
 
 // Called when this worker is woken: delivers what the log holds for it.
 void deliver_to_local_subscribers() noexcept;

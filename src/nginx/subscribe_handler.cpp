@@ -88,6 +88,7 @@ struct LocalIndex {
     ngx_queue_t all;     // every stream of this worker, for shutdown
     ngx_queue_t dirty;   // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
+    std::uint64_t kicks_seen = 0;
     ngx_event_t resume;  // continues flushing after the event loop has had its turn
 
     LocalIndex();
@@ -187,6 +188,12 @@ void release_all_frames(Subscriber* s) {
     }
     s->sent_head = s->sent_tail = s->new_head = s->new_tail = nullptr;
     s->sent_bytes = s->new_bytes = 0;
+}
+
+// For sse_clients: what the stream was sent, in its record (only this worker writes it).
+void count_sent(Subscriber* s, const ShmEvent* ev) {
+    __atomic_store_n(&s->record->events_sent, s->record->events_sent + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->record->bytes_sent, s->record->bytes_sent + ev->frame_len, __ATOMIC_RELAXED);
 }
 
 // A channel got its first stream or lost its last: the worker holding the Redis link must
@@ -374,6 +381,7 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
         fill_frame(f, ev->frame, ev->frame_len);
         append_new(s, f);
         replayed++;
+        count_sent(s, ev);
     }
     s->replay_end = s->new_bytes;
     if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
@@ -620,7 +628,8 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     bool new_channels = false;
     bool redis_connected = redis_publish_state(w->store) == "forwarded";
     s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_seq, plan, refusal,
-                                   r->connection->log, redis_connected, &new_channels, client_id);
+                                   r->connection->log, redis_connected, &new_channels,
+                                   StreamIdentity{client_id, to_view(user), to_view(r->connection->addr_text)});
     if (s->record == nullptr) return refuse_stream(r, refusal, limits);
     if (new_channels) wake_redis_owner(w->store);
     s->registered = true;
@@ -784,6 +793,17 @@ void deliver_to_local_subscribers() noexcept {
             }
             for (Subscriber* s : ready) finish_sync_wait(s);
         }
+        // Streams sse_clients asked to disconnect.
+        std::uint64_t kicks = __atomic_load_n(&hdr->slots[slot].kicks, __ATOMIC_ACQUIRE);
+        if (kicks != li.kicks_seen) {
+            li.kicks_seen = kicks;
+            std::vector<Subscriber*> kicked;
+            for (ngx_queue_t* q = ngx_queue_head(&li.all); q != ngx_queue_sentinel(&li.all); q = ngx_queue_next(q)) {
+                Subscriber* s = ngx_queue_data(q, Subscriber, all_link);
+                if (s->registered && s->record->kicked) kicked.push_back(s);
+            }
+            for (Subscriber* s : kicked) end_stream(s);
+        }
         w->store.take_events(slot, li.taken);
 
         std::vector<Subscriber*> closing;
@@ -821,6 +841,7 @@ void deliver_to_local_subscribers() noexcept {
                     fill_frame(f, ev->frame, ev->frame_len);
                     append_new(s, f);
                     delivered++;
+                    count_sent(s, ev);
                     if (!s->dirty) {
                         s->dirty = true;
                         ngx_queue_insert_tail(&li.dirty, &s->dirty_link);

@@ -19,6 +19,13 @@ std::string escaped(const std::string& s) {
             out += "\\n";
             continue;
         }
+        if (static_cast<unsigned char>(c) < 0x20) {  // a user key may hold them
+            static const char kHex[] = "0123456789abcdef";
+            out += "\\u00";
+            out += kHex[(c >> 4) & 0xf];
+            out += kHex[c & 0xf];
+            continue;
+        }
         out += c;
     }
     return out;
@@ -156,6 +163,29 @@ std::string stats_prometheus(const StatsReport& r) {
             sample(out, "sse_channel_events_retained", c.retained, "channel=\"" + escaped(c.name) + "\"");
     }
     return out;
+}
+
+std::string clients_json(const std::vector<ClientReport>& clients, std::uint64_t total, std::uint64_t next) {
+    std::string j = "{\"clients\":[";
+    for (std::size_t i = 0; i < clients.size(); i++) {
+        const ClientReport& c = clients[i];
+        if (i) j += ",";
+        j += "{\"client_id\":\"" + std::to_string(c.client_id) + "\",\"worker\":" + std::to_string(c.pid) +
+             ",\"channels\":[";
+        for (std::size_t k = 0; k < c.channels.size(); k++) {
+            if (k) j += ",";
+            j += "\"" + escaped(c.channels[k]) + "\"";
+        }
+        j += "],\"user\":";
+        j += c.user.empty() ? "null" : "\"" + escaped(c.user) + "\"";
+        j += ",\"remote_addr\":\"" + escaped(c.remote_addr) + "\",\"connected_at\":" + std::to_string(c.connected_at) +
+             ",\"events_sent\":" + std::to_string(c.events_sent) + ",\"bytes_sent\":" + std::to_string(c.bytes_sent) +
+             "}";
+    }
+    j += "],\"total\":" + std::to_string(total) + ",\"next\":";
+    j += next ? "\"" + std::to_string(next) + "\"" : "null";
+    j += "}\n";
+    return j;
 }
 
 }  // namespace sse

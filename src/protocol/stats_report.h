@@ -60,6 +60,23 @@ std::string stats_json(const StatsReport& report);
 // Counters end in _total, sizes in _bytes, times in _seconds; every family has HELP and TYPE.
 std::string stats_prometheus(const StatsReport& report);
 
+// One stream as sse_clients lists it.
+struct ClientReport {
+    std::uint64_t client_id = 0;
+    long pid = 0;
+    std::vector<std::string> channels;
+    std::string user;  // empty: none
+    std::string remote_addr;
+    long long connected_at = 0;  // Unix time
+    std::uint64_t events_sent = 0;
+    std::uint64_t bytes_sent = 0;
+};
+
+// {"clients":[{"client_id":"1","worker":P,"channels":["a"],"user":"u"|null,"remote_addr":"..",
+//   "connected_at":T,"events_sent":N,"bytes_sent":N}],"total":N,"next":"<client id>"|null}
+// `next` is the `after` of the next page, null on the last.
+std::string clients_json(const std::vector<ClientReport>& clients, std::uint64_t total, std::uint64_t next);
+
 // The Content-Type of stats_prometheus().
 constexpr const char* kPrometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -115,7 +115,7 @@ void Store::drop_subscriber_locked(ShmSubscriber* sub) {
     ngx_queue_remove(&sub->link);
     if (sub->key != nullptr) release_key_locked(sub->key);
     for (std::uint32_t i = 0; i < sub->nchannels; i++) maybe_free_channel_locked(sub->channels[i]);
-    free_locked(sub, subscriber_alloc_size(sub->nchannels));
+    free_locked(sub, sub->alloc_size);
 }
 
 // Forgets everything a worker slot held: its subscribers and its marks on events.
@@ -283,7 +283,7 @@ void Store::maybe_free_event_locked(ShmEvent* ev) {
 ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                                 const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
                                 ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log, bool defer_unsynced,
-                                bool* new_channels, std::uint64_t client_id) {
+                                bool* new_channels, const StreamIdentity& identity) {
     plan = ResumePlan{};
     refusal = SubscribeRefusal::kNone;
     if (new_channels != nullptr) *new_channels = false;
@@ -320,14 +320,19 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
         }
         key->streams++;  // held from here; released with the record, or below on failure
     }
-    auto* sub = static_cast<ShmSubscriber*>(alloc_evicting_locked(subscriber_alloc_size(names.size()), log));
+    std::size_t user_len = std::min<std::size_t>(identity.user.size(), UINT16_MAX);
+    std::size_t addr_len = std::min<std::size_t>(identity.remote_addr.size(), UINT16_MAX);
+    std::size_t sub_size = subscriber_alloc_size(names.size()) + user_len + addr_len;
+    auto* sub = static_cast<ShmSubscriber*>(alloc_evicting_locked(sub_size, log));
     if (sub == nullptr) {
         if (key != nullptr) release_key_locked(key);
         refusal = SubscribeRefusal::kZoneFull;
         return nullptr;
     }
+    std::memset(sub, 0, sizeof(ShmSubscriber));
     sub->key = key;
     sub->nchannels = 0;
+    sub->alloc_size = std::uint32_t(sub_size);
     for (std::string_view name : names) {
         std::uint32_t hash = hash_name(name);
         ShmChannel* ch = find_locked(name, hash);
@@ -340,7 +345,7 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
                 maybe_free_channel_locked(sub->channels[i]);
             }
             if (key != nullptr) release_key_locked(key);
-            free_locked(sub, subscriber_alloc_size(names.size()));
+            free_locked(sub, sub_size);
             refusal = SubscribeRefusal::kZoneFull;
             return nullptr;
         }
@@ -351,7 +356,12 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
         }
         sub->channels[sub->nchannels++] = ch;
     }
-    sub->client_id = client_id != 0 ? client_id : ++hdr_->next_client_id;
+    sub->client_id = identity.client_id != 0 ? identity.client_id : ++hdr_->next_client_id;
+    sub->user_len = std::uint16_t(user_len);
+    sub->addr_len = std::uint16_t(addr_len);
+    auto* strings = reinterpret_cast<u_char*>(sub->channels + sub->nchannels);
+    std::memcpy(strings, identity.user.data(), user_len);
+    std::memcpy(strings + user_len, identity.remote_addr.data(), addr_len);
     sub->connected_at = ngx_time();
     sub->slot = std::uint32_t(slot);
     ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);

@@ -123,9 +123,47 @@ struct ShmSubscriber {
     ShmKey* key;       // nullptr: not limited by key
     std::uint64_t client_id;
     time_t connected_at;
+    std::uint64_t events_sent;  // written by its worker only; read by sse_clients
+    std::uint64_t bytes_sent;
     std::uint32_t slot;
     std::uint32_t nchannels;
+    std::uint32_t alloc_size;
+    std::uint16_t user_len;  // its user key and remote address follow the channels
+    std::uint16_t addr_len;
+    bool kicked;  // sse_clients asked for it to be disconnected: its worker ends it
     ShmChannel* channels[1];
+
+    std::string_view user() const { return {reinterpret_cast<const char*>(channels + nchannels), user_len}; }
+    std::string_view remote_addr() const {
+        return {reinterpret_cast<const char*>(channels + nchannels) + user_len, addr_len};
+    }
+};
+
+// Who a new stream is.
+struct StreamIdentity {
+    std::uint64_t client_id = 0;  // 0: the store picks one
+    std::string_view user;
+    std::string_view remote_addr;
+};
+
+// Which streams sse_clients lists or disconnects: all, or those matching every field given.
+struct ClientQuery {
+    std::uint64_t id = 0;
+    std::string_view user;
+    std::string_view channel;
+    std::uint64_t after = 0;  // listing: client ids above this (the page cursor)
+    std::size_t limit = 100;
+};
+
+struct ClientInfo {
+    std::uint64_t client_id = 0;
+    ngx_pid_t pid = 0;
+    std::vector<std::string> channels;  // those it asked for (not the client and user channels)
+    std::string user;
+    std::string remote_addr;
+    time_t connected_at = 0;
+    std::uint64_t events_sent = 0;
+    std::uint64_t bytes_sent = 0;
 };
 
 struct WorkerSlot {
@@ -134,6 +172,7 @@ struct WorkerSlot {
     ngx_atomic_t wake_pending;     // coalesces wake-ups: set by the first publisher, cleared by the worker
     std::uint64_t cursor;          // the seq of the last event this worker took from the log
     std::uint32_t subscribers;
+    ngx_atomic_t kicks;  // bumped when one of its streams is to be disconnected
 };
 
 struct StoreCounters {
@@ -318,7 +357,8 @@ public:
     ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
                              const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
                              ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log,
-                             bool defer_unsynced = false, bool* new_channels = nullptr, std::uint64_t client_id = 0);
+                             bool defer_unsynced = false, bool* new_channels = nullptr,
+                             const StreamIdentity& identity = StreamIdentity());
     // A client id no stream of this zone (or, with Redis, of any node) has had: it starts at the
     // zone's creation time in microseconds, and carries the node bits with Redis.
     std::uint64_t new_client_id();
@@ -355,6 +395,14 @@ public:
     void collect();
 
     StoreStats stats();
+
+    // ---- sse_clients (src/store/client_registry.cpp) ----
+
+    // The matching streams of every worker, by client id, one page; `total` counts all matches,
+    // `more` says whether some come after the page.
+    std::vector<ClientInfo> list_clients(const ClientQuery& query, std::size_t& total, bool& more);
+    // Marks the matching streams to be ended by their workers, which `wake` names. Returns how many.
+    std::uint32_t disconnect_clients(const ClientQuery& query, std::uint64_t wake[2]);
 
     // ---- Redis (src/store/cluster_store.cpp) ----
 

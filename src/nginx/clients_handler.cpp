@@ -1,0 +1,123 @@
+// sse_clients: who is connected, and disconnecting them.
+//   GET    /clients                         every stream of every worker, by client id, 100 a page
+//   GET    /clients?channel=orders&limit=50 filtered (channel, user, id), paged (limit, after)
+//   GET    /clients?after=<next>            the next page
+//   DELETE /clients?user=alice              disconnects the matching streams (id, user or channel)
+#include <string>
+#include <vector>
+
+#include "nginx/sse_module.h"
+#include "protocol/resume.h"
+#include "protocol/stats_report.h"
+#include "wakeup/worker_wakeup.h"
+
+namespace sse {
+
+namespace {
+
+constexpr std::size_t kMaxPage = 1000;
+
+bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
+    if (ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>(name)), ngx_strlen(name), &value) != NGX_OK) {
+        return false;
+    }
+    return url_decode(r, value);
+}
+
+// The query's filters; false (with a reason) for a bad one.
+bool read_query(ngx_http_request_t* r, ClientQuery& q, std::string& reason) {
+    ngx_str_t v;
+    if (query_arg(r, "id", v) && (!parse_event_id(to_view(v), q.id) || q.id == 0)) {
+        reason = "id must be a client id (a decimal number)";
+        return false;
+    }
+    if (query_arg(r, "user", v)) {
+        if (v.len == 0) {
+            reason = "user must not be empty";
+            return false;
+        }
+        q.user = to_view(v);
+    }
+    if (query_arg(r, "channel", v)) {
+        if (v.len == 0) {
+            reason = "channel must not be empty";
+            return false;
+        }
+        q.channel = to_view(v);
+    }
+    if (query_arg(r, "after", v) && !parse_event_id(to_view(v), q.after)) {
+        reason = "after must be a client id, as \"next\" gives it";
+        return false;
+    }
+    if (query_arg(r, "limit", v)) {
+        ngx_int_t n = ngx_atoi(v.data, v.len);
+        if (n < 1 || std::size_t(n) > kMaxPage) {
+            reason = "limit must be from 1 to 1000";
+            return false;
+        }
+        q.limit = std::size_t(n);
+    }
+    return true;
+}
+
+ngx_int_t clients(ngx_http_request_t* r) {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no event zone in this worker");
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE))) {
+        return send_text(r, NGX_HTTP_NOT_ALLOWED, "clients are listed with GET and disconnected with DELETE");
+    }
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    ClientQuery q;
+    std::string reason;
+    if (!read_query(r, q, reason)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: clients request refused: %s", reason.c_str());
+        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+    // A worker killed outright leaves its slot behind; reap before answering.
+    w->store.reap_dead_slots(r->connection->log);
+
+    if (r->method == NGX_HTTP_DELETE) {
+        if (q.id == 0 && q.user.empty() && q.channel.empty()) {
+            return send_text(r, NGX_HTTP_BAD_REQUEST, "say whom to disconnect: id, user or channel");
+        }
+        std::uint64_t wake[2];
+        std::uint32_t n = w->store.disconnect_clients(q, wake);
+        WorkerWakeup::wake(w->store.header(), wake);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: disconnecting %uD stream(s) as asked", n);
+        return send_json(r, NGX_HTTP_OK, "{\"disconnected\":" + std::to_string(n) + "}\n");
+    }
+
+    std::size_t total = 0;
+    bool more = false;
+    std::vector<ClientInfo> found = w->store.list_clients(q, total, more);
+    std::vector<ClientReport> reports;
+    reports.reserve(found.size());
+    for (ClientInfo& c : found) {
+        ClientReport rep;
+        rep.client_id = c.client_id;
+        rep.pid = long(c.pid);
+        rep.channels = std::move(c.channels);
+        rep.user = std::move(c.user);
+        rep.remote_addr = std::move(c.remote_addr);
+        rep.connected_at = static_cast<long long>(c.connected_at);
+        rep.events_sent = c.events_sent;
+        rep.bytes_sent = c.bytes_sent;
+        reports.push_back(std::move(rep));
+    }
+    // The next request starts after this page's last client.
+    std::uint64_t next = more ? reports.back().client_id : 0;
+    return send_json(r, NGX_HTTP_OK, clients_json(reports, total, next));
+}
+
+}  // namespace
+
+ngx_int_t clients_handler(ngx_http_request_t* r) {
+    try {
+        return clients(r);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception listing clients");
+    }
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+}  // namespace sse

@@ -1,0 +1,134 @@
+# sse_clients: listing every worker's streams (300 of them, paged by client id, filtered by
+# channel and user, with the figures each was sent) and disconnecting exactly the streams asked
+# for, by client id, by user and by channel. The config is the README's, verbatim.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use JSON::PP;
+use SSETest;
+
+# From the README ("Who is connected").
+my $locations = <<'CONF';
+        location = /events {
+            sse_subscribe $arg_topics;
+            sse_user $http_x_user;
+            sse_heartbeat off;
+        }
+        location = /clients {
+            allow 127.0.0.1;
+            deny all;
+            sse_clients;
+        }
+        location = /pub {
+            sse_publish $arg_topic;
+        }
+        location = /stats {
+            sse_stats;
+        }
+CONF
+
+my $t = SSETest->new(spread => 1, server => $locations)->start;
+END { local $?; $t->stop if $t }
+
+# 300 streams over both workers: user u0..u9 (30 each), channels a (even) or a,b (odd).
+my @paths = map { [ '/events?topics=' . ($_ % 2 ? 'a,b' : 'a'), headers => {'X-User' => 'u' . ($_ % 10)} ] } 0 .. 299;
+my @s = $t->subscribe_spread(@paths);
+my $st = $t->stats_until({subscribers => 300}, 10);
+is($st->{subscribers}, 300, '300 streams open');
+cmp_ok(scalar(grep { $_->{subscribers} > 0 } @{ $st->{workers} }), '>=', 2, 'on both workers');
+
+sub get {
+    my ($q) = @_;
+    my $r = $t->request('GET', "/clients$q");
+    return ($r->{status}, $r->{status} == 200 ? decode_json($r->{body}) : $r->{body});
+}
+
+# All 300 in pages of 100, ordered by client id, none twice.
+my (@all, $after);
+my $pages = 0;
+while (1) {
+    my ($status, $page) = get('?limit=100' . (defined $after ? "&after=$after" : ''));
+    is($status, 200, "page " . ($pages + 1) . ': 200');
+    last unless $status == 200;
+    $pages++;
+    is($page->{total}, 300, 'total 300');
+    push @all, @{ $page->{clients} };
+    $after = $page->{next};
+    last unless defined $after;
+    last if $pages > 5;
+}
+is($pages, 3, 'three pages of 100 (the third says next: null)');
+is(scalar @all, 300, 'all 300 listed');
+my %seen = map { $_->{client_id} => 1 } @all;
+is(scalar keys %seen, 300, 'each once');
+is_deeply([map { $_->{client_id} } @all], [sort { $a <=> $b } map { $_->{client_id} } @all], 'by client id');
+my %workers = map { $_->{worker} => 1 } @all;
+cmp_ok(scalar keys %workers, '>=', 2, 'listing spans both workers');
+my ($c0) = grep { $_->{user} eq 'u3' } @all;
+is($c0->{remote_addr}, '127.0.0.1', 'remote_addr');
+ok($c0->{connected_at} > 1.7e9 && $c0->{connected_at} <= time, 'connected_at is a Unix time');
+is_deeply($c0->{channels}, ['a', 'b'], 'channels as asked for (u3 is odd: a,b)');
+
+# Filters.
+my (undef, $ub) = get('?channel=b&limit=1000');
+is($ub->{total}, 150, 'channel=b: 150');
+is(scalar @{ $ub->{clients} }, 150, '150 listed');
+my (undef, $u7) = get('?user=u7&limit=1000');
+is($u7->{total}, 30, 'user=u7: 30');
+ok(!grep({ $_->{user} ne 'u7' } @{ $u7->{clients} }), 'all of them u7');
+my (undef, $one) = get("?id=$c0->{client_id}");
+is_deeply([map { $_->{client_id} } @{ $one->{clients} }], [$c0->{client_id}], 'id=: that one');
+
+# Figures: events and bytes sent to a stream.
+my $e = $t->publish_event('/pub?topic=b', 'count me');
+$_->wait_body(length($_->body) + 1, 5) for grep { $_->body !~ /count me/ } @s[1, 3];
+(undef, $one) = get("?id=$c0->{client_id}");
+sleep 0.3;
+(undef, $one) = get("?id=$c0->{client_id}");
+is($one->{clients}[0]{events_sent}, 1, 'events_sent 1 after one event on b');
+is($one->{clients}[0]{bytes_sent}, length $e->[1], 'bytes_sent: the frame\'s length');
+
+# Bad requests.
+for my $q ('?limit=0', '?limit=1001', '?id=abc', '?after=x', '?user=') {
+    my ($status) = get($q);
+    is($status, 400, "GET $q: 400");
+}
+is($t->request('DELETE', '/clients')->{status}, 400, 'DELETE without id, user or channel: 400');
+is($t->request('POST', '/clients', body => 'x')->{status}, 405, 'POST: 405');
+
+# Disconnect by id: exactly that stream ends.
+my %by_id = map { $_->{client_id} => $_ } @all;
+my $r = $t->request('DELETE', "/clients?id=$c0->{client_id}");
+is(decode_json($r->{body})->{disconnected}, 1, 'DELETE id=: 1 disconnected');
+$t->stats_until({subscribers => 299}, 5);
+my (undef, $left) = get('?limit=1000');
+is($left->{total}, 299, '299 left');
+ok(!grep({ $_->{client_id} eq $c0->{client_id} } @{ $left->{clients} }), 'the one asked for is gone');
+
+# By user: the 30 (29 now, if c0 was u3... it was) streams of u5.
+$r = $t->request('DELETE', '/clients?user=u5');
+is(decode_json($r->{body})->{disconnected}, 30, 'DELETE user=u5: 30');
+$t->stats_until({subscribers => 269}, 5);
+(undef, $left) = get('?limit=1000');
+is($left->{total}, 269, '269 left');
+ok(!grep({ $_->{user} eq 'u5' } @{ $left->{clients} }), 'no u5 left');
+
+# By channel: every stream on b (odd users: u1, u3 (one gone), u7, u9; u5 gone).
+my $on_b = grep { grep { $_ eq 'b' } @{ $_->{channels} } } @{ $left->{clients} };
+$r = $t->request('DELETE', '/clients?channel=b');
+is(decode_json($r->{body})->{disconnected}, $on_b, "DELETE channel=b: $on_b");
+$st = $t->stats_until({subscribers => 269 - $on_b}, 5);
+is($st->{subscribers}, 269 - $on_b, 'the rest stay');
+(undef, $left) = get('?limit=1000');
+ok(!grep({ grep { $_ eq 'b' } @{ $_->{channels} } } @{ $left->{clients} }), 'nobody on b left');
+is($left->{total}, 150, 'the 150 even streams (channel a only) remain');
+
+# Exactly the disconnected streams were closed: the odd ones (on b) and those of u5.
+my @want_eof = map { ($_ % 2 || $_ % 10 == 5) ? 1 : 0 } 0 .. 299;
+my @wrong = grep { ($s[$_]->wait_eof($want_eof[$_] ? 5 : 0.01) ? 1 : 0) != $want_eof[$_] } 0 .. 299;
+is(scalar @wrong, 0, 'exactly the disconnected streams were closed by the server') or diag("wrong: @wrong[0 .. 9]");
+$_->close for @s;
+$t->finish;
+done_testing;
