@@ -131,4 +131,34 @@ my @wrong = grep { ($s[$_]->wait_eof($want_eof[$_] ? 5 : 0.01) ? 1 : 0) != $want
 is(scalar @wrong, 0, 'exactly the disconnected streams were closed by the server') or diag("wrong: @wrong[0 .. 9]");
 $_->close for @s;
 $t->finish;
+
+# --- across nodes, with Redis: a disconnect or a DELETE asked of one node reaches every node ------
+use SSERedis;
+my $redis = SSERedis->new;
+my @nodes = $redis->nodes(2, server => $locations);
+my ($A, $B) = @nodes;
+END { local $?; $_->stop for grep { defined } @nodes; $redis->stop if $redis }
+ok(SSERedis::wait_connected($_), 'node :' . $_->port . ' connected') for @nodes;
+my %streams;
+for my $n ([A => $A], [B => $B]) {
+    $streams{"$n->[0] zed"} = $n->[1]->subscribe('/events?topics=news', headers => {'X-User' => 'zed'});
+    $streams{"$n->[0] amy"} = $n->[1]->subscribe('/events?topics=news', headers => {'X-User' => 'amy'});
+    $streams{"$n->[0] x"} = $n->[1]->subscribe('/events?topics=x', headers => {'X-User' => 'kim'});
+}
+$_->stats_until({subscribers => 3}, 5) for $A, $B;
+
+$r = $A->request('DELETE', '/clients?user=zed');
+is_deeply(decode_json($r->{body}), {disconnected => 1, redis => 'forwarded'}, 'DELETE user=zed on A: 1 here, forwarded');
+ok($streams{'B zed'}->wait_eof(5), "zed's stream on B is closed too");
+ok($streams{'A zed'}->wait_eof(5), "and zed's on A");
+
+$r = $B->request('DELETE', '/pub?topic=x');
+is($r->{status}, 200, 'DELETE channel x on B: 200');
+ok($streams{'A x'}->wait_eof(5), "A's stream on x is closed too");
+ok($streams{'B x'}->wait_eof(5), "and B's");
+ok(!$streams{"$_ amy"}->wait_eof(0.5), "amy on $_ stays") for qw(A B);
+$_->stats_until({subscribers => 1}, 5) for $A, $B;
+is($_->stats->{subscribers}, 1, 'node :' . $_->port . ': only amy left') for $A, $B;
+$_->close for values %streams;
+$_->finish for @nodes;
 done_testing;

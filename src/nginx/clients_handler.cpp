@@ -9,6 +9,7 @@
 #include "nginx/sse_module.h"
 #include "protocol/resume.h"
 #include "protocol/stats_report.h"
+#include "redis/redis_entry.h"
 #include "wakeup/worker_wakeup.h"
 
 namespace sse {
@@ -84,7 +85,21 @@ ngx_int_t clients(ngx_http_request_t* r) {
         std::uint32_t n = w->store.disconnect_clients(q, wake);
         WorkerWakeup::wake(w->store.header(), wake);
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: disconnecting %uD stream(s) as asked", n);
-        return send_json(r, NGX_HTTP_OK, "{\"disconnected\":" + std::to_string(n) + "}\n");
+        std::string json = "{\"disconnected\":" + std::to_string(n);
+        std::string_view redis = redis_publish_state(w->store);
+        if (!redis.empty()) {
+            // The other nodes do the same when Redis brings them the request.
+            RedisControl control;
+            control.op = "disconnect";
+            control.id = q.id;
+            control.user = std::string(q.user);
+            control.channel = std::string(q.channel);
+            if (w->store.queue_control(control_json(control), wake, r->connection->log)) {
+                WorkerWakeup::wake(w->store.header(), wake);
+                json += ",\"redis\":\"" + std::string(redis) + "\"";
+            }
+        }
+        return send_json(r, NGX_HTTP_OK, json + "}\n");
     }
 
     std::size_t total = 0;

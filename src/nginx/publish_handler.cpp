@@ -11,6 +11,7 @@
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
 #include "protocol/utf8.h"
+#include "redis/redis_entry.h"
 #include "wakeup/worker_wakeup.h"
 
 namespace sse {
@@ -246,11 +247,29 @@ ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_vi
     WorkerContext* w = worker_context();
     std::string items;
     size_t found = 0;
+    // With Redis, every node closes the channel (it may have streams on it elsewhere only).
+    std::string_view redis = redis_publish_state(w->store);
     for (std::string_view name : channels) {
         PublishResult result;
         std::uint32_t closed = 0;
         bool no_memory = false;
-        if (!w->store.close_channel(name, result, closed, no_memory)) continue;
+        if (!redis.empty()) {
+            RedisControl control;
+            control.op = "close";
+            control.channel = std::string(name);
+            std::uint64_t wake[2];
+            if (w->store.queue_control(control_json(control), wake, r->connection->log)) {
+                WorkerWakeup::wake(w->store.header(), wake);
+            }
+        }
+        if (!w->store.close_channel(name, result, closed, no_memory)) {
+            if (!redis.empty()) {
+                if (found++) items += ",";
+                items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":0,\"redis\":\"" +
+                         std::string(redis) + "\"}";
+            }
+            continue;
+        }
         if (no_memory) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "sse: shared zone is full, cannot close channel \"%*s\"; raise sse_shm_size", name.size(),
@@ -259,7 +278,9 @@ ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_vi
         }
         WorkerWakeup::wake(w->store.header(), result.wake);
         if (found++) items += ",";
-        items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":" + std::to_string(closed) + "}";
+        items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":" + std::to_string(closed);
+        if (!redis.empty()) items += ",\"redis\":\"" + std::string(redis) + "\"";
+        items += "}";
     }
     if (found == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "no such channel");
     if (channels.size() == 1) return send_json(r, NGX_HTTP_OK, items + "\n");

@@ -100,4 +100,38 @@ bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, s
     return true;
 }
 
+bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, std::string& reason) {
+    out = RedisControl{};
+    json j = json::parse(text, text + len, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+        reason = "a control message is not a JSON object";
+        return false;
+    }
+    auto text_field = [&](const char* key, std::string& dst) {
+        auto it = j.find(key);
+        if (it == j.end()) return true;
+        if (!it->is_string()) return false;
+        dst = it->get<std::string>();
+        return true;
+    };
+    if (!text_field("o", out.origin) || !text_field("op", out.op) || !text_field("user", out.user) ||
+        !text_field("channel", out.channel) || !id_field(j, "id", out.id, false)) {
+        reason = "a control message has a field of the wrong type";
+        return false;
+    }
+    if (out.op == "disconnect" && (out.id != 0 || !out.user.empty() || !out.channel.empty())) return true;
+    if (out.op == "close" && !out.channel.empty()) return true;
+    reason = "a control message asks for nothing known";
+    return false;
+}
+
+std::string control_json(const RedisControl& c) {
+    json j = json::object();
+    j["op"] = c.op;
+    if (c.id != 0) j["id"] = std::to_string(c.id);
+    if (!c.user.empty()) j["user"] = c.user;
+    if (!c.channel.empty()) j["channel"] = c.channel;
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 }  // namespace sse

@@ -24,8 +24,22 @@ struct RedisHistory {
     std::vector<RedisEntry> entries;
 };
 
+// A request one node sends every other through Redis's control channel:
+//   {"o":"<origin>","op":"disconnect","id":"<client id>","user":"..","channel":".."}  (sse_clients DELETE)
+//   {"o":"<origin>","op":"close","channel":".."}                                    (DELETE of a channel)
+struct RedisControl {
+    std::string origin;
+    std::string op;
+    std::uint64_t id = 0;
+    std::string user;
+    std::string channel;
+};
+
 // False, with a one-line reason, for anything that is not a well-formed entry.
 bool parse_redis_entry(const char* text, std::size_t len, RedisEntry& out, std::string& reason);
 bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, std::string& reason);
+bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, std::string& reason);
+// The JSON of a control message, without its origin (the link adds it when sending).
+std::string control_json(const RedisControl& control);
 
 }  // namespace sse

@@ -58,6 +58,7 @@ struct Link {
     std::string where;  // the address as logged
     std::string origin;
     std::string private_channel;
+    std::string control_channel;  // requests for every node (disconnects, closed channels)
 
     bool owner = false;
     bool stopped = false;
@@ -280,6 +281,32 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
     if (link->store->ingest(channels, e, link->config->history, result, link->log)) wake(result);
 }
 
+// Another node's request: done here as it was there.
+void take_control(const char* text, std::size_t len) {
+    RedisControl control;
+    std::string reason;
+    if (!parse_redis_control(text, len, control, reason)) {
+        log_bad_entry(reason);
+        return;
+    }
+    if (control.origin == link->origin) return;
+    if (control.op == "disconnect") {
+        ClientQuery q;
+        q.id = control.id;
+        q.user = control.user;
+        q.channel = control.channel;
+        std::uint64_t mask[2];
+        std::uint32_t n = link->store->disconnect_clients(q, mask);
+        if (n > 0) WorkerWakeup::wake(header(), mask);
+        ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: disconnecting %uD stream(s) as another node asked", n);
+    } else {
+        PublishResult result;
+        std::uint32_t closed = 0;
+        bool no_memory = false;
+        if (link->store->close_channel(control.channel, result, closed, no_memory)) wake(result);
+    }
+}
+
 void on_command_reply(redisAsyncContext* ac, void* r, void*) {
     auto* reply = static_cast<redisReply*>(r);
     if (reply == nullptr || link == nullptr || ac != link->cmd) return;
@@ -305,11 +332,15 @@ void on_pubsub(redisAsyncContext* ac, void* r, void*) {
     std::string_view type(reply->element[0]->str, reply->element[0]->len);
     std::string_view name(reply->element[1]->str, reply->element[1]->len);
     redisReply* payload = reply->element[2];
-    if (name == link->private_channel) {
+    if (name == link->private_channel || name == link->control_channel) {
         if (type == "subscribe") {
             handshake_done();
         } else if (type == "message" && payload->type == REDIS_REPLY_STRING) {
-            take_history(payload->str, payload->len);
+            if (name == link->private_channel) {
+                take_history(payload->str, payload->len);
+            } else {
+                take_control(payload->str, payload->len);
+            }
         }
         return;
     }
@@ -391,6 +422,15 @@ void on_published(redisAsyncContext* ac, void* r, void* privdata) {
     pump();
 }
 
+void on_control_sent(redisAsyncContext* ac, void* r, void* privdata) {
+    auto* reply = static_cast<redisReply*>(r);
+    if (reply == nullptr || link == nullptr || ac != link->cmd) return;
+    if (link->in_flight > 0) link->in_flight--;
+    link->last_progress = ngx_current_msec;
+    link->store->outbound_sent(std::uint64_t(reinterpret_cast<std::uintptr_t>(privdata)));
+    pump();
+}
+
 // Sends the node's waiting events, in order, keeping at most kMaxInFlight unanswered.
 void drain() {
     std::vector<OutboundEvent> batch;
@@ -401,6 +441,16 @@ void drain() {
         if (batch.empty()) return;
         for (OutboundEvent& o : batch) {
             args.clear();
+            if (o.control) {
+                // The origin goes in front, so that this node knows its own request coming back.
+                std::string message = "{\"o\":\"" + link->origin + "\"," + o.data.substr(1);
+                if (link->in_flight == 0) link->last_progress = ngx_current_msec;
+                send(link->cmd, on_control_sent, reinterpret_cast<void*>(std::uintptr_t(o.seq)),
+                     {"PUBLISH", link->control_channel, message});
+                link->sent_seq = o.seq;
+                link->in_flight++;
+                continue;
+            }
             args.emplace_back("FCALL");
             args.emplace_back("sse_publish");
             args.push_back(std::to_string(o.channels.size()));
@@ -491,10 +541,10 @@ void connect_now() {
         fail(reason, nullptr, false);
         return;
     }
-    link->handshake_pending += 2;
+    link->handshake_pending += 3;
     send(link->cmd, on_handshake_reply, reinterpret_cast<void*>(kLoadFunctions),
          {"FUNCTION", "LOAD", "REPLACE", std::string(kRedisFunctionLibrary)});
-    send(link->sub, on_pubsub, nullptr, {"SUBSCRIBE", link->private_channel});
+    send(link->sub, on_pubsub, nullptr, {"SUBSCRIBE", link->private_channel, link->control_channel});
 }
 
 // Gives up the connections without a word: the role went to another worker, or this one exits.
@@ -562,6 +612,7 @@ void RedisLink::start(const RedisConfig* config, Store* store, ngx_uint_t slot, 
     link->origin = origin;
     // '#' cannot be in a channel name, so this never meets a channel of ours.
     link->private_channel = config->prefix + "#node:" + link->origin;
+    link->control_channel = config->prefix + "#control";
     for (ngx_event_t* ev : {&link->tick, &link->retry}) {
         ev->data = link;
         ev->log = log;

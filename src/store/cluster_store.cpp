@@ -110,6 +110,12 @@ void Store::outbound_after(std::uint64_t after_seq, std::size_t max, std::vector
         OutboundEvent o;
         o.seq = ev->seq;
         o.id = ev->id;
+        if (ev->kind == kEventControl) {
+            o.control = true;
+            o.data.assign(reinterpret_cast<const char*>(ev->frame), ev->frame_len);
+            out.push_back(std::move(o));
+            continue;
+        }
         o.history_limit = ev->nchannels > 0 ? ev->channel(0)->history_limit : 0;
         o.history_ttl = ev->nchannels > 0 ? ev->channel(0)->history_ttl : 0;
         o.name = std::string(ev->name());
@@ -135,6 +141,34 @@ void Store::outbound_sent(std::uint64_t through_seq) {
         if (ev->seq > through_seq) break;
         drop_outbound_locked(ev);
     }
+}
+
+bool Store::queue_control(std::string_view json, std::uint64_t wake[2], ngx_log_t* log) {
+    wake[0] = wake[1] = 0;
+    ZoneLock lock(pool_);
+    ClusterState& cs = hdr_->cluster;
+    if (!cs.enabled) return false;
+    std::size_t size = event_alloc_size(0, json.size());
+    auto* ev = static_cast<ShmEvent*>(alloc_evicting_locked(size, log));
+    if (ev == nullptr) return false;
+    std::memset(ev, 0, sizeof(ShmEvent));
+    ev->kind = kEventControl;
+    ev->id = hdr_->last_id;
+    ev->seq = ++hdr_->next_seq;
+    ev->frame_len = std::uint32_t(json.size());
+    ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
+    ev->frame = reinterpret_cast<u_char*>(ev->refs);
+    std::memcpy(ev->frame, json.data(), json.size());
+    hdr_->event_count++;
+    ev->in_outbound = true;
+    ngx_queue_insert_tail(&cs.outbound, &ev->outbound_link);
+    cs.outbound_count++;
+    while (cs.outbound_count > cs.outbound_limit) {
+        drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
+        hdr_->counters.redis_queue_dropped++;
+    }
+    if (cs.owner > 0) set_bit(wake, cs.owner - 1);
+    return true;
 }
 
 std::uint32_t Store::outbound_count() {

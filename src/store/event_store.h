@@ -66,6 +66,7 @@ struct ShmChannel {
 enum EventKind : std::uint16_t {
     kEventMessage = 0,
     kEventCloseChannel = 1,  // the streams of channels[0] end
+    kEventControl = 2,       // with Redis: a request for every node (its frame is JSON), never delivered
 };
 
 struct ShmEvent;
@@ -291,6 +292,7 @@ struct OutboundEvent {
     std::string name;
     std::string data;
     std::vector<std::string> channels;
+    bool control = false;  // a request for the other nodes: `data` is its JSON
 };
 
 // An event as Redis carries it between nodes.
@@ -424,6 +426,10 @@ public:
     // Redis took the events up to this seq.
     void outbound_sent(std::uint64_t through_seq);
     std::uint32_t outbound_count();
+    // A request for every other node (a disconnect, a channel closed), queued in order with
+    // this node's events. False without Redis or when the zone is full.
+    // `wake` names the worker holding the link.
+    bool queue_control(std::string_view json, std::uint64_t wake[2], ngx_log_t* log);
     // An event of another node: stored and delivered like a local one (not sent back to Redis).
     // False when the channel has nobody here or the zone is full.
     bool ingest(const std::vector<std::string_view>& channels, const RemoteEvent& event, const HistoryPolicy& fallback,

@@ -115,6 +115,39 @@ TEST(RedisEntry, History) {
     EXPECT_FALSE(parse_redis_history(bad.data(), bad.size(), h, reason));
 }
 
+TEST(RedisControl, RoundTrips) {
+    RedisControl c;
+    c.op = "disconnect";
+    c.id = 1801439850948198401ULL;
+    c.user = "al\"ice";
+    std::string json = control_json(c);
+    std::string sent = "{\"o\":\"00ff\"," + json.substr(1);
+    RedisControl back;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_control(sent.data(), sent.size(), back, reason)) << reason;
+    EXPECT_EQ(back.origin, "00ff");
+    EXPECT_EQ(back.op, "disconnect");
+    EXPECT_EQ(back.id, c.id);
+    EXPECT_EQ(back.user, c.user);
+    EXPECT_EQ(back.channel, "");
+    c = RedisControl{};
+    c.op = "close";
+    c.channel = "orders";
+    json = control_json(c);
+    ASSERT_TRUE(parse_redis_control(json.data(), json.size(), back, reason)) << reason;
+    EXPECT_EQ(back.channel, "orders");
+}
+
+TEST(RedisControl, Refusals) {
+    RedisControl c;
+    std::string reason;
+    for (std::string bad : {std::string("x"), std::string(R"({"op":"disconnect"})"), std::string(R"({"op":"close"})"),
+                            std::string(R"({"op":"explode","channel":"a"})"), std::string(R"({"op":"close","channel":5})"),
+                            std::string(R"({"op":"disconnect","id":"abc"})")}) {
+        EXPECT_FALSE(parse_redis_control(bad.data(), bad.size(), c, reason)) << bad;
+    }
+}
+
 // The data a node sends to Redis is read back from the frame it formatted once.
 TEST(EventFrameData, RoundTrips) {
     for (std::string data : {std::string(""), std::string("one"), std::string("a\nb"), std::string("\n\n"),
