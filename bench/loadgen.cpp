@@ -8,6 +8,8 @@
 // SIGINT or the end of its standard input (to measure the server's memory per idle stream).
 // With --replay it publishes the M events first and then connects the subscribers, which are
 // owed every event of their channel from the server's history (a reconnect storm).
+// With --pub-port the events are published to another server (port) than the one the subscribers
+// read: two nodes sharing a broker, so that each event crosses from one node to the other.
 //
 // Threads, one per role: the main thread owns every subscriber socket; a publisher thread owns
 // the publish connections, so that publish response times do not include the time the main
@@ -68,6 +70,7 @@ double to_ms(int64_t ns) { return double(ns) / 1e6; }
 struct Options {
     std::string host = "127.0.0.1";
     int port = 0;
+    int pub_port = 0;           // publish to this port instead (another node); 0 = --port
     std::string sub_path = "/sub?channels={ch}";
     std::string pub_path = "/pub?channel={ch}";
     long subscribers = 100;
@@ -92,6 +95,7 @@ void usage() {
         "usage: loadgen --port P [options]\n"
         "  --host H             server address (default 127.0.0.1)\n"
         "  --port P             server port (required)\n"
+        "  --pub-port P         publish to this port instead (another node; default: --port)\n"
         "  --sub-path T         subscribe path, {ch} = channel (default /sub?channels={ch})\n"
         "  --pub-path T         publish path, {ch} = channel (default /pub?channel={ch})\n"
         "  --subscribers N      subscribers, subscriber i on channel i mod C (default 100)\n"
@@ -149,6 +153,7 @@ Options parse_args(int argc, char** argv) {
         if (arg == "--help" || arg == "-h") { usage(); std::exit(0); }
         else if (arg == "--host") o.host = need();
         else if (arg == "--port") o.port = int(parse_long(f, need(), 1, 65535));
+        else if (arg == "--pub-port") o.pub_port = int(parse_long(f, need(), 1, 65535));
         else if (arg == "--sub-path") o.sub_path = need();
         else if (arg == "--pub-path") o.pub_path = need();
         else if (arg == "--subscribers") o.subscribers = parse_long(f, need(), 0, 1000000);
@@ -179,6 +184,7 @@ Options parse_args(int argc, char** argv) {
         }
     }
     if (!o.port) { usage(); die("--port is required"); }
+    if (!o.pub_port) o.pub_port = o.port;
     if (o.pub_conns > o.channels) o.pub_conns = o.channels;  // a connection per channel at most
     return o;
 }
@@ -672,7 +678,7 @@ private:
         int64_t t = now_ns();
         std::string body = make_body(run_id_, k, t, o_.payload);
         const std::string& path = paths_[size_t(k % o_.channels)];
-        c.out = "POST " + path + " HTTP/1.1\r\nHost: " + o_.host + ":" + std::to_string(o_.port) +
+        c.out = "POST " + path + " HTTP/1.1\r\nHost: " + o_.host + ":" + std::to_string(o_.pub_port) +
                 "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                 "\r\n\r\n" + body;
         c.out_off = 0;
@@ -1232,9 +1238,9 @@ void cpu_fields(JsonLine& j, long long cpu_before, long long cpu_after, long del
 // --replay: publishes every event, then connects the subscribers and waits until each has every
 // event of its channel, sent from the server's history as the stream opens. The window runs from
 // the first connect to the last delivery; the server's CPU is sampled over it.
-int run_replay(const Options& o, const sockaddr_in& dst, const std::string& run_id,
+int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& run_id,
                const std::vector<std::string>& channels, Subscribers& subs, JsonLine& j) {
-    Publisher p(o, dst, run_id, channels);
+    Publisher p(o, pub_dst, run_id, channels);
     PublishOutcome pub = p.run();
     std::vector<long> subs_per_channel(size_t(o.channels), 0);
     for (auto& s : subs.subs()) ++subs_per_channel[s.channel];
@@ -1300,6 +1306,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> channels;
     for (long c = 0; c < o.channels; ++c) channels.push_back(o.channel_prefix + std::to_string(c));
     const sockaddr_in dst = resolve(o.host, o.port);
+    const sockaddr_in pub_dst = resolve(o.host, o.pub_port);
 
     JsonLine j;
     if (!o.label.empty()) j.str("label", o.label);
@@ -1308,7 +1315,8 @@ int main(int argc, char** argv) {
     j.num("channels", (long long)o.channels);
 
     Subscribers subs(o, dst, run_id, channels);
-    if (o.replay) return run_replay(o, dst, run_id, channels, subs, j);
+    if (o.pub_port != o.port) j.num("pub_port", (long long)o.pub_port);
+    if (o.replay) return run_replay(o, pub_dst, run_id, channels, subs, j);
     std::string error;
     bool ok = subs.connect_all(error);
     const double connect_s = subs.connect_finished() ? double(subs.connect_finished() - subs.connect_started()) / 1e9 : -1;
@@ -1346,7 +1354,7 @@ int main(int argc, char** argv) {
     std::atomic<bool> pub_done{false};
     PublishOutcome pub;
     std::thread publisher([&] {
-        Publisher p(o, dst, run_id, channels);
+        Publisher p(o, pub_dst, run_id, channels);
         pub = p.run();
         pub_done = true;
     });

@@ -11,15 +11,21 @@
 #   s5    reconnect storm: 100 events published first, then 10,000 subscribers connect and each
 #         is sent all 100 from the channel's history (ours: sse_replay 100; nchan:
 #         nchan_subscriber_first_message oldest, both keeping 100 messages per channel)
-# s1 to s5 run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
+#   s6    cross-node, through one redis-server: two nginx instances ("nodes", 2 workers each) per
+#         server, both using Redis (ours: sse_redis; nchan: nchan_redis_pass to an upstream with
+#         nchan_redis_server). Latency with 100 subscribers at 200 events/s, subscribers on the
+#         publishing node A (baseline) and on node B (crossing); then delivered events/s with 1,000
+#         subscribers on B and closed-loop publishing on A. Not in the default list (opt-in).
+# s1 to s6 run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
 #   scripts/bench.sh                   full run (about 5 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
 #   BENCH_ONLY=nchan|ours              one server only
-#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios
-#   BENCH_REPS=5                       repetitions of s1 and s2
+#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 only when named: BENCH_SCENARIOS=s6)
+#   BENCH_REPS=5                       repetitions of s1 to s6 (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
+#   S6_SUBS, S6_EVENTS, S6_RATE, S6_TPUT_SUBS, S6_TPUT_CHANNELS, S6_TPUT_EVENTS, S6_SETTLE   s6's
 #
 # Output: a Markdown table on stdout (also build/bench/summary.md), every loadgen result as one
 # JSON line in build/bench/results.json, server logs under build/bench/<server>/.
@@ -42,6 +48,8 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
     : "${S3_SUBS:=200}" "${S3_EVENTS:=50}"
     : "${S4_SUBS:=200}" "${S4_CHANNELS:=10}" "${S4_EVENTS:=200}"
     : "${S5_SUBS:=200}" "${S5_EVENTS:=100}"
+    : "${S6_SUBS:=20}" "${S6_EVENTS:=100}" "${S6_RATE:=100}"
+    : "${S6_TPUT_SUBS:=100}" "${S6_TPUT_CHANNELS:=10}" "${S6_TPUT_EVENTS:=500}"
     : "${IDLE_SUBS:=200}"
     : "${RUN_TIMEOUT:=10}"
 else
@@ -57,9 +65,16 @@ else
     : "${S4_SUBS:=1000}" "${S4_CHANNELS:=10}" "${S4_EVENTS:=4000}"
     # Reconnect storm: every subscriber is sent the channel's whole history (100 events) as it connects.
     : "${S5_SUBS:=10000}" "${S5_EVENTS:=100}"
+    # Cross-node (Redis): latency at a moderate fixed rate (200 events/s for 10 s to 100 streams
+    # on one channel), then throughput with 1,000 streams over 10 channels, closed loop.
+    : "${S6_SUBS:=100}" "${S6_EVENTS:=2000}" "${S6_RATE:=200}"
+    : "${S6_TPUT_SUBS:=1000}" "${S6_TPUT_CHANNELS:=10}" "${S6_TPUT_EVENTS:=10000}"
     : "${IDLE_SUBS:=10000}"
     : "${RUN_TIMEOUT:=30}"
 fi
+# s6: seconds between "every stream has its headers" and the first publish, so that node B has
+# subscribed to the channels in Redis (both servers do it after answering the stream's headers).
+: "${S6_SETTLE:=1}"
 scenarios=${BENCH_SCENARIOS:-idle s1 s2 s3 s4 s5}
 servers=(ours nchan)
 case "${BENCH_ONLY:-}" in
@@ -88,9 +103,11 @@ fi
 # --- servers ----------------------------------------------------------------------------------
 declare -A prefix port master
 loadgen_pid=
+redis_pid= redis_port=
 cleanup() {
     [ -n "$loadgen_pid" ] && kill -TERM "$loadgen_pid" 2>/dev/null || true
     for s in "${!master[@]}"; do stop_server "$s"; done
+    stop_redis
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # through the EXIT trap: no nginx left running
@@ -105,13 +122,22 @@ free_port() {
     return 1
 }
 
-write_conf() {  # server dir port
-    local s=$1 dir=$2 p=$3 load locations
+write_conf() {  # server-or-node dir port [redis port]
+    # A node of s6 is named <server>-a or <server>-b and gets the Redis port: its http{} then
+    # uses that redis-server (ours: sse_redis; nchan: an upstream with nchan_redis_server, passed
+    # to every publish and subscribe location, nchan storing in Redis: distributed mode).
+    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} load locations redis= pass= stats=
     if [ "$s" = ours ]; then
-        load="load_module $repo/build/ngx_http_sse_module.so;"
+        load="load_module $out/ngx_http_sse_module.so;"
+        if [ -n "$rp" ]; then
+            redis="sse_redis redis://127.0.0.1:$rp;"
+            stats="location = /stats { sse_stats; }"
+        fi
         locations="sse_shm_size 256m;
+    $redis
     server {
         listen 127.0.0.1:$p;
+        $stats
         location = /sub { sse_subscribe \$arg_channels; }
         location = /pub { sse_publish \$arg_channel; }
         location = /replay { sse_subscribe \$arg_channels; sse_replay 100; }
@@ -119,15 +145,23 @@ write_conf() {  # server dir port
     }"
     else
         load="load_module /usr/lib/nginx/modules/ngx_nchan_module.so;"
-        locations="server {
+        if [ -n "$rp" ]; then
+            redis="upstream nchan_redis {
+        nchan_redis_server redis://127.0.0.1:$rp;
+        nchan_redis_storage_mode distributed;
+    }"
+            pass=" nchan_redis_pass nchan_redis;"
+        fi
+        locations="$redis
+    server {
         listen 127.0.0.1:$p;
-        location = /sub { nchan_subscriber eventsource; nchan_channel_id \$arg_channels; }
-        location = /pub { nchan_publisher; nchan_channel_id \$arg_channel; }
+        location = /sub { nchan_subscriber eventsource; nchan_channel_id \$arg_channels;$pass }
+        location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;$pass }
         location = /replay {
             nchan_subscriber eventsource; nchan_channel_id \$arg_channels;
-            nchan_subscriber_first_message oldest;
+            nchan_subscriber_first_message oldest;$pass
         }
-        location = /pubr { nchan_publisher; nchan_channel_id \$arg_channel; nchan_message_buffer_length 100; }
+        location = /pubr { nchan_publisher; nchan_channel_id \$arg_channel; nchan_message_buffer_length 100;$pass }
     }"
     fi
     cat >"$dir/nginx.conf" <<EOF
@@ -153,13 +187,13 @@ EOF
 
 workers() { ps --ppid "${master[$1]}" -o pid= | tr -d ' ' | paste -sd, -; }
 
-start_server() {  # server; returns non-zero (with a message) if it cannot start
+start_server() {  # server-or-node [redis port]; returns non-zero (with a message) if it cannot start
     local s=$1 dir p
     dir="$out/$s"
     rm -rf "$dir"
     mkdir -p "$dir/logs" "$dir/tmp"
     p=$(free_port) || { echo "no free port" >&2; return 1; }
-    write_conf "$s" "$dir" "$p"
+    write_conf "$s" "$dir" "$p" "${2:-}"
     if ! nginx -p "$dir/" -c "$dir/nginx.conf" -t -q 2>"$dir/logs/configtest.log"; then
         echo "[$s] nginx -t failed:" >&2; cat "$dir/logs/configtest.log" >&2; return 1
     fi
@@ -184,6 +218,40 @@ stop_server() {
     for _ in $(seq 100); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$m" 2>/dev/null; then kill -TERM "$m" 2>/dev/null || true; sleep 1; fi
     unset "master[$s]"
+}
+
+alive() {  # pid: running (a child of ours that exited stays a zombie until waited for)
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [ "${st:0:1}" != Z ]
+}
+
+# s6's redis-server: on a free loopback port, nothing persisted, in build/bench/redis/.
+start_redis() {
+    local dir="$out/redis"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    redis_port=$(free_port) || { echo "no free port for redis-server" >&2; return 1; }
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --protected-mode no \
+        --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/redis.stdout" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
+        alive "$redis_pid" || { echo "redis-server exited at start:" >&2; tail -5 "$dir/redis.log" >&2; redis_pid=; return 1; }
+        sleep 0.1
+    done
+    [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] || { echo "redis-server does not answer" >&2; return 1; }
+    echo "[redis] $(redis-server --version | cut -d' ' -f1-3), pid $redis_pid, port $redis_port" >&2
+}
+
+stop_redis() {
+    [ -n "$redis_pid" ] || return 0
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    for _ in $(seq 50); do alive "$redis_pid" || break; sleep 0.1; done
+    if alive "$redis_pid"; then kill -TERM "$redis_pid" 2>/dev/null || true; sleep 1; fi
+    if alive "$redis_pid"; then kill -KILL "$redis_pid" 2>/dev/null || true; fi
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=
 }
 
 # Problems worth knowing about in a server's error.log since the last check.
@@ -215,10 +283,11 @@ pss_kb() {  # sum of the workers' Pss, kB: shared memory counted once, not once 
     echo "$sum"
 }
 
-cpu_ticks() {  # utime + stime of the workers, clock ticks
-    local sum=0 pid
-    for pid in $(workers "$1" | tr , ' '); do
-        sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+cpu_ticks() {  # utime + stime of the processes (comma-separated pids), clock ticks
+    local sum=0 pid v
+    for pid in $(tr , ' ' <<<"$1"); do
+        v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')  # empty if it exited
+        sum=$((sum + ${v:-0}))
     done
     echo "$sum"
 }
@@ -264,7 +333,7 @@ run_idle() {
 
 run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
-    local extra=()
+    local extra=() sub_node=$1 pub_node=$1 nodes
     case $sc in
         s1) subs=$S1_SUBS channels=1 events=$S1_EVENTS rate=$S1_RATE conns=1 ;;
         s2) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 ;;
@@ -272,27 +341,53 @@ run_load() {  # server scenario rep
         s4) subs=$S4_SUBS channels=$S4_CHANNELS events=$S4_EVENTS rate=0 conns=2 ;;
         s5) subs=$S5_SUBS channels=1 events=$S5_EVENTS rate=0 conns=1
             extra=(--replay --sub-path '/replay?channels={ch}' --pub-path '/pubr?channel={ch}') ;;
+        # s6: published on node A; read on A (the same-node baseline) or on B (across Redis).
+        s6-same) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$s-a pub_node=$s-a ;;
+        s6-cross) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$s-b pub_node=$s-a ;;
+        s6-tput) subs=$S6_TPUT_SUBS channels=$S6_TPUT_CHANNELS events=$S6_TPUT_EVENTS rate=0 conns=2
+            sub_node=$s-b pub_node=$s-a ;;
+        s6-warmup) subs=10 channels=1 events=20 rate=100 conns=1 sub_node=$s-b pub_node=$s-a ;;
     esac
-    pids0=$(workers "$s")
-    cpu0=$(cpu_ticks "$s")
+    nodes=("$sub_node")
+    [ "$pub_node" = "$sub_node" ] || nodes+=("$pub_node")
+    case $sc in
+        # Both nodes' workers and redis-server count as the server's CPU, whichever node the
+        # streams are on (the other node's share is small, but it is part of the path).
+        s6-*) extra=(--settle "$S6_SETTLE") nodes=("$s-a" "$s-b")
+            pids0=$(workers "$s-a"),$(workers "$s-b"),$redis_pid ;;
+        *) pids0=$(workers "$s") ;;
+    esac
+    cpu0=$(cpu_ticks "$pids0")
     # The run itself is bounded by its --timeout (connecting, then deliveries after the last
     # publish); `timeout` is only a backstop (SIGTERM makes loadgen report what it has).
     backstop=$(awk -v t="$RUN_TIMEOUT" -v e="$events" -v r="$rate" 'BEGIN { printf "%d", 3 * t + (r > 0 ? e / r : 0) + 30 }')
     # In the background with `wait`, so that a SIGTERM to this script is handled at once.
     timeout "$backstop" "$loadgen" \
-        --port "${port[$s]}" --subscribers "$subs" --channels "$channels" --events "$events" --rate "$rate" \
-        --pub-conns "$conns" --timeout "$RUN_TIMEOUT" --cpu-pids "$pids0" --label "$s/$sc/$rep" "${extra[@]}" \
-        >"$out/$s/run.out" 2>>"$out/$s/loadgen.err" &
+        --port "${port[$sub_node]}" --pub-port "${port[$pub_node]}" --subscribers "$subs" --channels "$channels" \
+        --events "$events" --rate "$rate" --pub-conns "$conns" --timeout "$RUN_TIMEOUT" --cpu-pids "$pids0" \
+        --label "$s/$sc/$rep" "${extra[@]}" >"$out/$sub_node/run.out" 2>>"$out/$sub_node/loadgen.err" &
     loadgen_pid=$!
     wait "$loadgen_pid" || true
     loadgen_pid=
-    line=$(grep '^{' "$out/$s/run.out" | tail -1) || true
-    cpu1=$(cpu_ticks "$s")
-    pids1=$(workers "$s")
+    line=$(grep '^{' "$out/$sub_node/run.out" | tail -1) || true
+    cpu1=$(cpu_ticks "$pids0")
+    case $sc in
+        s6-*) pids1=$(workers "$s-a"),$(workers "$s-b"),$redis_pid ;;
+        *) pids1=$(workers "$s") ;;
+    esac
     if [ -z "$line" ]; then
-        echo "[$s] $sc rep $rep: no result from loadgen (see $out/$s/loadgen.err)" >&2
-        check_log "$s"
+        echo "[$s] $sc rep $rep: no result from loadgen (see $out/$sub_node/loadgen.err)" >&2
+        for n in "${nodes[@]}"; do check_log "$n"; done
         return 1
+    fi
+    if [ "$s" = ours ] && [[ $sc == s6-* ]]; then
+        # Our nodes' Redis figures (cumulative): an event dropped from a full outbound queue
+        # would show here, and a node's link state other than "connected" too.
+        local st_a st_b
+        st_a=$(curl -sf "http://127.0.0.1:${port[$s-a]}/stats" | jq -c .redis) || st_a=null
+        st_b=$(curl -sf "http://127.0.0.1:${port[$s-b]}/stats" | jq -c .redis) || st_b=null
+        line=$(jq -c --argjson a "$st_a" --argjson b "$st_b" \
+            '. + {redis_a: $a, redis_b: $b, redis_queue_dropped: (($a.queue_dropped // 0) + ($b.queue_dropped // 0))}' <<<"$line")
     fi
     # Whole-run CPU, connecting and closing 10,000 streams included; loadgen's own server_cpu_s
     # covers only the window from the first publish to the last delivery.
@@ -300,13 +395,16 @@ run_load() {  # server scenario rep
         '. + {server_cpu_s_whole_run: ($c / $hz),
               server_cpu_us_per_delivery_whole_run: (if .delivered > 0 then ($c / $hz * 1e6 / .delivered * 1000 | round) / 1000 else null end),
               workers_restarted: ($p0 != $p1)}' <<<"$line")
-    record "$s" "$sc" "$rep" "$line"
+    [ "$sc" = s6-warmup ] || record "$s" "$sc" "$rep" "$line"
     jq -r --arg s "$s" '"[\($s)] \(.label): delivered \(.delivered)/\(.expected), lost \(.lost), " +
         "\(.delivered_per_s)/s, latency p50 \(.latency_ms_p50) ms p99 \(.latency_ms_p99) ms, " +
         "publish p50 \(.publish_ms_p50) ms p99 \(.publish_ms_p99) ms" +
         (if .error then ", error: \(.error)" else "" end) + (if .timed_out then " (timed out)" else "" end)' <<<"$line" >&2
+    if [ "$sc" = s6-warmup ] && [ "$(jq .lost <<<"$line")" != 0 ]; then
+        echo "[$s] WARNING: the warm-up lost events between the nodes: is Redis reachable from both?" >&2
+    fi
     [ "$pids0" = "$pids1" ] || echo "[$s] WARNING: worker processes changed during the run ($pids0 -> $pids1)" >&2
-    check_log "$s"
+    for n in "${nodes[@]}"; do check_log "$n"; done
     sleep 1
 }
 
@@ -314,6 +412,15 @@ run_load() {  # server scenario rep
 load=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     echo "note: load average is $load; other work on this machine skews the figures" >&2
+fi
+
+# The single-node servers are needed by every scenario but s6, which starts its own nodes.
+need_single=0 need_s6=0
+for sc in $scenarios; do
+    if [ "$sc" = s6 ]; then need_s6=1; else need_single=1; fi
+done
+if [ $need_s6 = 1 ]; then
+    apt_install redis-server redis-tools curl
 fi
 
 active=()
@@ -327,8 +434,12 @@ for s in "${servers[@]}"; do
             echo "[ours] SKIPPED: build/ngx_http_sse_module.so is absent" >&2
             continue
         fi
+        # nginx loads a copy of its own: a rebuild meanwhile (scripts/test.sh in another shell)
+        # rewrites build/ngx_http_sse_module.so in place, which crashes workers that map it.
+        cp build/ngx_http_sse_module.so "$out/ngx_http_sse_module.so.new"
+        mv -f "$out/ngx_http_sse_module.so.new" "$out/ngx_http_sse_module.so"
     fi
-    if start_server "$s"; then
+    if [ $need_single = 0 ] || start_server "$s"; then
         active+=("$s")
     else
         echo "[$s] SKIPPED: nginx with this module does not start" >&2
@@ -337,6 +448,53 @@ for s in "${servers[@]}"; do
 done
 [ ${#active[@]} -gt 0 ] || { echo "no server to benchmark" >&2; exit 1; }
 
+# s6: one redis-server, and two nodes per server using it (ours-a, ours-b, nchan-a, nchan-b).
+s6_active=()
+s6_start() {
+    start_redis || return 1
+    local s n state
+    for s in "${active[@]}"; do
+        if ! start_server "$s-a" "$redis_port" || ! start_server "$s-b" "$redis_port"; then
+            echo "[$s] s6 SKIPPED: its two nodes did not both start" >&2
+            stop_server "$s-a"; stop_server "$s-b"
+            failures=$((failures + 1))
+            continue
+        fi
+        if [ "$s" = ours ]; then
+            for n in "$s-a" "$s-b"; do
+                for _ in $(seq 100); do
+                    state=$(curl -sf "http://127.0.0.1:${port[$n]}/stats" | jq -r .redis.state) || state=
+                    [ "$state" = connected ] && break
+                    sleep 0.1
+                done
+                [ "$state" = connected ] || echo "[$n] WARNING: its Redis link is '$state', not connected" >&2
+            done
+        fi
+        # A small run across the nodes, not recorded: both nodes have their Redis connections
+        # up, and an event published on A reaches B.
+        run_load "$s" s6-warmup 0 || true
+        s6_active+=("$s")
+    done
+    [ ${#s6_active[@]} -gt 0 ]
+}
+
+s6_stop() {
+    local s
+    for s in "${s6_active[@]}"; do stop_server "$s-a"; stop_server "$s-b"; done
+    # What the servers left in Redis and the commands they used (both servers share this Redis).
+    if [ -n "$redis_pid" ]; then
+        {
+            echo "dbsize: $(redis-cli -p "$redis_port" dbsize)"
+            echo "keys (a sample):"; redis-cli -p "$redis_port" --scan --count 1000 | head -20
+            redis-cli -p "$redis_port" info commandstats
+        } >"$out/redis/after.txt" 2>&1 || true
+    fi
+    stop_redis
+}
+
+for sc in $scenarios; do
+    case $sc in idle | s1 | s2 | s3 | s4 | s5 | s6) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
+done
 failures=0
 for sc in $scenarios; do
     case $sc in
@@ -349,7 +507,24 @@ for sc in $scenarios; do
                 if [ $((rep % 2)) = 0 ] && [ ${#active[@]} = 2 ]; then order=("${active[1]}" "${active[0]}"); fi
                 for s in "${order[@]}"; do run_load "$s" "$sc" "$rep" || failures=$((failures + 1)); done
             done ;;
-        *) echo "unknown scenario $sc" >&2; exit 2 ;;
+        s6)
+            if ! s6_start; then
+                echo "s6 SKIPPED: redis-server or the nodes did not start" >&2
+                failures=$((failures + 1))
+                s6_stop
+                continue
+            fi
+            for rep in $(seq "$BENCH_REPS"); do
+                order=("${s6_active[@]}")
+                if [ $((rep % 2)) = 0 ] && [ ${#s6_active[@]} = 2 ]; then order=("${s6_active[1]}" "${s6_active[0]}"); fi
+                for s in "${order[@]}"; do
+                    # Same-node and cross-node take turns going first too.
+                    parts=(s6-same s6-cross s6-tput)
+                    [ $((rep % 2)) = 0 ] && parts=(s6-cross s6-same s6-tput)
+                    for part in "${parts[@]}"; do run_load "$s" "$part" "$rep" || failures=$((failures + 1)); done
+                done
+            done
+            s6_stop ;;
     esac
 done
 for s in "${active[@]}"; do stop_server "$s"; done
@@ -362,6 +537,19 @@ metric() {  # server scenario key how(median|max)
         [.[] | select(.server == $s and .scenario == $sc) | .[$k] | select(type == "number")] | sort |
         if length == 0 then null
         elif $how == "max" then .[-1]
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+# s6: the latency crossing nodes adds, per repetition (cross-node minus same-node of the same
+# repetition), then the median of those differences.
+added() {  # server key
+    jq -s --arg s "$1" --arg k "$2" '
+        (map(select(.server == $s and .scenario == "s6-same" and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $same
+        | [.[] | select(.server == $s and .scenario == "s6-cross" and (.[$k] | type) == "number")
+            | select($same[.rep | tostring] != null) | .[$k] - $same[.rep | tostring]] | sort |
+        if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
         else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
 }
@@ -387,6 +575,13 @@ row() {  # label scenario key how
     local o n
     o=$(metric ours "$2" "$3" "$4") n=$(metric nchan "$2" "$3" "$4")
     printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(ratio "$o" "$n")"
+}
+
+row_added() {  # label key; no ratio unless both differences are positive
+    local o n r="—"
+    o=$(added ours "$2") n=$(added nchan "$2")
+    if awk -v a="$o" -v b="$n" 'BEGIN { exit !(a != "null" && b != "null" && a > 0 && b > 0) }'; then r=$(ratio "$o" "$n"); fi
+    printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
 }
 
 table_head() {
@@ -426,6 +621,30 @@ table_head() {
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
+                ;;
+            s6)
+                table_head "s6 (cross-node through one Redis): two nodes per server; latency with $S6_SUBS subscribers on 1 channel, $S6_EVENTS events at $S6_RATE/s published on node A; throughput with $S6_TPUT_SUBS subscribers over $S6_TPUT_CHANNELS channels on node B, $S6_TPUT_EVENTS events published on A in a closed loop, 2 publishers"
+                row "same node (subscribers on A): latency p50 (ms)" s6-same latency_ms_p50 median
+                row "same node (subscribers on A): latency p99 (ms)" s6-same latency_ms_p99 median
+                row "cross-node (subscribers on B): latency p50 (ms)" s6-cross latency_ms_p50 median
+                row "cross-node (subscribers on B): latency p99 (ms)" s6-cross latency_ms_p99 median
+                row_added "added by crossing nodes, p50 (ms)" latency_ms_p50
+                row_added "added by crossing nodes, p99 (ms)" latency_ms_p99
+                row "cross-node: publish response p50 (ms)" s6-cross publish_ms_p50 median
+                row "cross-node: publish response p99 (ms)" s6-cross publish_ms_p99 median
+                row "cross-node: publishes/s achieved (of $S6_RATE)" s6-cross publish_rate median
+                row "cross-node throughput: delivered events/s at B" s6-tput delivered_per_s median
+                row "cross-node throughput: publishes/s achieved on A" s6-tput publish_rate median
+                row "cross-node throughput: latency p50 (ms)" s6-tput latency_ms_p50 median
+                row "cross-node throughput: latency p99 (ms)" s6-tput latency_ms_p99 median
+                row "cross-node throughput: CPU µs per delivery (both nodes' workers + redis-server)" s6-tput server_cpu_us_per_delivery median
+                for part in same cross tput; do
+                    row "$part: publishes refused or unanswered" "s6-$part" publish_failed max
+                    row "$part: lost" "s6-$part" lost max
+                    row "$part: duplicated" "s6-$part" duplicated max
+                    row "$part: out of order" "s6-$part" out_of_order max
+                done
+                row "ours: events dropped from the Redis outbound queue (both nodes, whole scenario)" s6-tput redis_queue_dropped max
                 ;;
             idle)
                 table_head "idle: memory with $IDLE_SUBS idle subscribers"
