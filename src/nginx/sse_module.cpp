@@ -84,6 +84,8 @@ ngx_command_t commands[] = {
      LocConf::kToUser, nullptr},
     {ngx_string("sse_user"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_user,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_subscribe_patterns"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, subscribe_patterns), nullptr},
     {ngx_string("sse_client_channel"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, client_channel), nullptr},
     {ngx_string("sse_connected_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -189,6 +191,7 @@ void* create_loc_conf(ngx_conf_t* cf) {
     lcf->max_lifetime = NGX_CONF_UNSET_MSEC;
     lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
     lcf->client_channel = NGX_CONF_UNSET;
+    lcf->subscribe_patterns = NGX_CONF_UNSET;
     lcf->connected_event_set = NGX_CONF_UNSET;
     return lcf;
 }
@@ -222,6 +225,7 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
     }
     if (conf->user == nullptr) conf->user = prev->user;
     ngx_conf_merge_value(conf->client_channel, prev->client_channel, 0);
+    ngx_conf_merge_value(conf->subscribe_patterns, prev->subscribe_patterns, 0);
     if (conf->connected_event_set == NGX_CONF_UNSET) {
         conf->connected_event_set = prev->connected_event_set;
         conf->connected_event = prev->connected_event;

@@ -65,6 +65,7 @@ struct LocConf {
     ngx_msec_t lifetime_jitter;
     ngx_http_complex_value_t* user;  // sse_user: the stream's user key; nullptr: none
     ngx_flag_t client_channel;       // sse_client_channel: the stream can be published to by client id
+    ngx_flag_t subscribe_patterns;   // sse_subscribe_patterns: `blog.*` and `*` may be asked for
     ngx_str_t connected_event;       // sse_connected_event: the first event's name; empty: off
     ngx_flag_t connected_event_set;
     enum PublishTarget : ngx_uint_t { kToChannels = 0, kToClient, kToUser } publish_target;

@@ -116,7 +116,7 @@ ngx_int_t stats(ngx_http_request_t* r) {
         } else {
             std::vector<std::string_view> names;
             std::string reason;
-            if (!parse_channel_list(to_view(arg), kMaxNamedChannels, names, reason)) {
+            if (!parse_channel_list(to_view(arg), kMaxNamedChannels, names, reason, true)) {
                 return send_text(r, NGX_HTTP_BAD_REQUEST, reason + " (or channels=all)");
             }
             for (std::string_view name : names) {

@@ -521,7 +521,7 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     if (evaluate_channel_list(r, conf->subscribe, text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     std::vector<std::string_view> names;
     std::string reason;
-    if (!parse_channel_list(to_view(text), conf->max_channels, names, reason)) {
+    if (!parse_channel_list(to_view(text), conf->max_channels, names, reason, conf->subscribe_patterns)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
         return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
     }

@@ -32,8 +32,20 @@ bool is_valid_channel_name(std::string_view name) noexcept {
     return std::all_of(name.begin(), name.end(), [](char c) { return is_channel_char(c); });
 }
 
+bool is_channel_pattern(std::string_view name) noexcept {
+    if (name.empty() || name.back() != '*' || name.size() > kMaxChannelNameLength) return false;
+    name.remove_suffix(1);
+    return std::all_of(name.begin(), name.end(), [](char c) { return is_channel_char(c); });
+}
+
+bool pattern_covers(std::string_view pattern, std::string_view channel) noexcept {
+    pattern.remove_suffix(1);
+    return channel.size() >= pattern.size() && channel.substr(0, pattern.size()) == pattern &&
+           channel.front() != '#';
+}
+
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
-                        std::string& reason) {
+                        std::string& reason, bool patterns) {
     names.clear();
     std::size_t start = 0;
     while (start <= text.size()) {
@@ -50,8 +62,9 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels, std::ve
             reason = "channel name longer than 128 bytes: \"" + printable(name) + "\"";
             return false;
         }
-        if (!is_valid_channel_name(name)) {
+        if (!is_valid_channel_name(name) && !(patterns && is_channel_pattern(name))) {
             reason = "invalid channel name \"" + printable(name) + "\": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
+            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as \"" + printable(name) + "\" are not allowed here";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) continue;

@@ -19,8 +19,14 @@ bool is_valid_channel_name(std::string_view name) noexcept;
 // Splits "a, b,c" into names: spaces around commas trimmed, duplicates collapsed (first
 // occurrence keeps its place). On a bad list returns false and a one-line reason.
 // The views point into `text`.
+// With `patterns`, a name may also be a prefix pattern: `blog.*` (every channel starting with
+// "blog.") or `*` (every channel).
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
-                        std::string& reason);
+                        std::string& reason, bool patterns = false);
+
+// Whether a name is a prefix pattern (`blog.*`, `*`), and whether it covers a channel.
+bool is_channel_pattern(std::string_view name) noexcept;
+bool pattern_covers(std::string_view pattern, std::string_view channel) noexcept;
 
 // The channels that reach one stream (its client id) or every stream of one user key. A `#`
 // cannot be in a channel a request names, so these never meet one; they travel like any channel

@@ -14,6 +14,7 @@ extern "C" {
 #include <unordered_set>
 #include <vector>
 
+#include "protocol/channel_list.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_event_adapter.h"
 #include "redis/redis_functions.h"
@@ -28,7 +29,7 @@ constexpr ngx_msec_t kOwnerStaleAfter = 2000;  // a holder that has not beaten f
 constexpr ngx_msec_t kIdlePingInterval = 5000;
 constexpr unsigned kMaxInFlight = 1024;  // commands Redis has not answered yet: bounds hiredis's buffers
 constexpr std::size_t kDrainBatch = 256;
-constexpr std::size_t kRecentMulti = 4096;
+constexpr std::size_t kRecentIds = 4096;
 
 enum class Phase { kIdle, kConnecting, kReady, kBackoff };
 
@@ -79,8 +80,8 @@ struct Link {
     unsigned in_flight = 0;
     ngx_msec_t last_progress = 0;
     ngx_msec_t bad_entry_logged_at = 0;
-    std::unordered_set<std::uint64_t> recent_multi;  // ids of events of several channels taken lately
-    std::deque<std::uint64_t> recent_multi_order;
+    std::unordered_set<std::uint64_t> recent;  // ids of events taken lately
+    std::deque<std::uint64_t> recent_order;
 
     ngx_event_t tick;
     ngx_event_t retry;
@@ -259,16 +260,17 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
     }
     if (entry.origin == link->origin) return;  // ours, delivered here when published
     std::vector<std::string_view> channels;
+    // An event comes once per subscription it matches: once per channel of a multi-channel
+    // event, and again for a pattern (`blog.*`) besides its channel. The first copy stands for
+    // all (the others follow it at once, in Redis's order).
+    if (link->recent.count(entry.id) != 0) return;
+    link->recent.insert(entry.id);
+    link->recent_order.push_back(entry.id);
+    if (link->recent_order.size() > kRecentIds) {
+        link->recent.erase(link->recent_order.front());
+        link->recent_order.pop_front();
+    }
     if (entry.keys.size() > 1) {
-        // One event of several channels comes once per channel this node listens to: the
-        // first copy stands for all (the others follow it at once, in Redis's order).
-        if (link->recent_multi.count(entry.id) != 0) return;
-        link->recent_multi.insert(entry.id);
-        link->recent_multi_order.push_back(entry.id);
-        if (link->recent_multi_order.size() > kRecentMulti) {
-            link->recent_multi.erase(link->recent_multi_order.front());
-            link->recent_multi_order.pop_front();
-        }
         for (const std::string& key : entry.keys) {
             std::string_view c;
             if (channel_of(key, c)) channels.push_back(c);
@@ -348,6 +350,14 @@ void on_pubsub(redisAsyncContext* ac, void* r, void*) {
         if (payload->type == REDIS_REPLY_STRING) take_event(name, payload->str, payload->len);
         return;
     }
+    if (type == "pmessage") {  // pattern, channel, message
+        if (reply->elements == 4 && reply->element[2]->type == REDIS_REPLY_STRING &&
+            reply->element[3]->type == REDIS_REPLY_STRING) {
+            take_event(std::string_view(reply->element[2]->str, reply->element[2]->len), reply->element[3]->str,
+                       reply->element[3]->len);
+        }
+        return;
+    }
     std::string_view channel;
     if (!channel_of(name, channel)) return;
     auto it = link->channels.find(std::string(channel));
@@ -358,7 +368,13 @@ void on_pubsub(redisAsyncContext* ac, void* r, void*) {
         it->second.state = ChannelSubscription::kSubscribed;
         header()->cluster.channels++;
         request_history(it->first);
-    } else if (type == "unsubscribe" && it->second.state == ChannelSubscription::kUnsubscribing) {
+    } else if (type == "psubscribe" && it->second.state == ChannelSubscription::kSubscribing) {
+        // A pattern has no history of its own in Redis: it starts from now (see create_channel).
+        it->second.state = ChannelSubscription::kSubscribed;
+        header()->cluster.channels++;
+        link->store->set_synced({it->first}, true);
+    } else if ((type == "unsubscribe" || type == "punsubscribe") &&
+               it->second.state == ChannelSubscription::kUnsubscribing) {
         if (it->second.resubscribe) {
             subscribe_channel(it->first);
         } else {
@@ -371,7 +387,7 @@ void subscribe_channel(const std::string& channel) {
     ChannelSubscription& s = link->channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    send(link->sub, on_pubsub, nullptr, {"SUBSCRIBE", key_of(channel)});
+    send(link->sub, on_pubsub, nullptr, {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
@@ -401,7 +417,8 @@ void reconcile() {
         if (s.state == ChannelSubscription::kSubscribed) header()->cluster.channels--;
         s.state = ChannelSubscription::kUnsubscribing;
         s.resubscribe = false;
-        send(link->sub, on_pubsub, nullptr, {"UNSUBSCRIBE", key_of(channel)});
+        send(link->sub, on_pubsub, nullptr,
+             {is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", key_of(channel)});
         dropped.push_back(channel);
     }
     // From here on this node may miss the channel's events: its history here stops being whole.

@@ -196,9 +196,13 @@ bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEv
     if (e.id > hdr_->last_id) hdr_->last_id = e.id;  // the hybrid clock keeps up with the cluster
     std::vector<ShmChannel*> targets;
     std::uint64_t wake[2] = {0, 0};
+    std::vector<ShmChannel*> found;
     for (std::string_view name : channels) {
         ShmChannel* ch = find_locked(name, hash_name(name));
-        if (ch == nullptr || ch->subscribers == 0) continue;
+        if (ch != nullptr && ch->subscribers > 0 && !ch->pattern) found.push_back(ch);
+        add_pattern_targets_locked(name, found);
+    }
+    for (ShmChannel* ch : found) {
         if (ch->events_published == 0 && ch->history_limit == 0) {
             // Never published to here: keep what arrives as the http level's sse_history says.
             ch->history_limit = fallback.limit;

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
 #include "store/zone_helpers.h"
 
@@ -30,6 +31,7 @@ StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     ngx_queue_init(&hdr->log);
     ngx_queue_init(&hdr->retention);
     ngx_queue_init(&hdr->orphans);
+    ngx_queue_init(&hdr->patterns);
 
     // Ids continue upward across restarts (as long as fewer than a million events a second are
     // published on average), so an id from before this zone existed is recognisable.
@@ -168,6 +170,12 @@ ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t ha
     std::memcpy(ch->name, name.data(), name.size());
     ch->linked = 1;
     if (hdr_->cluster.enabled) ch->live_floor = std::max(hdr_->last_id, clock_id());
+    if (is_channel_pattern(name)) {
+        // It holds only what is published from now on: a position before that is not exact.
+        ch->pattern = 1;
+        ch->lost_through = std::max(ch->lost_through, hdr_->last_id);
+        ngx_queue_insert_tail(&hdr_->patterns, &ch->pattern_link);
+    }
     ngx_rbtree_insert(&hdr_->channels, &ch->node);
     hdr_->channel_count++;
     return ch;
@@ -176,11 +184,28 @@ ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t ha
 void Store::maybe_free_channel_locked(ShmChannel* ch) {
     if (ch->subscribers > 0 || ch->events_in_log > 0) return;
     if (ch->linked) {
-        ngx_rbtree_delete(&hdr_->channels, &ch->node);
-        hdr_->channel_count--;
+        unlink_channel_locked(ch);
         forget_channel_locked(ch->name_view(), std::max(ch->last_event_id, ch->lost_through));
     }
     free_locked(ch, channel_alloc_size(ch->name_len));
+}
+
+void Store::unlink_channel_locked(ShmChannel* ch) {
+    ngx_rbtree_delete(&hdr_->channels, &ch->node);
+    ch->linked = 0;
+    hdr_->channel_count--;
+    if (ch->pattern) {
+        ngx_queue_remove(&ch->pattern_link);
+    }
+}
+
+void Store::add_pattern_targets_locked(std::string_view name, std::vector<ShmChannel*>& targets) {
+    for (ngx_queue_t* q = ngx_queue_head(&hdr_->patterns); q != ngx_queue_sentinel(&hdr_->patterns);
+         q = ngx_queue_next(q)) {
+        auto* p = ngx_queue_data(q, ShmChannel, pattern_link);
+        if (p->subscribers == 0 || !pattern_covers(p->name_view(), name)) continue;
+        if (std::find(targets.begin(), targets.end(), p) == targets.end()) targets.push_back(p);
+    }
 }
 
 void Store::forget_channel_locked(std::string_view name, std::uint64_t through) {
@@ -609,6 +634,24 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
         }
     }
 
+    // Streams on patterns covering the channels (`blog.*`) take the event too, once each.
+    if (!refused && !ngx_queue_empty(&hdr_->patterns)) {
+        std::vector<ShmChannel*> covering;
+        for (std::string_view name : names) add_pattern_targets_locked(name, covering);
+        for (ShmChannel* p : covering) {
+            if (std::find(targets.begin(), targets.end(), p) != targets.end()) continue;
+            p->events_in_log++;
+            found.push_back(p);
+            result.subscribers += p->subscribers;
+            p->history_limit = history.limit;
+            p->history_ttl = history.ttl;
+            targets.push_back(p);
+            for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
+                if (p->per_slot[s] > 0) set_bit(wake, s);
+            }
+        }
+    }
+
     if (!refused && !targets.empty()) {
         std::size_t total = 0;
         for (std::size_t i = 0; i < events.size(); i++) {
@@ -709,9 +752,7 @@ bool Store::close_channel(std::string_view name, PublishResult& result, std::uin
 
     // Unlink at once so a new subscriber starts a fresh channel; the streams still on the old
     // record end when their workers read the close event. Its history goes with it.
-    ngx_rbtree_delete(&hdr_->channels, &ch->node);
-    ch->linked = 0;
-    hdr_->channel_count--;
+    unlink_channel_locked(ch);
     while (!ngx_queue_empty(&ch->history)) unretain_locked(*history_ref(ngx_queue_head(&ch->history)));
     forget_channel_locked(name, std::max(ch->last_event_id, ch->lost_through));
 

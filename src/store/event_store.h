@@ -53,10 +53,12 @@ struct ShmChannel {
     // With Redis: events from other nodes with ids above this are news to this channel's
     // streams (ids are clock-based); set when the channel is created here.
     std::uint64_t live_floor;
+    ngx_queue_t pattern_link;  // in StoreHeader::patterns when the name is a prefix pattern (`blog.*`)
     unsigned linked : 1;  // findable by name; a closed channel is unlinked at once
     // With Redis: this node listens to the channel there and has merged what Redis retains, so
     // its history here is as complete as Redis's.
     unsigned redis_synced : 1;
+    unsigned pattern : 1;  // its name is a pattern: its streams take the events of every channel it covers
     std::uint16_t name_len;
     u_char name[1];
 
@@ -229,6 +231,7 @@ struct StoreHeader {
     ngx_queue_t log;        // delivery log: events some worker may still have to take or write
     ngx_queue_t retention;  // events retained by some channel's history
     ngx_queue_t orphans;    // events in neither, kept only by a replay's pin
+    ngx_queue_t patterns;   // channels whose name is a prefix pattern
     std::uint32_t channel_count;
     std::uint32_t event_count;
     std::uint32_t retained_count;
@@ -460,6 +463,9 @@ private:
     void maybe_free_event_locked(ShmEvent* ev);
     void plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan);
     ShmChannel* create_channel_locked(std::string_view name, std::uint32_t hash);
+    void unlink_channel_locked(ShmChannel* ch);
+    // Adds to `targets` the pattern channels with streams that cover `name` (once each).
+    void add_pattern_targets_locked(std::string_view name, std::vector<ShmChannel*>& targets);
     void maybe_free_channel_locked(ShmChannel* ch);
     void collect_locked();
     void free_event_locked(ShmEvent* ev);

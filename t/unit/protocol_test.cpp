@@ -288,3 +288,30 @@ TEST(StreamIdentity, ConnectedFrame) {
     EXPECT_EQ(connected_frame("hello", 5, "a\"b\\c\n"),
               "event: hello\ndata: {\"client_id\":\"5\",\"user\":\"a\\\"b\\\\c\\u000a\"}\n\n");
 }
+
+TEST(ChannelPatterns, ParseOnlyWhereAllowed) {
+    std::vector<std::string_view> names;
+    std::string reason;
+    EXPECT_FALSE(parse_channel_list("blog.*", 32, names, reason));
+    EXPECT_EQ(reason, "channel patterns such as \"blog.*\" are not allowed here");
+    ASSERT_TRUE(parse_channel_list("blog.*, news, *", 32, names, reason, true)) << reason;
+    EXPECT_EQ(names, (std::vector<std::string_view>{"blog.*", "news", "*"}));
+    EXPECT_FALSE(parse_channel_list("bl*og", 32, names, reason, true));
+    EXPECT_FALSE(parse_channel_list("a b*", 32, names, reason, true));
+    EXPECT_FALSE(parse_channel_list("**", 32, names, reason, true));
+}
+
+TEST(ChannelPatterns, Cover) {
+    EXPECT_TRUE(is_channel_pattern("*"));
+    EXPECT_TRUE(is_channel_pattern("blog.*"));
+    EXPECT_FALSE(is_channel_pattern("blog"));
+    EXPECT_FALSE(is_channel_pattern("b*g*"));
+    EXPECT_TRUE(pattern_covers("blog.*", "blog.posts"));
+    EXPECT_TRUE(pattern_covers("blog.*", "blog."));
+    EXPECT_FALSE(pattern_covers("blog.*", "blog"));
+    EXPECT_FALSE(pattern_covers("blog.*", "blogs.x"));
+    EXPECT_TRUE(pattern_covers("*", "anything"));
+    // The channels of one client or one user are never covered.
+    EXPECT_FALSE(pattern_covers("*", client_channel(5)));
+    EXPECT_FALSE(pattern_covers("*", user_channel("bob")));
+}
