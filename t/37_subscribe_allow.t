@@ -33,6 +33,7 @@ HTTP
             auth_request_set $user_id $upstream_http_x_user;
             sse_subscribe $arg_topics;
             sse_subscribe_allow "user:$user_id" "public.*" announcements;
+            sse_user $user_id;                           # publish to her with sse_publish_user
             sse_heartbeat off;
         }
         location = /events-h {
@@ -42,6 +43,9 @@ HTTP
         }
         location = /pub {
             sse_publish $arg_topic;
+        }
+        location = /to-user {
+            sse_publish_user $arg_user;
         }
         location = /stats {
             sse_stats;
@@ -85,6 +89,10 @@ is($a->status, 200, 'auth_request: alice with her token gets her own channel');
 is($a->wait_body(5), $PRE, 'auth_request: the stream opens');
 my $e2 = $t->publish_event('/pub?topic=user:alice', 'for alice, through auth_request');
 is($a->wait_body(length($PRE . $e2->[1]), 5), $PRE . $e2->[1], 'auth_request: and receives her events');
+# The user key bound from the auth service's answer routes events to her streams.
+my $e3 = $t->publish_event('/to-user?user=alice', 'to the user the auth service named');
+is($e3->[2]{subscribers}, 1, 'sse_publish_user alice: her one stream');
+is($a->wait_body(length($PRE . $e2->[1] . $e3->[1]), 5), $PRE . $e2->[1] . $e3->[1], 'auth_request: sse_user binds her user key');
 my $r = $t->request('GET', '/events?topics=user:bob', headers => $tok);
 is_deeply([$r->{status}, $r->{body}], [403, qq(channel "user:bob" is not allowed here\n)],
           "auth_request: alice asking for bob's channel: 403 from us");
