@@ -385,8 +385,8 @@ ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_v
     sub->user_len = std::uint16_t(user_len);
     sub->addr_len = std::uint16_t(addr_len);
     auto* strings = reinterpret_cast<u_char*>(sub->channels + sub->nchannels);
-    std::memcpy(strings, identity.user.data(), user_len);
-    std::memcpy(strings + user_len, identity.remote_addr.data(), addr_len);
+    if (user_len > 0) std::memcpy(strings, identity.user.data(), user_len);
+    if (addr_len > 0) std::memcpy(strings + user_len, identity.remote_addr.data(), addr_len);
     sub->connected_at = ngx_time();
     sub->slot = std::uint32_t(slot);
     ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);
