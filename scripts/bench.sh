@@ -485,7 +485,7 @@ s6_stop() {
     if [ -n "$redis_pid" ]; then
         {
             echo "dbsize: $(redis-cli -p "$redis_port" dbsize)"
-            echo "keys (a sample):"; redis-cli -p "$redis_port" --scan --count 1000 | head -20
+            echo "keys (a sample):"; redis-cli -p "$redis_port" --scan | head -20
             redis-cli -p "$redis_port" info commandstats
         } >"$out/redis/after.txt" 2>&1 || true
     fi
@@ -571,10 +571,11 @@ ratio() {
         printf (r < 0.1 ? "%.3f\n" : "%.2f\n"), r }'
 }
 
-row() {  # label scenario key how
-    local o n
+row() {  # label scenario key how; counts (how = max) get no ratio
+    local o n r="—"
     o=$(metric ours "$2" "$3" "$4") n=$(metric nchan "$2" "$3" "$4")
-    printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(ratio "$o" "$n")"
+    [ "$4" = max ] || r=$(ratio "$o" "$n")
+    printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
 }
 
 row_added() {  # label key; no ratio unless both differences are positive
