@@ -32,7 +32,7 @@ my $redis = SSERedis->new(unixsocket => 1);
 my @nodes = ($redis->nodes(2, spread => 1, server => $locations),
              $redis->nodes(1, spread => 1, server => $locations, url => $redis->unix_url));
 my ($A, $B, $C) = @nodes;
-END { local $?; $_->stop for grep { defined } @nodes; $redis->stop if $redis }
+END { local $?; SSERedis::diag_unfinished(@nodes); $_->stop for grep { defined } @nodes; $redis->stop if $redis }
 
 my $PRE = ":ok\n\n";
 
@@ -63,6 +63,17 @@ sub body_is {
     return is($s->body, $want, $label);
 }
 
+# Several streams at once: each body must be exactly its want ([stream, want, label] each); one
+# short wait for anything extra on its way serves them all.
+sub bodies_are {
+    my @checks = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    $_->[0]->wait_body(length $_->[1], 10) for @checks;
+    my $end = time + 0.3;
+    while (time < $end) { $_->[0]->drain(0.01) for @checks }
+    is($_->[0]->body, $_->[1], $_->[2]) for @checks;
+}
+
 # Opens streams on every node for $path (one per worker, both workers of each node) and waits until
 # Redis has each node subscribed to the channels. Returns the streams, node by node.
 sub streams_everywhere {
@@ -88,11 +99,9 @@ sub node_name { my ($n) = @_; return $n == $A ? 'A' : $n == $B ? 'B' : 'C' }
     like($_->[0], qr/^\d{19}$/, "the id $_->[0] has 19 digits") for @ev;
     ok((SSERedis::id_cmp($ev[$_ - 1][0], $ev[$_][0]) < 0), "ids increase within A's publishes ($_)") for 1 .. $#ev;
     my $want = $PRE . frames(@ev);
-    for my $i (0 .. $#nodes) {
-        my $name = node_name($nodes[$i]);
-        body_is($_, $want, "(1) node $name: the 4 events, once each, in order, same ids, exact bytes")
-            for @{ $per_node[$i] };
-    }
+    bodies_are(map { my $name = node_name($nodes[$_]);
+                     map { [$_, $want, "(1) node $name: the 4 events, once each, in order, same ids, exact bytes"] } @{ $per_node[$_] } }
+               0 .. $#nodes);
     # Figures: A sent 4 events to Redis; C (no publish of its own) received 4 from it.
     my $sa = $A->stats->{redis};
     my $sc = $C->stats->{redis};
@@ -105,10 +114,9 @@ sub node_name { my ($n) = @_; return $n == $A ? 'A' : $n == $B ? 'B' : 'C' }
     $_->[0]->wait_body(length($want) + length($more[0][1]), 10) for @per_node;
     push @more, $B->publish_event('/pub?topic=f1', 'from B', 'b');
     $want .= frames(@more);
-    for my $i (0 .. $#nodes) {
-        body_is($_, $want, '(1) node ' . node_name($nodes[$i]) . ': then the events of C and B, exactly')
-            for @{ $per_node[$i] };
-    }
+    bodies_are(map { my $name = node_name($nodes[$_]);
+                     map { [$_, $want, "(1) node $name: then the events of C and B, exactly"] } @{ $per_node[$_] } }
+               0 .. $#nodes);
     $_->close for map { @$_ } @per_node;
 }
 
@@ -163,25 +171,24 @@ sub node_name { my ($n) = @_; return $n == $A ? 'A' : $n == $B ? 'B' : 'C' }
     my $id1 = $redis->cli('FCALL', 'sse_publish', 1, 'sse:news', 'hello world');
     like($id1, qr/^\d+$/, "FCALL sse_publish 1 sse:news 'hello world' answers an id ($id1)");
     my $want = $PRE . "id: $id1\ndata: hello world\n\n";
-    for my $i (0 .. $#nodes) {
-        body_is($_, $want, '(4) node ' . node_name($nodes[$i]) . ': exactly id + data: hello world') for @{ $per_node[$i] };
-    }
+    bodies_are(map { my $name = node_name($nodes[$_]);
+                     map { [$_, $want, "(4) node $name: exactly id + data: hello world"] } @{ $per_node[$_] } }
+               0 .. $#nodes);
     my $id2 = $redis->cli('FCALL', 'sse_publish', 1, 'sse:news', '{"x":1}', 'greeting');
     like($id2, qr/^\d+$/, "FCALL with an event name answers an id ($id2)");
     isnt($id2, $id1, 'a new id');
     my $id3 = $redis->cli('FCALL', 'sse_publish', 1, 'sse:news', "line 1\nline 2");
     like($id3, qr/^\d+$/, "FCALL with two lines of data answers an id ($id3)");
     $want .= "id: $id2\nevent: greeting\ndata: {\"x\":1}\n\n" . "id: $id3\ndata: line 1\ndata: line 2\n\n";
-    for my $i (0 .. $#nodes) {
-        body_is($_, $want, '(4) node ' . node_name($nodes[$i]) . ': then event: greeting + data: {"x":1}, then two data lines')
-            for @{ $per_node[$i] };
-    }
+    bodies_are(map { my $name = node_name($nodes[$_]);
+                     map { [$_, $want, qq{(4) node $name: then event: greeting + data: {"x":1}, then two data lines}] } @{ $per_node[$_] } }
+               0 .. $#nodes);
     # An HTTP publish after them continues the same stream, once.
     my $after = $B->publish_event('/pub?topic=news', 'after the FCALLs');
     $want .= $after->[1];
-    for my $i (0 .. $#nodes) {
-        body_is($_, $want, '(4) node ' . node_name($nodes[$i]) . ': then an HTTP publish of B') for @{ $per_node[$i] };
-    }
+    bodies_are(map { my $name = node_name($nodes[$_]);
+                     map { [$_, $want, "(4) node $name: then an HTTP publish of B"] } @{ $per_node[$_] } }
+               0 .. $#nodes);
     $_->close for map { @$_ } @per_node;
 
     # Several channels in one call: a stream on both gets the event once.
@@ -192,9 +199,9 @@ sub node_name { my ($n) = @_; return $n == $A ? 'A' : $n == $B ? 'B' : 'C' }
     my $id4 = $redis->cli('FCALL', 'sse_publish', 2, 'sse:fa', 'sse:fb', 'to both');
     like($id4, qr/^\d+$/, "FCALL sse_publish 2 sse:fa sse:fb answers an id ($id4)");
     my $w = $PRE . "id: $id4\ndata: to both\n\n";
-    body_is($a[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fa gets it') for 0 .. 2;
-    body_is($b[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fb gets it') for 0 .. 2;
-    body_is($ab[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fa,fb gets it once') for 0 .. 2;
+    bodies_are((map { [$a[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fa gets it'] } 0 .. 2),
+               (map { [$b[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fb gets it'] } 0 .. 2),
+               (map { [$ab[$_], $w, '(4) node ' . node_name($nodes[$_]) . ': a stream on fa,fb gets it once'] } 0 .. 2));
     $_->close for @a, @b, @ab;
 }
 

@@ -34,7 +34,7 @@ CONF
 my $redis = SSERedis->new;
 my @nodes = $redis->nodes(3, server => $locations);
 my ($A, $B, $C) = @nodes;
-END { local $?; $_->stop for grep { defined } @nodes; $redis->stop if $redis }
+END { local $?; SSERedis::diag_unfinished(@nodes); $_->stop for grep { defined } @nodes; $redis->stop if $redis }
 
 my $PRE = ":ok\n\n";
 

@@ -1,7 +1,9 @@
 # Redis with a password (requirepass) and an ACL user: nodes that give the right credentials in
 # their sse_redis URL (redis://:password@..., redis://user:password@...) fan out to each other;
 # a node with a wrong password logs one clear [error] line with Redis's own message (once, not once
-# per retry, while it keeps retrying) and goes on serving its local streams and publishes.
+# per retry, while it keeps retrying) and goes on serving its local streams and publishes. A node
+# whose ACL user is disabled and its connections killed catches up from Redis's history when the
+# user is enabled again.
 use strict;
 use warnings;
 use FindBin;
@@ -28,7 +30,7 @@ CONF
 my $redis = SSERedis->new(password => 'admin-pw-7', users => [[alice => 'alice-pw-9']]);
 my $port = $redis->port;
 my @nodes;
-END { local $?; $_->stop for grep { defined } @nodes; $redis->stop if $redis }
+END { local $?; SSERedis::diag_unfinished(@nodes); $_->stop for grep { defined } @nodes; $redis->stop if $redis }
 
 # A: the default user's password; B: the ACL user; D: a wrong password; E: the ACL user with a
 # wrong password. D and E retry quickly, so that several attempts fail within the 3 s watched.
@@ -121,6 +123,34 @@ is(scalar @default, 2, "A's two connections as the default user") or diag explai
     sleep 1.5;
     cmp_ok($redis->auth_failures('default'), '>', $before, 'D still retries');
     is(scalar(SSERedis::log_lines($D, qr/refused authentication/)), 1, 'D: still a single refused-authentication line');
+}
+
+# --- a node whose link is cut (its user disabled) catches up from Redis when it is let back in -----
+{
+    my $sa = $A->subscribe('/events?topics=cut');
+    my $sb = $B->subscribe('/events?topics=cut');
+    ok($redis->wait_numsub('sse:cut', 2), 'cut: PUBSUB NUMSUB sse:cut is 2');
+    my $e0 = $A->publish_event('/pub?topic=cut', 'before the cut');
+    body_is($sb, $PRE . $e0->[1], "cut: B's stream gets A's event");
+
+    is($redis->cli('ACL', 'SETUSER', 'alice', 'off'), 'OK', 'ACL SETUSER alice off');
+    like($redis->cli('CLIENT', 'KILL', 'USER', 'alice'), qr/^[1-9]\d*$/, "CLIENT KILL USER alice: B's connections are cut");
+    ok(SSERedis::wait_state($B, 'disconnected', 5), 'cut: B is disconnected');
+    ok($redis->wait_numsub('sse:cut', 1), 'cut: PUBSUB NUMSUB sse:cut is 1');
+    my @missed = map { $A->publish_event('/pub?topic=cut', "while B is out $_", $_ % 3 ? undef : 'third') } 1 .. 10;
+    body_is($sa, $PRE . frames($e0, @missed), "cut: A's stream gets the 10 events");
+    is($sb->body, $PRE . $e0->[1], "cut: B's stream got none of them meanwhile");
+    ok(SSETest::wait_until(sub { SSERedis::log_lines($B, qr/refused authentication/) >= 1 }, 5),
+       'cut: B logged that Redis refused it');
+
+    is($redis->cli('ACL', 'SETUSER', 'alice', 'on'), 'OK', 'ACL SETUSER alice on');
+    ok(SSERedis::wait_connected($B, 10), 'cut: B is connected again');
+    body_is($sb, $PRE . frames($e0, @missed), "cut: B's stream gets the 10 events it missed, from Redis, in order, once");
+    my $live = $A->publish_event('/pub?topic=cut', 'after the return');
+    body_is($sb, $PRE . frames($e0, @missed, $live), "cut: then live events again");
+    is(scalar(SSERedis::log_lines($B, qr/refused authentication/)), 1, 'cut: B logged the refusal once');
+    $sa->close;
+    $sb->close;
 }
 
 $_->finish for @nodes;

@@ -28,7 +28,7 @@ CONF
 my $redis = SSERedis->new;
 my @nodes = $redis->nodes(2, server => $locations);
 my ($A, $B) = @nodes;
-END { local $?; $_->stop for grep { defined } @nodes; $redis->stop if $redis }
+END { local $?; SSERedis::diag_unfinished(@nodes); $_->stop for grep { defined } @nodes; $redis->stop if $redis }
 
 my $PRE = ":ok\n\n";
 

@@ -41,8 +41,30 @@ sub new {
     push @ALL, $self;
     Scalar::Util::weaken($ALL[-1]);
     $self->write_conf;
-    $self->start unless defined $o{start} && !$o{start};
+    if (defined $o{start} && !$o{start}) {
+        $self->hold_port;
+    } else {
+        $self->start;
+    }
     return $self;
+}
+
+# While Redis is stopped, a socket bound to its port (not listening, so connections to it are
+# refused as they would be with nothing there) keeps other tests from taking the port.
+sub hold_port {
+    my ($self) = @_;
+    for my $reuse (0, 1) {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $self->{port}, Proto => 'tcp',
+                                      ($reuse ? (ReuseAddr => 1) : ()));
+        if ($s) { $self->{holder} = $s; return 1 }
+    }
+    return 0;
+}
+
+sub release_port {
+    my ($self) = @_;
+    close $self->{holder} if $self->{holder};
+    $self->{holder} = undef;
 }
 
 sub port { $_[0]{port} }
@@ -115,6 +137,7 @@ sub port_open {
 sub start {
     my ($self) = @_;
     die "redis already running" if $self->{pid};
+    $self->release_port;
     my $pid = fork // die "fork: $!";
     if (!$pid) {
         # The child must never run the test's END blocks or destructors.
@@ -167,6 +190,7 @@ sub stop {
     $end = time + 5;
     while ($self->port_open && time < $end) { sleep 0.02 }
     die "redis port $self->{port} still open after stop" if $self->port_open;
+    $self->hold_port;
     return $self;
 }
 
@@ -335,10 +359,22 @@ sub log_lines {
     return grep { /$re/ } split /\n/, $node->error_log;
 }
 
+# For an END block: when a test died before $node->finish, shows what each such node logged at
+# warn or worse (and every Redis line), so that the failure can be understood afterwards.
+sub diag_unfinished {
+    my (@nodes) = @_;
+    for my $n (grep { defined && !$_->{checked} } @nodes) {
+        my @l = grep { /\[(?:warn|error|crit|alert|emerg)\]|sse: redis|Sanitizer|runtime error/ } split /\n/, $n->error_log;
+        splice @l, 0, @l - 40 if @l > 40;
+        Test::More::diag('node :' . $n->port . " did not finish; its error.log says:\n" . join("\n", @l)) if @l;
+    }
+}
+
 sub DESTROY {
     my ($self) = @_;
     local ($?, $!, $@);
     eval { $self->stop };
+    $self->release_port;
     File::Path::remove_tree($self->{dir}) if $self->{dir} && !$ENV{SSE_KEEP};
 }
 
