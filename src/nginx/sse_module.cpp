@@ -383,8 +383,6 @@ char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     lcf->publish = compile_value(cf, &value[1]);
     if (lcf->publish == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
     lcf->publish_target = LocConf::PublishTarget(cmd->offset);
-    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
-    mcf->used = 1;
     return NGX_CONF_OK;
 }
 
@@ -400,6 +398,9 @@ char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_han
     }
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     clcf->handler = handler;
+    // Every such location needs the zone and the wake-ups.
+    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
+    mcf->used = 1;
     return NGX_CONF_OK;
 }
 
@@ -412,8 +413,6 @@ char* compile_channels(ngx_conf_t* cf, ngx_command_t* cmd, ngx_http_complex_valu
     ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
     if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
     *out = cv;
-    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
-    mcf->used = 1;
     return NGX_CONF_OK;
 }
 
@@ -436,8 +435,6 @@ char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     char* rv = set_handler(cf, cmd, lcf, stats_handler);
     if (rv != NGX_CONF_OK) return rv;
     lcf->stats = 1;
-    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
-    mcf->used = 1;
     return NGX_CONF_OK;
 }
 
@@ -446,8 +443,6 @@ char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     char* rv = set_handler(cf, cmd, lcf, clients_handler);
     if (rv != NGX_CONF_OK) return rv;
     lcf->clients = 1;
-    auto* mcf = static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_sse_module));
-    mcf->used = 1;
     return NGX_CONF_OK;
 }
 
