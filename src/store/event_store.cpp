@@ -456,7 +456,11 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
         } else {
             after = resume.after;
             for (std::uint32_t i = 0; i < sub->nchannels; i++) {
-                if (sub->channels[i]->lost_through > after) plan.reset = ResetReason::kEvicted;
+                const ShmChannel* ch = sub->channels[i];
+                if (ch->lost_through > after) plan.reset = ResetReason::kEvicted;
+                // With Redis, a channel this node has not synced knows nothing from before it
+                // started following it here.
+                if (cluster && !ch->redis_synced && after < ch->live_floor) plan.reset = ResetReason::kEvicted;
             }
             if (plan.reset != ResetReason::kNone) after = 0;
         }
