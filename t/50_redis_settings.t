@@ -54,6 +54,25 @@ like($prom, qr/^sse_redis_up 1$/m, 'sse_redis_up 1');
 like($prom, qr/^sse_redis_events_sent_total 3$/m, 'sse_redis_events_sent_total 3');
 like($prom, qr/^sse_redis_queue_events 0$/m, 'sse_redis_queue_events 0');
 like($prom, qr/^# TYPE sse_redis_reconnects_total counter$/m, 'reconnects is a counter');
+# And Prometheus's own parser reads them (Debian's python3-prometheus-client).
+my $file = $A->dir . '/metrics.txt';
+open my $fh, '>', $file or die $!;
+print $fh $prom;
+close $fh;
+my $parsed = `/usr/bin/python3 - '$file' <<'PY'
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        if s.name.startswith("sse_redis"):
+            print(f"{s.name} {fam.type} {int(s.value)}")
+PY`;
+is($?, 0, 'the Prometheus parser accepts the output');
+is($parsed, join('', map { "$_\n" } 'sse_redis_up gauge 1', 'sse_redis_reconnects_total counter 0',
+                 'sse_redis_queue_events gauge 0', 'sse_redis_queue_dropped_total counter 0',
+                 'sse_redis_channels gauge 0', 'sse_redis_events_sent_total counter 3',
+                 'sse_redis_events_received_total counter 0'),
+   'every Redis figure, its type and value, as the parser reads them');
 my $promb = $B->request('GET', '/stats?format=prometheus')->{body};
 like($promb, qr/^sse_redis_events_received_total 3$/m, 'B: sse_redis_events_received_total 3');
 
