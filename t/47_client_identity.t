@@ -57,6 +57,8 @@ for my $i (0 .. $#s) {
 }
 my %distinct = map { ($_ // '') => 1 } @ids;
 is(scalar keys %distinct, 6, 'six distinct client ids');
+is($t->stats->{users}, 2, 'stats: 2 users with streams (alice, bob)');
+like($t->request('GET', '/stats?format=prometheus')->{body}, qr/^sse_users 2$/m, 'Prometheus: sse_users 2');
 my @base = map { $_->body } @s;
 
 sub bodies_after {
@@ -83,6 +85,14 @@ bodies_after(0 => $e2->[1], 1 => $e2->[1], 2 => $e2->[1]);
 my $e3 = $t->publish_event('/to-user?user=bob', 'hi bob');
 bodies_after(3 => $e3->[1], 4 => $e3->[1]);
 
+# Several users, several clients in one publish: each stream once.
+my $e3b = $t->publish_event('/to-user?user=alice,bob', 'to alice and bob');
+is($e3b->[2]{subscribers}, 5, 'publish to alice,bob: 5 streams');
+bodies_after(map { ($_ => $e3b->[1]) } 0 .. 4);
+my $e3c = $t->publish_event("/to-client?id=$ids[0],$ids[5]", 'to two clients');
+is($e3c->[2]{subscribers}, 2, 'publish to two client ids: 2 streams');
+bodies_after(0 => $e3c->[1], 5 => $e3c->[1]);
+
 # Nobody there: accepted, nobody reached. Bad targets: 400.
 is($t->publish('/to-client?id=12345', 'x')->{subscribers}, 0, 'an unknown client id: 202, 0 subscribers');
 is($t->publish('/to-user?user=carol', 'x')->{subscribers}, 0, 'an unknown user: 202, 0 subscribers');
@@ -102,6 +112,7 @@ $r = $t->request('DELETE', '/to-user?user=bob');
 is(decode_json($r->{body})->{closed_subscribers}, 2, 'DELETE user bob: closed 2 streams');
 my $st = $t->stats_until({subscribers => 3}, 5);
 is($st->{subscribers}, 3, "alice's 3 streams remain");
+is($st->{users}, 1, 'stats: 1 user with streams');
 my $e4 = $t->publish_event('/to-user?user=alice', 'still here');
 for my $i (0 .. 2) {
     $s[$i]->wait_body(length($base[$i] . $e4->[1]), 5);

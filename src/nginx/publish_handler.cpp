@@ -150,39 +150,30 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
 
 // Evaluates the location's channel list. On a bad list the 400 is sent and false returned,
 // with rc what the handler must finish with.
-// sse_publish_client / sse_publish_user: the one channel that reaches the client or the user.
+// sse_publish_client / sse_publish_user: the channels that reach those clients or users.
 bool target_of_stream(ngx_http_request_t* r, LocConf* conf, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     ngx_str_t value;
     if (ngx_http_complex_value(r, conf->publish, &value) != NGX_OK || !url_decode(r, value)) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return false;
     }
-    std::string name;
+    std::vector<std::string> names;
     std::string reason;
-    if (conf->publish_target == LocConf::kToClient) {
-        std::uint64_t id = 0;
-        if (!parse_event_id(to_view(value), id) || id == 0) {
-            reason = "a client id is a decimal number, as the connected event gives it";
-        } else {
-            name = client_channel(id);
-        }
-    } else if (value.len == 0 || value.len > kMaxUserKeyLength) {
-        reason = "a user key is 1-256 bytes";
-    } else {
-        name = user_channel(to_view(value));
-    }
-    if (!reason.empty()) {
+    if (!parse_stream_targets(to_view(value), conf->publish_target == LocConf::kToClient, conf->max_channels, names,
+                              reason)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: publish refused: %s", reason.c_str());
         rc = send_text(r, NGX_HTTP_BAD_REQUEST, reason);
         return false;
     }
-    auto* stored = static_cast<char*>(ngx_pnalloc(r->pool, name.size()));
-    if (stored == nullptr) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return false;
+    for (const std::string& name : names) {
+        auto* stored = static_cast<char*>(ngx_pnalloc(r->pool, name.size()));
+        if (stored == nullptr) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
+        ngx_memcpy(stored, name.data(), name.size());
+        channels.emplace_back(stored, name.size());
     }
-    ngx_memcpy(stored, name.data(), name.size());
-    channels.emplace_back(stored, name.size());
     return true;
 }
 

@@ -72,6 +72,7 @@ ngx_int_t stats(ngx_http_request_t* r) {
     const StoreCounters& c = w->store.header()->counters;
     StatsReport report;
     report.subscribers = st.subscribers;
+    report.users = st.users;
     report.channels = st.channels;
     report.events_published = c.events_published;
     report.events_delivered = c.events_delivered;

@@ -99,4 +99,47 @@ std::string user_channel(std::string_view user) {
     return name;
 }
 
+bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t max_targets,
+                          std::vector<std::string>& channels, std::string& reason) {
+    channels.clear();
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        std::size_t comma = text.find(',', start);
+        if (comma == std::string_view::npos) comma = text.size();
+        std::string_view item = trim_spaces(text.substr(start, comma - start));
+        start = comma + 1;
+        if (item.empty()) continue;
+        std::string name;
+        if (client_ids) {
+            std::uint64_t id = 0;
+            bool digits = item.size() <= 20 && std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
+            for (char c : item) id = id * 10 + std::uint64_t(c - '0');
+            if (digits && item.size() == 20 && item > std::string_view("18446744073709551615")) digits = false;
+            if (!digits || id == 0 || item.front() == '0') {
+                reason = "a client id is a decimal number, as the connected event gives it: \"" + printable(item) + "\"";
+                return false;
+            }
+            name = client_channel(id);
+        } else {
+            if (item.size() > kMaxUserKeyLength) {
+                reason = "a user key is at most 256 bytes";
+                return false;
+            }
+            name = user_channel(item);
+        }
+        if (std::find(channels.begin(), channels.end(), name) != channels.end()) continue;
+        if (channels.size() == max_targets) {
+            reason = std::string("too many ") + (client_ids ? "clients" : "users") + ": at most " +
+                     std::to_string(max_targets) + " per request";
+            return false;
+        }
+        channels.push_back(std::move(name));
+    }
+    if (channels.empty()) {
+        reason = client_ids ? "no client id given" : "no user key given";
+        return false;
+    }
+    return true;
+}
+
 }  // namespace sse

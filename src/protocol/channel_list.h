@@ -35,6 +35,12 @@ std::string client_channel(std::uint64_t client_id);
 std::string user_channel(std::string_view user);
 constexpr std::size_t kMaxUserKeyLength = 256;
 
+// sse_publish_client / sse_publish_user: a comma-separated list of client ids or user keys
+// (spaces around commas trimmed, duplicates collapsed) as the channels that reach them. On a bad
+// list returns false and a one-line reason.
+bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t max_targets,
+                          std::vector<std::string>& channels, std::string& reason);
+
 // Whether a channel is allowed by one pattern of sse_subscribe_allow: the pattern is the name
 // itself, or ends in `*` and the name starts with what comes before it (`public.*`, `*`).
 bool channel_allowed_by(std::string_view pattern, std::string_view name) noexcept;

@@ -65,7 +65,8 @@ void single(std::string& out, const Family& f, std::uint64_t value) {
 }  // namespace
 
 std::string stats_json(const StatsReport& r) {
-    std::string j = "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"channels\":" + std::to_string(r.channels) +
+    std::string j = "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"users\":" + std::to_string(r.users) +
+                    ",\"channels\":" + std::to_string(r.channels) +
                     ",\"events_published\":" + std::to_string(r.events_published) +
                     ",\"events_delivered\":" + std::to_string(r.events_delivered) +
                     ",\"events_stored\":" + std::to_string(r.events_stored) +
@@ -114,6 +115,7 @@ std::string stats_prometheus(const StatsReport& r) {
     single(out, {"sse_subscribers", "gauge", "Event streams open, over all worker processes."}, r.subscribers);
     family(out, {"sse_worker_subscribers", "gauge", "Event streams open, per worker process."});
     for (const auto& [pid, n] : r.workers) sample(out, "sse_worker_subscribers", n, "pid=\"" + std::to_string(pid) + "\"");
+    single(out, {"sse_users", "gauge", "Distinct user keys (sse_user) with event streams open."}, r.users);
     single(out, {"sse_channels", "gauge", "Channels with subscribers or retained events."}, r.channels);
     single(out, {"sse_events_published_total", "counter", "Events published."}, r.events_published);
     single(out, {"sse_events_delivered_total", "counter", "Event frames handed to live streams."}, r.events_delivered);

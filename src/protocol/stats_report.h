@@ -21,6 +21,7 @@ struct ChannelReport {
 
 struct StatsReport {
     std::uint64_t subscribers = 0;
+    std::uint64_t users = 0;  // distinct user keys with streams
     std::uint64_t channels = 0;
     std::uint64_t events_published = 0;
     std::uint64_t events_delivered = 0;

@@ -894,6 +894,15 @@ StoreStats Store::stats() {
         st.subscribers += s.subscribers;
         st.per_worker.emplace_back(s.pid, s.subscribers);
     }
+    // A user with streams is a user channel with subscribers.
+    ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
+    if (hdr_->channels.root != sentinel) {
+        for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
+             n = ngx_rbtree_next(&hdr_->channels, n)) {
+            auto* ch = reinterpret_cast<ShmChannel*>(n);
+            if (ch->subscribers > 0 && ch->name_view().substr(0, 3) == "#u:") st.users++;
+        }
+    }
     return st;
 }
 

@@ -329,6 +329,7 @@ struct StoreStats {
     std::uint32_t events_stored = 0;
     std::uint32_t events_retained = 0;
     std::uint32_t subscribers = 0;
+    std::uint32_t users = 0;  // distinct user keys (sse_user) with streams
     std::size_t bytes_used = 0;
     std::size_t bytes_total = 0;
     ngx_uint_t workers = 0;

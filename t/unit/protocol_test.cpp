@@ -315,3 +315,24 @@ TEST(ChannelPatterns, Cover) {
     EXPECT_FALSE(pattern_covers("*", client_channel(5)));
     EXPECT_FALSE(pattern_covers("*", user_channel("bob")));
 }
+
+TEST(StreamIdentity, TargetLists) {
+    std::vector<std::string> channels;
+    std::string reason;
+    ASSERT_TRUE(parse_stream_targets(" alice, bob ,alice,,carol@x.org", false, 32, channels, reason)) << reason;
+    EXPECT_EQ(channels, (std::vector<std::string>{"#u:alice", "#u:bob", "#u:carol@x.org"}));
+    ASSERT_TRUE(parse_stream_targets("17,18", true, 32, channels, reason)) << reason;
+    EXPECT_EQ(channels, (std::vector<std::string>{"#c:17", "#c:18"}));
+    EXPECT_FALSE(parse_stream_targets("17,abc", true, 32, channels, reason));
+    EXPECT_EQ(reason, "a client id is a decimal number, as the connected event gives it: \"abc\"");
+    EXPECT_FALSE(parse_stream_targets("0", true, 32, channels, reason));
+    EXPECT_FALSE(parse_stream_targets("007", true, 32, channels, reason));
+    EXPECT_FALSE(parse_stream_targets("99999999999999999999999", true, 32, channels, reason));
+    EXPECT_FALSE(parse_stream_targets("18446744073709551616", true, 32, channels, reason));
+    EXPECT_TRUE(parse_stream_targets("18446744073709551615", true, 32, channels, reason));
+    EXPECT_FALSE(parse_stream_targets(" , ", false, 32, channels, reason));
+    EXPECT_EQ(reason, "no user key given");
+    EXPECT_FALSE(parse_stream_targets("a,b,c", false, 2, channels, reason));
+    EXPECT_EQ(reason, "too many users: at most 2 per request");
+    EXPECT_FALSE(parse_stream_targets(std::string(257, 'u'), false, 2, channels, reason));
+}
