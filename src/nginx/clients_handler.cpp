@@ -18,39 +18,37 @@ namespace {
 
 constexpr std::size_t kMaxPage = 1000;
 
-bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
-    if (ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>(name)), ngx_strlen(name), &value) != NGX_OK) {
-        return false;
-    }
-    return url_decode(r, value);
+// A query argument, URL-decoded (user keys and channel names may be escaped).
+bool decoded_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
+    return query_arg(r, name, value) && url_decode(r, value);
 }
 
 // The query's filters; false (with a reason) for a bad one.
 bool read_query(ngx_http_request_t* r, ClientQuery& q, std::string& reason) {
     ngx_str_t v;
-    if (query_arg(r, "id", v) && (!parse_event_id(to_view(v), q.id) || q.id == 0)) {
+    if (decoded_arg(r, "id", v) && (!parse_event_id(to_view(v), q.id) || q.id == 0)) {
         reason = "id must be a client id (a decimal number)";
         return false;
     }
-    if (query_arg(r, "user", v)) {
+    if (decoded_arg(r, "user", v)) {
         if (v.len == 0) {
             reason = "user must not be empty";
             return false;
         }
         q.user = to_view(v);
     }
-    if (query_arg(r, "channel", v)) {
+    if (decoded_arg(r, "channel", v)) {
         if (v.len == 0) {
             reason = "channel must not be empty";
             return false;
         }
         q.channel = to_view(v);
     }
-    if (query_arg(r, "after", v) && !parse_event_id(to_view(v), q.after)) {
+    if (decoded_arg(r, "after", v) && !parse_event_id(to_view(v), q.after)) {
         reason = "after must be a client id, as \"next\" gives it";
         return false;
     }
-    if (query_arg(r, "limit", v)) {
+    if (decoded_arg(r, "limit", v)) {
         ngx_int_t n = ngx_atoi(v.data, v.len);
         if (n < 1 || std::size_t(n) > kMaxPage) {
             reason = "limit must be from 1 to 1000";

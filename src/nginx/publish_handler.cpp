@@ -23,7 +23,7 @@ bool event_name(ngx_http_request_t* r, ngx_str_t& name, std::string& reason) {
     name.len = 0;
     name.data = nullptr;
     if (!request_header(r, "X-SSE-Event", name)) {
-        if (ngx_http_arg(r, (u_char*)"event", 5, &name) == NGX_OK && !url_decode(r, name)) {
+        if (query_arg(r, "event", name) && !url_decode(r, name)) {
             reason = "out of memory";
             return false;
         }

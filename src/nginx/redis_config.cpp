@@ -133,6 +133,10 @@ char* finish_redis_config(ngx_conf_t* cf, MainConf* mcf) {
     return NGX_CONF_OK;
 }
 
+bool redis_connected(Store& store) {
+    return redis_publish_state(store) == "forwarded";
+}
+
 std::string_view redis_publish_state(Store& store) {
     const ClusterState& cs = store.header()->cluster;
     if (!cs.enabled) return {};

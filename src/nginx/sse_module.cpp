@@ -625,6 +625,10 @@ bool request_header(ngx_http_request_t* r, std::string_view name, ngx_str_t& out
     }
 }
 
+bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
+    return ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>(name)), ngx_strlen(name), &value) == NGX_OK;
+}
+
 std::string_view to_view(const ngx_str_t& s) {
     return {reinterpret_cast<const char*>(s.data), s.len};
 }

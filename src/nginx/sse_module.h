@@ -104,6 +104,12 @@ std::string_view to_view(const ngx_str_t& s);
 // The value of the request's first header of this name (any case); false when it has none.
 bool request_header(ngx_http_request_t* r, std::string_view name, ngx_str_t& out);
 
+// The raw value of a query argument; false when the request has none.
+bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value);
+
+// Whether this node's link to Redis is up (false without Redis).
+bool redis_connected(Store& store);
+
 // URL-decodes a query value ('+' is a space) into the request pool when it holds escapes.
 bool url_decode(ngx_http_request_t* r, ngx_str_t& value);
 

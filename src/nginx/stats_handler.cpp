@@ -20,10 +20,6 @@ constexpr std::size_t kMaxNamedChannels = 1024;
 
 enum class Format { kJson, kPrometheus };
 
-bool query_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
-    return ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>(name)), ngx_strlen(name), &value) == NGX_OK;
-}
-
 // A scraper asks with Accept: application/openmetrics-text;...,text/plain;version=0.0.4;...
 bool accepts_prometheus(ngx_http_request_t* r) {
     ngx_str_t value;

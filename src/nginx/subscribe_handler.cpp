@@ -420,11 +420,7 @@ void sync_wait_expired(ngx_event_t* ev) noexcept {
 // query argument (a page that reloads cannot set the header).
 bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
     if (request_header(r, "Last-Event-ID", value) && value.len > 0) return true;
-    if (ngx_http_arg(r, reinterpret_cast<u_char*>(const_cast<char*>("last_event_id")), sizeof("last_event_id") - 1,
-                     &value) == NGX_OK &&
-        value.len > 0) {
-        return url_decode(r, value);
-    }
+    if (query_arg(r, "last_event_id", value) && value.len > 0) return url_decode(r, value);
     return false;
 }
 
@@ -626,9 +622,9 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
     ResumePlan plan;
     SubscribeRefusal refusal;
     bool new_channels = false;
-    bool redis_connected = redis_publish_state(w->store) == "forwarded";
+    bool link_up = redis_connected(w->store);
     s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_seq, plan, refusal,
-                                   r->connection->log, redis_connected, &new_channels,
+                                   r->connection->log, link_up, &new_channels,
                                    StreamIdentity{client_id, to_view(user), to_view(r->connection->addr_text)});
     if (s->record == nullptr) return refuse_stream(r, refusal, limits);
     if (new_channels) wake_redis_owner(w->store);
@@ -784,7 +780,7 @@ void deliver_to_local_subscribers() noexcept {
         // Streams waiting for Redis's history go on once their channels are synced (or the link
         // is down: then there is nothing to wait for).
         if (!ngx_queue_empty(&li.awaiting_sync)) {
-            bool connected = redis_publish_state(w->store) == "forwarded";
+            bool connected = redis_connected(w->store);
             std::vector<Subscriber*> ready;
             for (ngx_queue_t* q = ngx_queue_head(&li.awaiting_sync); q != ngx_queue_sentinel(&li.awaiting_sync);
                  q = ngx_queue_next(q)) {

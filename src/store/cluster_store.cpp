@@ -186,6 +186,14 @@ bool remote_expired(const RemoteEvent& e, ngx_msec_t ttl) {
     return e.published_ms + ttl <= now_ms;
 }
 
+// A channel never published to here keeps what other nodes send under the http level's
+// sse_history and sse_history_ttl.
+void adopt_history_policy(ShmChannel* ch, const HistoryPolicy& fallback) {
+    if (ch->events_published != 0 || ch->history_limit != 0) return;
+    ch->history_limit = fallback.limit;
+    ch->history_ttl = fallback.ttl;
+}
+
 }  // namespace
 
 bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEvent& e, const HistoryPolicy& fallback,
@@ -203,14 +211,8 @@ bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEv
         add_pattern_targets_locked(name, found);
     }
     for (ShmChannel* ch : found) {
-        if (ch->events_published == 0 && ch->history_limit == 0) {
-            // Never published to here: keep what arrives as the http level's sse_history says.
-            ch->history_limit = fallback.limit;
-            ch->history_ttl = fallback.ttl;
-        }
-        for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-            if (ch->per_slot[s] > 0) set_bit(wake, s);
-        }
+        adopt_history_policy(ch, fallback);
+        mark_workers_of(ch, hdr_->slot_high, wake);
         ch->events_in_log++;  // held while evicting for room
         targets.push_back(ch);
         result.subscribers += ch->subscribers;
@@ -242,14 +244,9 @@ void Store::merge_history(std::string_view channel, const std::vector<RemoteEven
     collect_locked();
     ShmChannel* ch = find_locked(channel, hash_name(channel));
     if (ch == nullptr) return;
-    if (ch->events_published == 0 && ch->history_limit == 0) {
-        ch->history_limit = fallback.limit;
-        ch->history_ttl = fallback.ttl;
-    }
+    adopt_history_policy(ch, fallback);
     std::uint64_t wake[2] = {0, 0};
-    for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-        if (ch->per_slot[s] > 0) set_bit(wake, s);
-    }
+    mark_workers_of(ch, hdr_->slot_high, wake);
     ch->events_in_log++;  // held while evicting for room
     trim_history_locked(ch);
     // What Redis retains is what this node can promise: with nothing of its own, Redis's record

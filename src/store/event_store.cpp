@@ -633,9 +633,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
             continue;
         }
         targets.push_back(ch);
-        for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-            if (ch->per_slot[s] > 0) set_bit(wake, s);
-        }
+        mark_workers_of(ch, hdr_->slot_high, wake);
     }
 
     // Streams on patterns covering the channels (`blog.*`) take the event too, once each.
@@ -650,9 +648,7 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
             p->history_limit = history.limit;
             p->history_ttl = history.ttl;
             targets.push_back(p);
-            for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-                if (p->per_slot[s] > 0) set_bit(wake, s);
-            }
+            mark_workers_of(p, hdr_->slot_high, wake);
         }
     }
 
@@ -761,9 +757,7 @@ bool Store::close_channel(std::string_view name, PublishResult& result, std::uin
     forget_channel_locked(name, std::max(ch->last_event_id, ch->lost_through));
 
     if (ev != nullptr) {
-        for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
-            if (ch->per_slot[s] > 0) set_bit(ev->needed_by, s);
-        }
+        mark_workers_of(ch, hdr_->slot_high, ev->needed_by);
         // A close is ordered among the events but is not one: it takes a place in the delivery
         // order, not an id.
         ev->id = hdr_->last_id;

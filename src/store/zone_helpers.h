@@ -76,6 +76,13 @@ inline void set_bit(std::uint64_t mask[2], ngx_uint_t slot) {
     mask[slot / 64] |= std::uint64_t(1) << (slot % 64);
 }
 
+// Marks in `mask` every worker slot with a stream on the channel.
+inline void mark_workers_of(const ShmChannel* ch, ngx_uint_t slot_high, std::uint64_t mask[2]) {
+    for (ngx_uint_t s = 0; s < slot_high; s++) {
+        if (ch->per_slot[s] > 0) set_bit(mask, s);
+    }
+}
+
 inline std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
     return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + frame_len;
 }
