@@ -239,6 +239,12 @@ TEST(EventFilter, GlobPatterns) {
     EXPECT_FALSE(glob_match("a*b*c", "axxbyy"));
     EXPECT_TRUE(glob_match("v?", "v2"));
     EXPECT_FALSE(glob_match("v?", "v22"));
+    // A literal `*` in the name: the pattern's `*` still matches any run (issue 10, point 3).
+    EXPECT_TRUE(glob_match("*", "*x"));
+    EXPECT_TRUE(glob_match("*", "**"));
+    EXPECT_TRUE(glob_match("order.*", "order.*x"));
+    EXPECT_TRUE(glob_match("a*", "a*"));
+    EXPECT_FALSE(glob_match("a*b", "a*c"));
     EXPECT_TRUE(glob_match("exact", "exact"));
     EXPECT_FALSE(glob_match("exact", "exac"));
     // Linear on a pathological pattern.
