@@ -49,5 +49,7 @@ fi
 
 make -C "$tree" -f objs/Makefile modules -j"$(nproc)" >"$repo/$out/make.log" 2>&1 || {
     grep -E "error|warning" -A3 "$repo/$out/make.log" | head -60; exit 1; }
-cp "$tree/objs/ngx_http_sse_module.so" "$out/ngx_http_sse_module.so"
+# Replaced, not overwritten: an nginx still running the old module keeps its copy intact.
+cp "$tree/objs/ngx_http_sse_module.so" "$out/.ngx_http_sse_module.so.new"
+mv -f "$out/.ngx_http_sse_module.so.new" "$out/ngx_http_sse_module.so"
 echo "built $out/ngx_http_sse_module.so"

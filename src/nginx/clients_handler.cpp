@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "guard.h"
 #include "nginx/sse_module.h"
 #include "protocol/resume.h"
 #include "protocol/stats_report.h"
@@ -124,13 +125,9 @@ ngx_int_t clients(ngx_http_request_t* r) {
 
 }  // namespace
 
-ngx_int_t clients_handler(ngx_http_request_t* r) {
-    try {
-        return clients(r);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception listing clients");
-    }
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+ngx_int_t clients_handler(ngx_http_request_t* r) noexcept {
+    return guarded(r->connection->log, "listing clients", ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR),
+                   [&] { return clients(r); });
 }
 
 }  // namespace sse

@@ -5,8 +5,11 @@
 #include <string>
 #include <vector>
 
+#include "fault_injection.h"
+#include "guard.h"
 #include "nginx/sse_module.h"
 #include "protocol/channel_list.h"
+#include "protocol/client_text.h"
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
@@ -56,32 +59,49 @@ bool is_batch(ngx_http_request_t* r) {
     return type.size() == want.size() || type[want.size()] == ';' || type[want.size()] == ' ';
 }
 
-// The request body as one contiguous piece; a body nginx buffered to a file is read back.
+// Bytes of one buffer of a request body: in a file, or in memory (where an empty buffer, as a
+// chunked body's last one, may have no memory at all).
+size_t body_buffer_size(const ngx_buf_t* b) {
+    if (b->in_file) return size_t(b->file_last - b->file_pos);
+    return b->pos == nullptr ? 0 : size_t(b->last - b->pos);
+}
+
+// The request body as one contiguous piece, whatever shape nginx hands it in (one buffer,
+// several, some empty, chunked, HTTP/2 DATA frames, a temporary file); a body nginx buffered
+// to a file is read back.
 bool request_body(ngx_http_request_t* r, std::string_view& body) {
     body = {};
     if (r->request_body == nullptr || r->request_body->bufs == nullptr) return true;
     ngx_chain_t* bufs = r->request_body->bufs;
-    if (bufs->next == nullptr && !bufs->buf->in_file) {
-        body = {reinterpret_cast<const char*>(bufs->buf->pos), size_t(bufs->buf->last - bufs->buf->pos)};
+    size_t total = 0;
+    ngx_buf_t* only = nullptr;  // the one buffer holding bytes, when it is in memory
+    size_t holding = 0;
+    for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
+        size_t n = body_buffer_size(cl->buf);
+        total += n;
+        if (n > 0) {
+            holding++;
+            only = cl->buf;
+        }
+    }
+    if (total == 0) return true;
+    if (holding == 1 && !only->in_file) {
+        body = {reinterpret_cast<const char*>(only->pos), total};
         return true;
     }
-    size_t total = 0;
-    for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
-        total +=
-            cl->buf->in_file ? size_t(cl->buf->file_last - cl->buf->file_pos) : size_t(cl->buf->last - cl->buf->pos);
-    }
-    auto* data = static_cast<u_char*>(ngx_pnalloc(r->pool, total ? total : 1));
+    auto* data = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(r->pool, total));
     if (data == nullptr) return false;
     u_char* p = data;
     for (ngx_chain_t* cl = bufs; cl; cl = cl->next) {
         ngx_buf_t* b = cl->buf;
+        size_t len = body_buffer_size(b);
+        if (len == 0) continue;
         if (b->in_file) {
-            size_t len = size_t(b->file_last - b->file_pos);
             ssize_t n = ngx_read_file(b->file, p, len, b->file_pos);
             if (n != ssize_t(len)) return false;
             p += len;
         } else {
-            p = ngx_cpymem(p, b->pos, size_t(b->last - b->pos));
+            p = ngx_cpymem(p, b->pos, len);
         }
     }
     body = {reinterpret_cast<const char*>(data), total};
@@ -195,19 +215,17 @@ bool target_channels(ngx_http_request_t* r, std::vector<std::string_view>& chann
 }
 
 void body_ready(ngx_http_request_t* r) noexcept {
-    ngx_int_t rc;
-    try {
+    ngx_int_t rc = guarded(r->connection->log, "publishing", ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [&] {
+        ngx_int_t result;
         std::vector<std::string_view> channels;
-        if (target_channels(r, channels, rc)) rc = publish_body(r, channels);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception publishing");
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        if (target_channels(r, channels, result)) result = publish_body(r, channels);
+        return result;
+    });
     ngx_http_finalize_request(r, rc);
 }
 
 std::string channel_json(std::string_view name, const ChannelState& st) {
-    std::string json = "{\"channel\":\"" + std::string(name) + "\",\"subscribers\":" + std::to_string(st.subscribers) +
+    std::string json = "{\"channel\":" + json_string(name) + ",\"subscribers\":" + std::to_string(st.subscribers) +
                        ",\"last_event_id\":";
     json += st.last_event_id ? "\"" + id_string(st.last_event_id) + "\"" : "null";
     json += ",\"events_published\":" + std::to_string(st.events_published);
@@ -256,20 +274,20 @@ ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_vi
         if (!w->store.close_channel(name, result, closed, no_memory)) {
             if (!redis.empty()) {
                 if (found++) items += ",";
-                items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":0,\"redis\":\"" +
+                items += "{\"channel\":" + json_string(name) + ",\"closed_subscribers\":0,\"redis\":\"" +
                          std::string(redis) + "\"}";
             }
             continue;
         }
         if (no_memory) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "sse: shared zone is full, cannot close channel \"%*s\"; raise sse_shm_size", name.size(),
-                          name.data());
+                          "sse: shared zone is full, cannot close channel %s; raise sse_shm_size",
+                          quoted(name).c_str());
             return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the channel was not closed");
         }
         WorkerWakeup::wake(w->store.header(), result.wake);
         if (found++) items += ",";
-        items += "{\"channel\":\"" + std::string(name) + "\",\"closed_subscribers\":" + std::to_string(closed);
+        items += "{\"channel\":" + json_string(name) + ",\"closed_subscribers\":" + std::to_string(closed);
         if (!redis.empty()) items += ",\"redis\":\"" + std::string(redis) + "\"";
         items += "}";
     }
@@ -293,6 +311,9 @@ ngx_int_t publish(ngx_http_request_t* r) {
         auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
         if (h != nullptr) {
             h->hash = 1;
+#if nginx_version >= 1023000
+            h->next = nullptr;  // nginx 1.23 links headers of one name; a pushed element is not zeroed
+#endif
             ngx_str_set(&h->key, "Allow");
             ngx_str_set(&h->value, "GET, HEAD, POST, PUT, DELETE");
         }
@@ -307,13 +328,9 @@ ngx_int_t publish(ngx_http_request_t* r) {
 
 }  // namespace
 
-ngx_int_t publish_handler(ngx_http_request_t* r) {
-    try {
-        return publish(r);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception in a publish");
-    }
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+ngx_int_t publish_handler(ngx_http_request_t* r) noexcept {
+    return guarded(r->connection->log, "in a publish", ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR),
+                   [&] { return publish(r); });
 }
 
 }  // namespace sse

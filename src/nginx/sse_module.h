@@ -82,10 +82,10 @@ struct WorkerContext {
 WorkerContext* worker_context();
 Store* store_for(ngx_http_request_t* r);
 
-ngx_int_t subscribe_handler(ngx_http_request_t* r);
-ngx_int_t publish_handler(ngx_http_request_t* r);
-ngx_int_t stats_handler(ngx_http_request_t* r);
-ngx_int_t clients_handler(ngx_http_request_t* r);
+ngx_int_t subscribe_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t publish_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t stats_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t clients_handler(ngx_http_request_t* r) noexcept;
 
 // Called when this worker is woken: delivers what the log holds for it.
 void deliver_to_local_subscribers() noexcept;

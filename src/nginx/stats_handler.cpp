@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "guard.h"
 #include "nginx/sse_module.h"
 #include "protocol/channel_list.h"
 #include "protocol/stats_report.h"
@@ -78,6 +79,7 @@ ngx_int_t stats(ngx_http_request_t* r) {
     report.resets = c.resets;
     report.history_evictions = c.history_evictions;
     report.slow_disconnects = c.slow_disconnects;
+    report.streams_ended_out_of_memory = c.streams_ended_out_of_memory;
     report.publishes_refused = c.publishes_refused;
     report.workers_reaped = c.workers_reaped;
     report.refused_max_subscribers = c.refused_max_subscribers;
@@ -131,15 +133,9 @@ ngx_int_t stats(ngx_http_request_t* r) {
 
 }  // namespace
 
-ngx_int_t stats_handler(ngx_http_request_t* r) {
-    try {
-        return stats(r);
-    } catch (const std::bad_alloc&) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory answering stats");
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception in stats");
-    }
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+ngx_int_t stats_handler(ngx_http_request_t* r) noexcept {
+    return guarded(r->connection->log, "answering stats", ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR),
+                   [&] { return stats(r); });
 }
 
 }  // namespace sse

@@ -2,12 +2,19 @@
 // its streams by channel; when woken it takes its events from the shared log and hands each
 // stream a buffer that points at the event's frame bytes in the zone (no copy, no formatting),
 // passing them through nginx's filters (chunked, gzip, HTTP/2) like any other response body.
-#include <algorithm>
+//
+// A stream that cannot be given an event (no memory for its buffer) is ended, never skipped: its
+// client reconnects with Last-Event-ID and is replayed what it missed.
+#include <cstdlib>
+#include <new>
 #include <unordered_map>
 #include <vector>
 
+#include "fault_injection.h"
+#include "guard.h"
 #include "nginx/sse_module.h"
 #include "protocol/channel_list.h"
+#include "protocol/client_text.h"
 #include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
@@ -38,30 +45,32 @@ struct Subscriber;
 struct Membership {
     ngx_queue_t link;  // in LocalChannel::members
     Subscriber* subscriber;
+    ShmChannel* channel;
 };
 
 struct LocalChannel {
     ngx_queue_t members;
 };
 
+// One stream of this worker. Made in its request's pool, zeroed; whatever of it exists is
+// undone by its pool cleanup, so it may fail at any step of its opening.
 struct Subscriber {
     ngx_http_request_t* request;
     LocConf* conf;
     EventFilter* filter;    // nullptr: every event
-    ShmSubscriber* record;  // in the zone: its channels, for every worker to see
-    ShmChannel** channels;  // the record's
+    ShmSubscriber* record;  // in the zone, for every worker to see; nullptr when not registered
     Membership* memberships;
-    std::size_t channel_count;
+    std::size_t linked;      // memberships linked into the local index
     std::uint64_t last_seq;  // events up to this place in the delivery order were queued or predate the stream
-    Frame* sent_head;       // frames given to nginx, oldest first, until consumed
+    Frame* sent_head;        // frames given to nginx, oldest first, until consumed
     Frame* sent_tail;
     Frame* new_head;  // frames queued by the current delivery round
     Frame* new_tail;
-    std::size_t sent_bytes;  // full length of the sent_* frames
-    std::size_t new_bytes;   // of the new_* frames
+    std::size_t sent_bytes;    // full length of the sent_* frames
+    std::size_t new_bytes;     // of the new_* frames
     std::size_t queued_total;  // bytes ever given to nginx
     std::size_t replay_end;    // queued_total at the end of the replay: it may exceed sse_send_buffer
-    ngx_queue_t all_link;    // in LocalIndex::all
+    ngx_queue_t all_link;      // in LocalIndex::all
     ngx_event_t heartbeat;
     ngx_event_t lifetime;  // sse_max_lifetime
     // With Redis, a stream resuming on a channel this node has not synced yet waits (in
@@ -70,26 +79,34 @@ struct Subscriber {
     ngx_queue_t sync_link;
     ResumeRequest resume;
     ngx_str_t given_id;
-    bool awaiting_sync;
     ngx_msec_t last_write;
-    ngx_queue_t dirty_link;  // in LocalIndex::dirty while it has frames to flush
+    ngx_queue_t dirty_link;    // in LocalIndex::dirty while it has frames to flush
+    ngx_queue_t closing_link;  // in LocalIndex::closing: to be ended after the events taken
+    bool in_all;
+    bool awaiting_sync;
     bool dirty;
-    bool ending;      // the stream is being ended by us
-    bool registered;  // counted in the store
+    bool closing;
+    bool ending;   // the stream is being ended by us
+    bool starved;  // an event could not be given to it: it ends, and its client resumes
 };
 
 void flush_dirty_streams();
+
+// How many events one wake-up takes from the log at a time, into room reserved beforehand.
+constexpr std::size_t kTakeBatch = 1024;
 
 struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     std::unordered_map<ShmEvent*, EventHold*> replay_holds;  // one pin per event for all streams
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
-    ngx_queue_t all;     // every stream of this worker, for shutdown
-    ngx_queue_t dirty;   // streams with frames queued by a delivery round, not yet flushed
+    ngx_queue_t all;      // every stream of this worker, for shutdown
+    ngx_queue_t dirty;    // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
+    ngx_queue_t closing;  // streams to end once the events taken before are queued
     std::uint64_t kicks_seen = 0;
-    ngx_event_t resume;  // continues flushing after the event loop has had its turn
+    ngx_event_t resume;   // continues flushing after the event loop has had its turn
+    ngx_event_t collect;  // frees events whose last frame here was written, once per turn of the loop
 
     LocalIndex();
 };
@@ -97,17 +114,29 @@ struct LocalIndex {
 LocalIndex* local = nullptr;
 
 LocalIndex& local_index() {
-    if (local == nullptr) local = new LocalIndex();
+    if (local == nullptr) {
+        local = new LocalIndex();
+        local->taken.reserve(kTakeBatch);
+    }
     return *local;
 }
 
-Frame* get_frame() {
-    LocalIndex& li = local_index();
-    Frame* f = li.free_frames;
-    if (f != nullptr) {
-        li.free_frames = f->next;
+// Under AddressSanitizer frames are freed, not recycled, so that any use of a frame nginx
+// should no longer hold is reported.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRecycleFrames = false;
+#else
+constexpr bool kRecycleFrames = true;
+#endif
+
+Frame* get_frame() noexcept {
+    Frame* f = nullptr;
+    if (kRecycleFrames && local != nullptr && local->free_frames != nullptr) {
+        f = local->free_frames;
+        local->free_frames = f->next;
     } else {
-        f = static_cast<Frame*>(ngx_alloc(sizeof(Frame), ngx_cycle->log));
+        if (fault::allocation_fails()) return nullptr;
+        f = static_cast<Frame*>(std::malloc(sizeof(Frame)));
         if (f == nullptr) return nullptr;
     }
     ngx_memzero(f, sizeof(Frame));
@@ -115,22 +144,36 @@ Frame* get_frame() {
     return f;
 }
 
+// An event no stream here still needs to write: after a replay, another stream may hold it.
+void unpin_unless_held(ShmEvent* ev) {
+    if (local != nullptr && local->replay_holds.find(ev) != local->replay_holds.end()) return;
+    Store::unpin_event(ev, ngx_uint_t(worker_context()->slot));
+}
+
 void drop_hold(EventHold* hold) {
     auto slot = ngx_uint_t(worker_context()->slot);
     if (hold->replay) {
-        local_index().replay_holds.erase(hold->event);
+        local->replay_holds.erase(hold->event);
         Store::unpin_event(hold->event, slot);
     } else {
         Store::release_event(hold->event, slot);
     }
     delete hold;
+    // The event may be needed by nobody now: freed in this turn of the loop, not at the next
+    // publish, so the zone returns to its baseline when streams go quiet.
+    if (!local->collect.posted) {
+        ngx_post_event(&local->collect, &ngx_posted_events);
+    }
 }
 
 void put_frame(Frame* f) {
     if (f->hold != nullptr && --f->hold->frames == 0) drop_hold(f->hold);
-    LocalIndex& li = local_index();
-    f->next = li.free_frames;
-    li.free_frames = f;
+    if (!kRecycleFrames || local == nullptr) {
+        std::free(f);
+        return;
+    }
+    f->next = local->free_frames;
+    local->free_frames = f;
 }
 
 void fill_frame(Frame* f, u_char* data, std::size_t len) {
@@ -175,6 +218,7 @@ std::size_t unsent_bytes(const Subscriber* s) {
     return s->sent_bytes - std::size_t(s->sent_head->buf.pos - s->sent_head->buf.start);
 }
 
+// Only once nginx holds none of them: at the end of the request (its pool cleanup).
 void release_all_frames(Subscriber* s) {
     for (Frame* f = s->sent_head; f != nullptr;) {
         Frame* next = f->next;
@@ -206,31 +250,54 @@ void wake_redis_owner(Store& store) {
     WorkerWakeup::wake(store.header(), mask);
 }
 
+void mark_dirty(Subscriber* s) {
+    if (s->dirty) return;
+    s->dirty = true;
+    ngx_queue_insert_tail(&local->dirty, &s->dirty_link);
+}
+
+// The stream ends once the events taken before are queued (a closed channel, a starved stream).
+void mark_closing(Subscriber* s) {
+    if (s->closing) return;
+    s->closing = true;
+    ngx_queue_insert_tail(&local->closing, &s->closing_link);
+}
+
+// Takes the stream out of everything that would give it more to send: the local index and its
+// record in the zone. Safe at any step of its opening, and more than once.
 void unregister(Subscriber* s) {
     if (s->dirty) {
         ngx_queue_remove(&s->dirty_link);
         s->dirty = false;
     }
-    if (!s->registered) return;
-    s->registered = false;
-    LocalIndex& li = local_index();
-    for (std::size_t i = 0; i < s->channel_count; i++) {
-        ngx_queue_remove(&s->memberships[i].link);
-        auto it = li.channels.find(s->channels[i]);
-        if (it != li.channels.end() && ngx_queue_empty(&it->second.members)) li.channels.erase(it);
+    if (s->closing) {
+        ngx_queue_remove(&s->closing_link);
+        s->closing = false;
     }
-    ngx_queue_remove(&s->all_link);
     if (s->awaiting_sync) {
         ngx_queue_remove(&s->sync_link);
         s->awaiting_sync = false;
     }
+    if (s->in_all) {
+        ngx_queue_remove(&s->all_link);
+        s->in_all = false;
+    }
+    for (std::size_t i = 0; i < s->linked; i++) {
+        ngx_queue_remove(&s->memberships[i].link);
+        auto it = local->channels.find(s->memberships[i].channel);
+        if (it != local->channels.end() && ngx_queue_empty(&it->second.members)) local->channels.erase(it);
+    }
+    s->linked = 0;
+    if (s->record == nullptr) return;
+    ShmSubscriber* record = s->record;
+    s->record = nullptr;
     WorkerContext* w = worker_context();
-    if (w != nullptr && w->slot >= 0 && w->store.unsubscribe(s->record)) wake_redis_owner(w->store);
+    if (w != nullptr && w->slot >= 0 && w->store.unsubscribe(record)) wake_redis_owner(w->store);
 }
 
 void cleanup_subscriber(void* data) noexcept {
     auto* s = static_cast<Subscriber*>(data);
-    try {
+    guarded(ngx_cycle->log, "releasing a stream", [&] {
         if (s->sync_wait.timer_set) ngx_del_timer(&s->sync_wait);
         if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
         if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
@@ -238,9 +305,7 @@ void cleanup_subscriber(void* data) noexcept {
         unregister(s);
         delete s->filter;
         s->filter = nullptr;
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception releasing a subscriber");
-    }
+    });
 }
 
 // Passes the round's new frames (or nothing, to push what is pending) to nginx's filters.
@@ -304,6 +369,17 @@ void end_stream(Subscriber* s) {
     finalize_from_outside(r, rc);
 }
 
+// Ends a stream that could not be given an event; counted, and its client resumes.
+void end_starved_stream(Subscriber* s) {
+    if (s->ending) return;
+    ngx_log_error(NGX_LOG_ERR, s->request->connection->log, 0,
+                  "sse: out of memory for an event's buffer; ending the stream so that its client resumes");
+    ngx_atomic_fetch_add(&worker_context()->store.header()->counters.streams_ended_out_of_memory, 1);
+    end_stream(s);
+}
+
+// The frames stay with the request until its pool goes: under HTTP/2 the stream's close waits
+// for DATA frames that still point at their bytes.
 void drop_slow(Subscriber* s) {
     ngx_http_request_t* r = s->request;
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -313,69 +389,93 @@ void drop_slow(Subscriber* s) {
     s->ending = true;
     if (s->heartbeat.timer_set) ngx_del_timer(&s->heartbeat);
     if (s->lifetime.timer_set) ngx_del_timer(&s->lifetime);
-    release_all_frames(s);
     unregister(s);
     r->connection->error = 1;
     finalize_from_outside(r, NGX_HTTP_CLOSE);
 }
 
 void write_handler(ngx_http_request_t* r) noexcept {
-    auto* s = static_cast<Subscriber*>(ngx_http_get_module_ctx(r, ngx_http_sse_module));
-    if (s == nullptr) return;
-    ngx_connection_t* c = r->connection;
-    if (c->write->timedout) {
-        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT, "sse: client timed out reading the stream");
-        c->timedout = 1;
-        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
-        return;
-    }
-    if (flush(s) == NGX_ERROR) ngx_http_finalize_request(r, NGX_ERROR);
+    guarded(r->connection->log, "writing a stream", [&] {
+        auto* s = static_cast<Subscriber*>(ngx_http_get_module_ctx(r, ngx_http_sse_module));
+        if (s == nullptr) return;
+        ngx_connection_t* c = r->connection;
+        if (c->write->timedout) {
+            ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT, "sse: client timed out reading the stream");
+            c->timedout = 1;
+            ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+            return;
+        }
+        if (flush(s) == NGX_ERROR) ngx_http_finalize_request(r, NGX_ERROR);
+    });
 }
 
-void send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
+// Queues bytes of our own (preamble, heartbeat, reset); false when there is no memory for the
+// buffer, and the stream must end.
+bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     Frame* f = get_frame();
-    if (f == nullptr) return;
+    if (f == nullptr) return false;
     fill_frame(f, const_cast<u_char*>(data), len);
     append_new(s, f);
+    return true;
+}
+
+// Copies a frame of our own into the request's pool and queues it.
+bool send_own_copy(Subscriber* s, const std::string& frame) {
+    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, frame.size()));
+    if (bytes == nullptr) return false;
+    ngx_memcpy(bytes, frame.data(), frame.size());
+    return send_own_bytes(s, bytes, frame.size());
 }
 
 // Queues what the store planned for a new stream: the reset event, then the replayed events,
-// whose pins become this worker's holds (so the stream's cleanup releases them whatever happens).
-void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_id) {
+// whose pins become this worker's holds (so the stream's cleanup releases them whatever
+// happens). False when something could not be queued: every pin of the plan is released
+// then, and the stream must end (its client resumes from the last event it got).
+bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_id) {
+    for (ShmEvent* ev : plan.unpin) unpin_unless_held(ev);
     ngx_http_request_t* r = s->request;
     StoreCounters& counters = worker_context()->store.header()->counters;
+    std::size_t next = 0;  // plan.replay[next...] are still pinned by the plan alone
+    auto give_up = [&] {
+        for (; next < plan.replay.size(); next++) unpin_unless_held(plan.replay[next]);
+        return false;
+    };
     if (plan.reset != ResetReason::kNone) {
-        std::string shown = echoed_id(given_id);  // what a client sent: escaped for the log too
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: cannot resume exactly after id \"%s\" (%*s); replaying what is retained", shown.c_str(),
-                      reset_reason_name(plan.reset).size(), reset_reason_name(plan.reset).data());
+                      "sse: cannot resume exactly after id %s (%*s); replaying what is retained",
+                      quoted(given_id).c_str(), reset_reason_name(plan.reset).size(),
+                      reset_reason_name(plan.reset).data());
         if (s->conf->reset_event.len > 0) {
-            std::string frame = reset_frame(to_view(s->conf->reset_event), given_id, plan.reset);
-            auto* bytes = static_cast<u_char*>(ngx_pnalloc(r->pool, frame.size()));
-            if (bytes != nullptr) {
-                ngx_memcpy(bytes, frame.data(), frame.size());
-                send_own_bytes(s, bytes, frame.size());
-                ngx_atomic_fetch_add(&counters.resets, 1);
-            }
+            if (!send_own_copy(s, reset_frame(to_view(s->conf->reset_event), given_id, plan.reset))) return give_up();
+            ngx_atomic_fetch_add(&counters.resets, 1);
         }
     }
-    LocalIndex& li = local_index();
+    LocalIndex& li = *local;
     std::size_t replayed = 0;
-    auto slot = ngx_uint_t(worker_context()->slot);
-    for (ShmEvent* ev : plan.replay) {
+    for (; next < plan.replay.size(); next++) {
+        ShmEvent* ev = plan.replay[next];
         if (s->filter != nullptr && !s->filter->matches(ev->name())) {
-            // Pinned for this stream by the plan: unpin unless another stream here holds it.
-            if (li.replay_holds.find(ev) == li.replay_holds.end()) Store::unpin_event(ev, slot);
+            unpin_unless_held(ev);
             continue;
         }
-        auto [it, added] = li.replay_holds.try_emplace(ev, nullptr);
-        if (added) it->second = new EventHold{ev, 0, true};
-        EventHold* hold = it->second;
+        EventHold* hold = nullptr;
+        auto found = li.replay_holds.find(ev);
+        if (found != li.replay_holds.end()) hold = found->second;
         Frame* f = get_frame();
-        if (f == nullptr) {
-            if (hold->frames == 0) drop_hold(hold);
-            continue;
+        if (f != nullptr && hold == nullptr) {
+            hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, true};
+            try {
+                if (hold != nullptr) li.replay_holds.emplace(ev, hold);
+            } catch (...) {
+                delete hold;
+                hold = nullptr;
+            }
         }
+        if (hold == nullptr) {
+            if (f != nullptr) put_frame(f);
+            return give_up();
+        }
+        if (f == nullptr) return give_up();
         hold->frames++;
         f->hold = hold;
         fill_frame(f, ev->frame, ev->frame_len);
@@ -385,6 +485,7 @@ void queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
     }
     s->replay_end = s->new_bytes;
     if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
+    return true;
 }
 
 // Plans a stream that waited for its channels' history from Redis: from what this node has now.
@@ -395,68 +496,71 @@ void finish_sync_wait(Subscriber* s) {
     if (s->sync_wait.timer_set) ngx_del_timer(&s->sync_wait);
     WorkerContext* w = worker_context();
     ResumePlan plan;
-    w->store.plan_resume(ngx_uint_t(w->slot), s->record, s->resume, s->last_seq, plan);
-    queue_resume(s, plan, to_view(s->given_id));
-    if (!s->dirty) {
-        s->dirty = true;
-        ngx_queue_insert_tail(&local_index().dirty, &s->dirty_link);
+    bool queued = false;
+    try {
+        w->store.plan_resume(ngx_uint_t(w->slot), s->record, s->resume, s->last_seq, plan);
+        queued = queue_resume(s, plan, to_view(s->given_id));
+    } catch (const std::bad_alloc&) {
+        queued = false;
     }
+    if (!queued) {
+        s->starved = true;
+        end_starved_stream(s);
+        return;
+    }
+    mark_dirty(s);
 }
 
 void sync_wait_expired(ngx_event_t* ev) noexcept {
     auto* s = static_cast<Subscriber*>(ev->data);
-    try {
+    guarded(ngx_cycle->log, "resuming a stream", [&] {
         ngx_log_error(NGX_LOG_INFO, s->request->connection->log, 0,
                       "sse: redis did not send the channels' history within sse_redis_sync_timeout; resuming from this "
                       "node's own");
         finish_sync_wait(s);
         flush_dirty_streams();
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception resuming a stream");
-    }
-}
-
-// The position a reconnecting client sends: the Last-Event-ID header, else the last_event_id
-// query argument (a page that reloads cannot set the header).
-bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
-    if (request_header(r, "Last-Event-ID", value) && value.len > 0) return true;
-    if (query_arg(r, "last_event_id", value) && value.len > 0) return url_decode(r, value);
-    return false;
+    });
 }
 
 void heartbeat_handler(ngx_event_t* ev) noexcept {
     auto* s = static_cast<Subscriber*>(ev->data);
-    if (s->ending) return;
-    ngx_msec_t interval = s->conf->heartbeat;
-    ngx_msec_t idle = ngx_current_msec - s->last_write;
-    if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
-        send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size());
-        if (flush(s) == NGX_ERROR) {
-            s->ending = true;
-            finalize_from_outside(s->request, NGX_ERROR);
-            return;
+    guarded(ngx_cycle->log, "sending a heartbeat", [&] {
+        if (s->ending) return;
+        ngx_msec_t interval = s->conf->heartbeat;
+        ngx_msec_t idle = ngx_current_msec - s->last_write;
+        if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
+            if (!send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size())) {
+                end_starved_stream(s);
+                return;
+            }
+            if (flush(s) == NGX_ERROR) {
+                s->ending = true;
+                finalize_from_outside(s->request, NGX_ERROR);
+                return;
+            }
+            idle = 0;
         }
-        idle = 0;
-    }
-    ngx_add_timer(&s->heartbeat, interval - idle);
+        ngx_add_timer(&s->heartbeat, interval - idle);
+    });
 }
 
 // sse_max_lifetime: the stream ends cleanly; EventSource reconnects with Last-Event-ID.
 void lifetime_handler(ngx_event_t* ev) noexcept {
     auto* s = static_cast<Subscriber*>(ev->data);
-    try {
+    guarded(ngx_cycle->log, "ending a stream", [&] {
         if (s->ending) return;
         ngx_log_error(NGX_LOG_INFO, s->request->connection->log, 0, "sse: stream reached sse_max_lifetime, ending it");
         end_stream(s);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending a stream");
-    }
+    });
 }
 
 void add_header(ngx_http_request_t* r, const char* key, const char* value) {
     auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
     if (h == nullptr) return;
     h->hash = 1;
+#if nginx_version >= 1023000
+    h->next = nullptr;  // nginx 1.23 links headers of one name; a pushed element is not zeroed
+#endif
     h->key.data = reinterpret_cast<u_char*>(const_cast<char*>(key));
     h->key.len = ngx_strlen(key);
     h->value.data = reinterpret_cast<u_char*>(const_cast<char*>(value));
@@ -483,16 +587,16 @@ constexpr const char* kLimitRetryAfter = "5";
 ngx_int_t refuse_stream(ngx_http_request_t* r, SubscribeRefusal refusal, const SubscribeLimits& limits) {
     switch (refusal) {
     case SubscribeRefusal::kMaxSubscribers:
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "sse: stream refused: sse_max_subscribers %uD reached", limits.max_total);
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "sse: stream refused: sse_max_subscribers %uD reached",
+                      limits.max_total);
         add_header(r, "Retry-After", kLimitRetryAfter);
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                          "too many subscribers: the limit of " + std::to_string(limits.max_total) +
                              " streams is reached");
     case SubscribeRefusal::kPerKey:
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: stream refused: key \"%*s\" already holds sse_max_subscribers_per_key %uD streams",
-                      std::min<std::size_t>(limits.key.size(), 64), limits.key.data(), limits.max_per_key);
+                      "sse: stream refused: key %s already holds sse_max_subscribers_per_key %uD streams",
+                      quoted(limits.key).c_str(), limits.max_per_key);
         add_header(r, "Retry-After", kLimitRetryAfter);
         return send_text(r, NGX_HTTP_TOO_MANY_REQUESTS,
                          "too many streams for this client: at most " + std::to_string(limits.max_per_key));
@@ -505,6 +609,252 @@ ngx_int_t refuse_stream(ngx_http_request_t* r, SubscribeRefusal refusal, const S
     return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the event zone is full");
 }
 
+// ---- Opening a stream: read and check the request, admit it through the store, start it ----
+
+// A step of reading the request that did not answer it; any other value is the handler's.
+constexpr ngx_int_t kGoOn = NGX_DECLINED;
+
+// What a stream asks for, read and checked before anything is registered. Not moved: the
+// store request's names view the strings below.
+struct StreamRequest {
+    SubscribeRequest store;
+    std::string user_channel;
+    std::string client_channel;
+    EventFilter filter;
+    ngx_str_t given_id = ngx_null_string;
+    ngx_str_t user = ngx_null_string;
+};
+
+ngx_int_t refuse(ngx_http_request_t* r, ngx_uint_t status, const std::string& reason) {
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
+    return send_text(r, status, reason);
+}
+
+ngx_int_t read_channels(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
+    ngx_str_t text;
+    if (evaluate_channel_list(r, conf->subscribe, text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    std::string reason;
+    if (!parse_channel_list(to_view(text), conf->max_channels, req.store.names, reason, conf->subscribe_patterns)) {
+        return refuse(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+    return kGoOn;
+}
+
+// sse_subscribe_allow: every channel asked for must be allowed, or nothing is subscribed. Only
+// a `*` written at the end of a pattern in the configuration is a wildcard: the bytes of its
+// variables are literal (a user id of `b*` must not open `user:bob`).
+ngx_int_t check_allowed(ngx_http_request_t* r, LocConf* conf, const std::vector<std::string_view>& names) {
+    if (conf->allow == nullptr) return kGoOn;
+    std::vector<ngx_str_t> patterns(conf->allow->nelts);
+    std::vector<bool> wildcard(conf->allow->nelts);
+    auto* cvs = static_cast<ngx_http_complex_value_t*>(conf->allow->elts);
+    for (ngx_uint_t i = 0; i < conf->allow->nelts; i++) {
+        if (ngx_http_complex_value(r, &cvs[i], &patterns[i]) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        std::string_view written = to_view(cvs[i].value);
+        wildcard[i] = !written.empty() && written.back() == '*';
+    }
+    for (std::string_view name : names) {
+        bool allowed = false;
+        for (std::size_t i = 0; i < patterns.size() && !allowed; i++) {
+            allowed = wildcard[i] ? channel_allowed_by(to_view(patterns[i]), name) : to_view(patterns[i]) == name;
+        }
+        if (allowed) continue;
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sse: subscribe refused: channel %s is not allowed by sse_subscribe_allow", quoted(name).c_str());
+        return send_text(r, NGX_HTTP_FORBIDDEN, "channel " + quoted(name) + " is not allowed here");
+    }
+    return kGoOn;
+}
+
+// Who the stream is: its client id, its user key, and the channels that reach it by them.
+ngx_int_t read_identity(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, StreamRequest& req) {
+    req.store.identity.client_id = w->store.new_client_id();
+    req.store.identity.remote_addr = to_view(r->connection->addr_text);
+    if (conf->user != nullptr) {
+        if (ngx_http_complex_value(r, conf->user, &req.user) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        std::string problem = user_key_problem(to_view(req.user));
+        if (!problem.empty()) return refuse(r, NGX_HTTP_BAD_REQUEST, problem);
+        req.store.identity.user = to_view(req.user);
+        if (req.user.len > 0) req.user_channel = user_channel(to_view(req.user));
+    }
+    if (conf->client_channel) req.client_channel = client_channel(req.store.identity.client_id);
+    // Added once the strings are final: the names view them.
+    if (!req.user_channel.empty()) req.store.names.push_back(req.user_channel);
+    if (!req.client_channel.empty()) req.store.names.push_back(req.client_channel);
+    return kGoOn;
+}
+
+// The event types the stream keeps: a bad list is a 400.
+ngx_int_t read_filter(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
+    if (conf->event_filter == nullptr) return kGoOn;
+    ngx_str_t types;
+    if (ngx_http_complex_value(r, conf->event_filter, &types) != NGX_OK || !url_decode(r, types)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    std::string reason;
+    if (!req.filter.parse(to_view(types), reason)) return refuse(r, NGX_HTTP_BAD_REQUEST, reason);
+    return kGoOn;
+}
+
+// The position a reconnecting client sends: the Last-Event-ID header, else the last_event_id
+// query argument (a page that reloads cannot set the header).
+bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
+    if (request_header(r, "Last-Event-ID", value) && value.len > 0) return true;
+    if (query_arg(r, "last_event_id", value) && value.len > 0) return url_decode(r, value);
+    return false;
+}
+
+void read_resume(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
+    ResumeRequest& resume = req.store.resume;
+    if (resume_position(r, req.given_id)) {
+        resume.kind = parse_event_id(to_view(req.given_id), resume.after) ? ResumeRequest::kAfterId
+                                                                           : ResumeRequest::kMalformed;
+    } else {
+        resume.replay = std::uint32_t(conf->replay);
+    }
+}
+
+ngx_int_t read_limits(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
+    req.store.limits.max_total = std::uint32_t(conf->max_subscribers);
+    if (conf->limit_key == nullptr) return kGoOn;
+    ngx_str_t key;
+    if (ngx_http_complex_value(r, conf->limit_key, &key) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    // Keys longer than this are cut: they identify, they need not be whole.
+    req.store.limits.key = to_view(key).substr(0, 256);
+    req.store.limits.max_per_key = std::uint32_t(conf->max_per_key);
+    return kGoOn;
+}
+
+// Reads and checks everything a stream asks for; kGoOn, or the answer already sent.
+ngx_int_t read_stream_request(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, StreamRequest& req) {
+    ngx_int_t rc = read_channels(r, conf, req);
+    if (rc == kGoOn) rc = check_allowed(r, conf, req.store.names);
+    if (rc == kGoOn) rc = read_identity(r, conf, w, req);
+    if (rc == kGoOn) rc = read_filter(r, conf, req);
+    if (rc == kGoOn) rc = read_limits(r, conf, req);
+    if (rc == kGoOn) read_resume(r, conf, req);
+    return rc;
+}
+
+// Links a registered stream into this worker's index of streams by channel.
+void link_locally(Subscriber* s) {
+    LocalIndex& li = *local;
+    for (std::uint32_t i = 0; i < s->record->nchannels; i++) {
+        Membership& m = s->memberships[i];
+        m.subscriber = s;
+        m.channel = s->record->channels[i];
+        auto [it, added] = li.channels.try_emplace(m.channel);
+        if (added) {
+            ngx_queue_init(&it->second.members);
+        }
+        ngx_queue_insert_tail(&it->second.members, &m.link);
+        s->linked = i + 1;
+    }
+    ngx_queue_insert_tail(&li.all, &s->all_link);
+    s->in_all = true;
+}
+
+void wait_for_sync(Subscriber* s, const StreamRequest& req) {
+    ngx_http_request_t* r = s->request;
+    s->resume = req.store.resume;
+    s->given_id = req.given_id;
+    s->awaiting_sync = true;
+    ngx_queue_insert_tail(&local->awaiting_sync, &s->sync_link);
+    s->sync_wait.handler = sync_wait_expired;
+    s->sync_wait.data = s;
+    s->sync_wait.log = r->connection->log;
+    s->sync_wait.cancelable = 1;
+    auto* mcf = static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_sse_module));
+    ngx_add_timer(&s->sync_wait, mcf->redis_sync_timeout);
+}
+
+void arm_timers(Subscriber* s) {
+    LocConf* conf = s->conf;
+    ngx_log_t* log = s->request->connection->log;
+    if (conf->max_lifetime > 0) {
+        ngx_msec_t jitter = conf->lifetime_jitter ? ngx_msec_t(ngx_random()) % (conf->lifetime_jitter + 1) : 0;
+        s->lifetime.handler = lifetime_handler;
+        s->lifetime.data = s;
+        s->lifetime.log = log;
+        s->lifetime.cancelable = 1;
+        ngx_add_timer(&s->lifetime, conf->max_lifetime - jitter);
+    }
+    if (conf->heartbeat > 0) {
+        s->heartbeat.handler = heartbeat_handler;
+        s->heartbeat.data = s;
+        s->heartbeat.log = log;
+        s->heartbeat.cancelable = 1;  // must not keep a retiring worker alive
+        ngx_add_timer(&s->heartbeat, conf->heartbeat);
+    }
+}
+
+// The stream's first bytes: the preamble, the connected event, then what the plan replays.
+// False when they could not all be queued (the plan's pins are released then).
+bool queue_first_bytes(Subscriber* s, StreamRequest& req, SubscribeOutcome& out) {
+    LocConf* conf = s->conf;
+    long retry = conf->retry == NGX_CONF_UNSET_MSEC ? -1 : long(conf->retry);
+    std::string preamble(stream_preamble_size(retry), '\0');
+    write_stream_preamble(preamble.data(), retry);
+    bool queued = send_own_copy(s, preamble);
+    if (queued && conf->connected_event.len > 0) {
+        queued = send_own_copy(
+            s, connected_frame(to_view(conf->connected_event), req.store.identity.client_id, req.store.identity.user));
+    }
+    if (out.plan.deferred) {
+        if (queued) wait_for_sync(s, req);
+        return queued;
+    }
+    if (!queued) {
+        for (ShmEvent* ev : out.plan.unpin) unpin_unless_held(ev);
+        for (ShmEvent* ev : out.plan.replay) unpin_unless_held(ev);
+        return false;
+    }
+    return queue_resume(s, out.plan, to_view(req.given_id));
+}
+
+// Admits the stream through the store and starts it. The pool cleanup is armed first: it
+// undoes whatever exists of the stream, whichever step fails.
+ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, StreamRequest& req) {
+    auto* s = static_cast<Subscriber*>(ngx_pcalloc(r->pool, sizeof(Subscriber)));
+    if (s != nullptr) {
+        s->memberships = static_cast<Membership*>(ngx_palloc(r->pool, req.store.names.size() * sizeof(Membership)));
+    }
+    ngx_pool_cleanup_t* cln = s != nullptr && s->memberships != nullptr ? ngx_pool_cleanup_add(r->pool, 0) : nullptr;
+    if (cln == nullptr || fault::allocation_fails()) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    s->request = r;
+    s->conf = conf;
+    cln->handler = cleanup_subscriber;
+    cln->data = s;
+    local_index();
+    if (!req.filter.empty()) s->filter = new EventFilter(std::move(req.filter));
+
+    req.store.slot = ngx_uint_t(w->slot);
+    req.store.defer_unsynced = redis_connected(w->store);
+    SubscribeOutcome out = w->store.subscribe(req.store, r->connection->log);
+    if (out.record == nullptr) return refuse_stream(r, out.refusal, req.store.limits);
+    s->record = out.record;
+    s->last_seq = out.start_after;
+    if (out.new_channels) wake_redis_owner(w->store);
+    if (!queue_first_bytes(s, req, out)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory starting a stream");
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the stream cannot be started now; retry");
+    }
+    link_locally(s);
+    ngx_http_set_ctx(r, s, ngx_http_sse_module);
+
+    ngx_int_t rc = send_stream_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK) return rc;
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = write_handler;
+    r->main->count++;
+    if (flush(s) == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return NGX_DONE;
+    }
+    arm_timers(s);
+    return NGX_DONE;
+}
+
 ngx_int_t subscribe(ngx_http_request_t* r) {
     auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
@@ -512,206 +862,26 @@ ngx_int_t subscribe(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_NOT_ALLOWED, "an event stream is read with GET");
     }
     if (r != r->main) return send_text(r, NGX_HTTP_BAD_REQUEST, "an event stream cannot be a subrequest");
-
-    ngx_str_t text;
-    if (evaluate_channel_list(r, conf->subscribe, text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    std::vector<std::string_view> names;
-    std::string reason;
-    if (!parse_channel_list(to_view(text), conf->max_channels, names, reason, conf->subscribe_patterns)) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
-        return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
-    }
-
-    // sse_subscribe_allow: every channel asked for must be allowed, or nothing is subscribed.
-    if (conf->allow != nullptr) {
-        std::vector<ngx_str_t> patterns(conf->allow->nelts);
-        auto* cvs = static_cast<ngx_http_complex_value_t*>(conf->allow->elts);
-        for (ngx_uint_t i = 0; i < conf->allow->nelts; i++) {
-            if (ngx_http_complex_value(r, &cvs[i], &patterns[i]) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        for (std::string_view name : names) {
-            bool allowed = false;
-            for (const ngx_str_t& p : patterns) allowed = allowed || channel_allowed_by(to_view(p), name);
-            if (allowed) continue;
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "sse: subscribe refused: channel \"%*s\" is not allowed by sse_subscribe_allow",
-                          name.size(), name.data());
-            return send_text(r, NGX_HTTP_FORBIDDEN, "channel \"" + std::string(name) + "\" is not allowed here");
-        }
-    }
-
-    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-    if (r->method == NGX_HTTP_HEAD) {
-        ngx_int_t rc = send_stream_header(r);
-        return rc == NGX_ERROR || rc > NGX_OK ? rc : ngx_http_send_special(r, NGX_HTTP_LAST);
-    }
-
     WorkerContext* w = worker_context();
     if (w == nullptr || w->slot < 0 || w->shutting_down) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "this worker is not serving event streams");
     }
-
-    // Who the stream is: its client id, its user key, and the channels that reach it by them.
-    std::uint64_t client_id = w->store.new_client_id();
-    ngx_str_t user = ngx_null_string;
-    std::string user_name;
-    std::string client_name;
-    if (conf->user != nullptr) {
-        if (ngx_http_complex_value(r, conf->user, &user) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        if (user.len > kMaxUserKeyLength) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: the sse_user value is longer than 256 bytes");
-            return send_text(r, NGX_HTTP_INTERNAL_SERVER_ERROR, "the user key is too long");
-        }
-        if (user.len > 0) {
-            user_name = user_channel(to_view(user));
-            names.push_back(user_name);
-        }
+    StreamRequest req;
+    ngx_int_t rc = read_stream_request(r, conf, w, req);
+    if (rc != kGoOn) return rc;
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (r->method == NGX_HTTP_HEAD) {
+        rc = send_stream_header(r);
+        return rc == NGX_ERROR || rc > NGX_OK ? rc : ngx_http_send_special(r, NGX_HTTP_LAST);
     }
-    if (conf->client_channel) {
-        client_name = client_channel(client_id);
-        names.push_back(client_name);
-    }
-
-    // The event types the stream keeps, before anything is registered: a bad list is a 400.
-    EventFilter filter;
-    if (conf->event_filter != nullptr) {
-        ngx_str_t types;
-        if (ngx_http_complex_value(r, conf->event_filter, &types) != NGX_OK || !url_decode(r, types)) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (!filter.parse(to_view(types), reason)) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "sse: subscribe refused: %s", reason.c_str());
-            return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
-        }
-    }
-
-    ResumeRequest resume;
-    ngx_str_t given_id = ngx_null_string;
-    if (resume_position(r, given_id)) {
-        resume.kind = parse_event_id(to_view(given_id), resume.after) ? ResumeRequest::kAfterId
-                                                                        : ResumeRequest::kMalformed;
-    } else {
-        resume.replay = std::uint32_t(conf->replay);
-    }
-
-    long retry = conf->retry == NGX_CONF_UNSET_MSEC ? -1 : long(conf->retry);
-    std::size_t preamble_len = stream_preamble_size(retry);
-    auto* preamble = static_cast<u_char*>(ngx_pnalloc(r->pool, preamble_len));
-    if (preamble == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    write_stream_preamble(reinterpret_cast<char*>(preamble), retry);
-
-    auto* s = static_cast<Subscriber*>(ngx_pcalloc(r->pool, sizeof(Subscriber)));
-    if (s == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    s->request = r;
-    s->conf = conf;
-    s->memberships = static_cast<Membership*>(ngx_palloc(r->pool, names.size() * sizeof(Membership)));
-    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (s->memberships == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-    SubscribeLimits limits;
-    limits.max_total = std::uint32_t(conf->max_subscribers);
-    ngx_str_t key = ngx_null_string;
-    if (conf->limit_key != nullptr) {
-        if (ngx_http_complex_value(r, conf->limit_key, &key) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        // Keys longer than this are cut: they identify, they need not be whole.
-        limits.key = to_view(key).substr(0, 256);
-        limits.max_per_key = std::uint32_t(conf->max_per_key);
-    }
-
-    ResumePlan plan;
-    SubscribeRefusal refusal;
-    bool new_channels = false;
-    bool link_up = redis_connected(w->store);
-    s->record = w->store.subscribe(ngx_uint_t(w->slot), names, limits, resume, s->last_seq, plan, refusal,
-                                   r->connection->log, link_up, &new_channels,
-                                   StreamIdentity{client_id, to_view(user), to_view(r->connection->addr_text)});
-    if (s->record == nullptr) return refuse_stream(r, refusal, limits);
-    if (new_channels) wake_redis_owner(w->store);
-    s->registered = true;
-    cln->handler = cleanup_subscriber;
-    cln->data = s;
-    if (!filter.empty()) s->filter = new EventFilter(std::move(filter));
-    send_own_bytes(s, preamble, preamble_len);
-    if (conf->connected_event.len > 0) {
-        std::string frame = connected_frame(to_view(conf->connected_event), client_id, to_view(user));
-        auto* bytes = static_cast<u_char*>(ngx_pnalloc(r->pool, frame.size()));
-        if (bytes == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        ngx_memcpy(bytes, frame.data(), frame.size());
-        send_own_bytes(s, bytes, frame.size());
-    }
-    if (plan.deferred) {
-        s->resume = resume;
-        s->given_id = given_id;
-        s->awaiting_sync = true;
-        ngx_queue_insert_tail(&local_index().awaiting_sync, &s->sync_link);
-        s->sync_wait.handler = sync_wait_expired;
-        s->sync_wait.data = s;
-        s->sync_wait.log = r->connection->log;
-        s->sync_wait.cancelable = 1;
-        auto* mcf = static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_sse_module));
-        ngx_add_timer(&s->sync_wait, mcf->redis_sync_timeout);
-    } else {
-        queue_resume(s, plan, to_view(given_id));
-    }
-
-    s->channels = s->record->channels;
-    s->channel_count = s->record->nchannels;
-
-    LocalIndex& li = local_index();
-    for (std::size_t i = 0; i < s->channel_count; i++) {
-        s->memberships[i].subscriber = s;
-        auto [it, added] = li.channels.try_emplace(s->channels[i]);
-        if (added) {
-            ngx_queue_init(&it->second.members);
-        }
-        ngx_queue_insert_tail(&it->second.members, &s->memberships[i].link);
-    }
-    ngx_queue_insert_tail(&li.all, &s->all_link);
-    ngx_http_set_ctx(r, s, ngx_http_sse_module);
-
-    ngx_int_t rc = send_stream_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK) return rc;
-
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = write_handler;
-    r->main->count++;
-
-    rc = flush(s);
-    if (rc == NGX_ERROR) {
-        ngx_http_finalize_request(r, NGX_ERROR);
-        return NGX_DONE;
-    }
-
-    if (conf->max_lifetime > 0) {
-        ngx_msec_t jitter = conf->lifetime_jitter ? ngx_msec_t(ngx_random()) % (conf->lifetime_jitter + 1) : 0;
-        s->lifetime.handler = lifetime_handler;
-        s->lifetime.data = s;
-        s->lifetime.log = r->connection->log;
-        s->lifetime.cancelable = 1;
-        ngx_add_timer(&s->lifetime, conf->max_lifetime - jitter);
-    }
-    if (conf->heartbeat > 0) {
-        s->heartbeat.handler = heartbeat_handler;
-        s->heartbeat.data = s;
-        s->heartbeat.log = r->connection->log;
-        s->heartbeat.cancelable = 1;  // must not keep a retiring worker alive
-        ngx_add_timer(&s->heartbeat, conf->heartbeat);
-    }
-    return NGX_DONE;
+    return open_stream(r, conf, w, req);
 }
 
 }  // namespace
 
-ngx_int_t subscribe_handler(ngx_http_request_t* r) {
-    try {
-        return subscribe(r);
-    } catch (const std::bad_alloc&) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory setting up a stream");
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: unexpected exception setting up a stream");
-    }
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+ngx_int_t subscribe_handler(ngx_http_request_t* r) noexcept {
+    return guarded(r->connection->log, "setting up a stream", ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR),
+                   [&] { return subscribe(r); });
 }
 
 namespace {
@@ -722,7 +892,7 @@ namespace {
 constexpr ngx_uint_t kFlushBatch = 256;
 
 void flush_dirty_streams() {
-    LocalIndex& li = local_index();
+    LocalIndex& li = *local;
     for (ngx_uint_t n = 0; n < kFlushBatch && !ngx_queue_empty(&li.dirty); n++) {
         Subscriber* s = ngx_queue_data(ngx_queue_head(&li.dirty), Subscriber, dirty_link);
         ngx_queue_remove(&s->dirty_link);
@@ -749,20 +919,144 @@ void flush_dirty_streams() {
 }
 
 void resume_flushing(ngx_event_t*) noexcept {
-    try {
-        flush_dirty_streams();
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception flushing streams");
-    }
+    guarded(ngx_cycle->log, "flushing streams", [] { flush_dirty_streams(); });
+}
+
+void collect_released(ngx_event_t*) noexcept {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) return;
+    guarded(ngx_cycle->log, "freeing events", [&] { w->store.collect(); });
 }
 
 LocalIndex::LocalIndex() {
     ngx_queue_init(&all);
     ngx_queue_init(&dirty);
     ngx_queue_init(&awaiting_sync);
+    ngx_queue_init(&closing);
     ngx_memzero(&resume, sizeof(resume));
     resume.handler = resume_flushing;
     resume.log = ngx_cycle->log;
+    ngx_memzero(&collect, sizeof(collect));
+    collect.handler = collect_released;
+    collect.log = ngx_cycle->log;
+}
+
+// Streams waiting for Redis's history go on once their channels are synced (or the link is
+// down: then there is nothing to wait for).
+void resume_synced_streams(WorkerContext& w) {
+    if (ngx_queue_empty(&local->awaiting_sync)) return;
+    bool connected = redis_connected(w.store);
+    ngx_queue_t* q = ngx_queue_head(&local->awaiting_sync);
+    while (q != ngx_queue_sentinel(&local->awaiting_sync)) {
+        Subscriber* s = ngx_queue_data(q, Subscriber, sync_link);
+        q = ngx_queue_next(q);  // ending one stream frees no other
+        if (!connected || w.store.synced(s->record)) finish_sync_wait(s);
+    }
+}
+
+// Streams sse_clients asked to disconnect.
+void end_kicked_streams(WorkerContext& w) {
+    ngx_uint_t slot = ngx_uint_t(w.slot);
+    std::uint64_t kicks = __atomic_load_n(&w.store.header()->slots[slot].kicks, __ATOMIC_ACQUIRE);
+    if (kicks == local->kicks_seen) return;
+    local->kicks_seen = kicks;
+    ngx_queue_t* q = ngx_queue_head(&local->all);
+    while (q != ngx_queue_sentinel(&local->all)) {
+        Subscriber* s = ngx_queue_data(q, Subscriber, all_link);
+        q = ngx_queue_next(q);
+        if (s->record != nullptr && s->record->kicked) end_stream(s);
+    }
+}
+
+// Gives one event to every local stream on its channels. Allocates nothing that can throw: a
+// stream whose buffer cannot be had is ended after the round (and its client resumes).
+void deliver_event(ShmEvent* ev, ngx_uint_t slot, StoreCounters& counters, bool& released) {
+    LocalIndex& li = *local;
+    if (ev->kind == kEventCloseChannel) {
+        auto it = li.channels.find(ev->channel(0));
+        if (it != li.channels.end()) {
+            for (ngx_queue_t* q = ngx_queue_head(&it->second.members); q != ngx_queue_sentinel(&it->second.members);
+                 q = ngx_queue_next(q)) {
+                mark_closing((ngx_queue_data(q, Membership, link))->subscriber);
+            }
+        }
+        Store::release_event(ev, slot);
+        released = true;
+        return;
+    }
+    EventHold* hold = nullptr;
+    ngx_uint_t delivered = 0;
+    for (std::uint32_t i = 0; i < ev->nchannels; i++) {
+        auto it = li.channels.find(ev->channel(i));
+        if (it == li.channels.end()) continue;
+        for (ngx_queue_t* q = ngx_queue_head(&it->second.members); q != ngx_queue_sentinel(&it->second.members);
+             q = ngx_queue_next(q)) {
+            Subscriber* s = (ngx_queue_data(q, Membership, link))->subscriber;
+            // A stream on several of the event's channels takes it once.
+            if (s->ending || s->starved || s->last_seq >= ev->seq) continue;
+            s->last_seq = ev->seq;
+            if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
+            Frame* f = get_frame();
+            if (f != nullptr && hold == nullptr) {
+                hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, false};
+                if (hold == nullptr) {
+                    put_frame(f);
+                    f = nullptr;
+                }
+            }
+            if (f == nullptr) {
+                s->starved = true;
+                mark_closing(s);
+                continue;
+            }
+            hold->frames++;
+            f->hold = hold;
+            fill_frame(f, ev->frame, ev->frame_len);
+            append_new(s, f);
+            delivered++;
+            count_sent(s, ev);
+            mark_dirty(s);
+        }
+    }
+    if (hold == nullptr) {
+        Store::release_event(ev, slot);
+        released = true;
+    }
+    if (delivered) ngx_atomic_fetch_add(&counters.events_delivered, delivered);
+}
+
+// Streams of a closed channel, and starved ones, end after the events before (end_stream
+// flushes what they have queued).
+void end_closing_streams() {
+    while (!ngx_queue_empty(&local->closing)) {
+        Subscriber* s = ngx_queue_data(ngx_queue_head(&local->closing), Subscriber, closing_link);
+        ngx_queue_remove(&s->closing_link);
+        s->closing = false;
+        if (s->starved) {
+            end_starved_stream(s);
+        } else {
+            end_stream(s);
+        }
+    }
+}
+
+void deliver_round(WorkerContext& w) {
+    ngx_uint_t slot = ngx_uint_t(w.slot);
+    StoreHeader* hdr = w.store.header();
+    // Clear before reading the log: a publish after this point wakes us again.
+    __atomic_store_n(&hdr->slots[slot].wake_pending, 0, __ATOMIC_SEQ_CST);
+    local_index();
+    resume_synced_streams(w);
+    end_kicked_streams(w);
+    bool released = false;
+    for (bool all_taken = false; !all_taken;) {
+        all_taken = w.store.take_events(slot, local->taken);
+        for (ShmEvent* ev : local->taken) deliver_event(ev, slot, hdr->counters, released);
+        local->taken.clear();
+        end_closing_streams();
+    }
+    flush_dirty_streams();
+    if (released) w.store.collect();
 }
 
 }  // namespace
@@ -770,113 +1064,19 @@ LocalIndex::LocalIndex() {
 void deliver_to_local_subscribers() noexcept {
     WorkerContext* w = worker_context();
     if (w == nullptr || w->slot < 0) return;
-    try {
-        ngx_uint_t slot = ngx_uint_t(w->slot);
-        StoreHeader* hdr = w->store.header();
-        // Clear before reading the log: a publish after this point wakes us again.
-        __atomic_store_n(&hdr->slots[slot].wake_pending, 0, __ATOMIC_SEQ_CST);
-
-        LocalIndex& li = local_index();
-        // Streams waiting for Redis's history go on once their channels are synced (or the link
-        // is down: then there is nothing to wait for).
-        if (!ngx_queue_empty(&li.awaiting_sync)) {
-            bool connected = redis_connected(w->store);
-            std::vector<Subscriber*> ready;
-            for (ngx_queue_t* q = ngx_queue_head(&li.awaiting_sync); q != ngx_queue_sentinel(&li.awaiting_sync);
-                 q = ngx_queue_next(q)) {
-                Subscriber* s = ngx_queue_data(q, Subscriber, sync_link);
-                if (!connected || w->store.synced(s->record)) ready.push_back(s);
-            }
-            for (Subscriber* s : ready) finish_sync_wait(s);
-        }
-        // Streams sse_clients asked to disconnect.
-        std::uint64_t kicks = __atomic_load_n(&hdr->slots[slot].kicks, __ATOMIC_ACQUIRE);
-        if (kicks != li.kicks_seen) {
-            li.kicks_seen = kicks;
-            std::vector<Subscriber*> kicked;
-            for (ngx_queue_t* q = ngx_queue_head(&li.all); q != ngx_queue_sentinel(&li.all); q = ngx_queue_next(q)) {
-                Subscriber* s = ngx_queue_data(q, Subscriber, all_link);
-                if (s->registered && s->record->kicked) kicked.push_back(s);
-            }
-            for (Subscriber* s : kicked) end_stream(s);
-        }
-        w->store.take_events(slot, li.taken);
-
-        std::vector<Subscriber*> closing;
-        bool released = false;
-        for (ShmEvent* ev : li.taken) {
-            if (ev->kind == kEventCloseChannel) {
-                auto it = li.channels.find(ev->channel(0));
-                if (it != li.channels.end()) {
-                    for (ngx_queue_t* q = ngx_queue_head(&it->second.members);
-                         q != ngx_queue_sentinel(&it->second.members); q = ngx_queue_next(q)) {
-                        closing.push_back((ngx_queue_data(q, Membership, link))->subscriber);
-                    }
-                }
-                Store::release_event(ev, slot);
-                released = true;
-                continue;
-            }
-            EventHold* hold = nullptr;
-            ngx_uint_t delivered = 0;
-            for (std::uint16_t i = 0; i < ev->nchannels; i++) {
-                auto it = li.channels.find(ev->channel(i));
-                if (it == li.channels.end()) continue;
-                for (ngx_queue_t* q = ngx_queue_head(&it->second.members); q != ngx_queue_sentinel(&it->second.members);
-                     q = ngx_queue_next(q)) {
-                    Subscriber* s = (ngx_queue_data(q, Membership, link))->subscriber;
-                    // A stream on several of the event's channels takes it once.
-                    if (s->ending || s->last_seq >= ev->seq) continue;
-                    s->last_seq = ev->seq;
-                    if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
-                    Frame* f = get_frame();
-                    if (f == nullptr) continue;
-                    if (hold == nullptr) hold = new EventHold{ev, 0, false};
-                    hold->frames++;
-                    f->hold = hold;
-                    fill_frame(f, ev->frame, ev->frame_len);
-                    append_new(s, f);
-                    delivered++;
-                    count_sent(s, ev);
-                    if (!s->dirty) {
-                        s->dirty = true;
-                        ngx_queue_insert_tail(&li.dirty, &s->dirty_link);
-                    }
-                }
-            }
-            if (hold == nullptr) {
-                Store::release_event(ev, slot);
-                released = true;
-            }
-            if (delivered) ngx_atomic_fetch_add(&hdr->counters.events_delivered, delivered);
-        }
-
-        // Streams of a closed channel end now, after the events before the close (end_stream
-        // flushes what they have queued). A stream on two closed channels is listed twice.
-        std::sort(closing.begin(), closing.end());
-        closing.erase(std::unique(closing.begin(), closing.end()), closing.end());
-        for (Subscriber* s : closing) end_stream(s);
-
-        flush_dirty_streams();
-        if (released) w->store.collect();
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception delivering events");
-    }
+    guarded(ngx_cycle->log, "delivering events", [&] { deliver_round(*w); });
 }
 
 void end_local_streams() noexcept {
     if (local == nullptr) return;
-    try {
-        // Ending one stream frees no other, so the list taken first stays valid.
-        std::vector<Subscriber*> all;
-        for (ngx_queue_t* q = ngx_queue_head(&local->all); q != ngx_queue_sentinel(&local->all);
-             q = ngx_queue_next(q)) {
-            all.push_back(ngx_queue_data(q, Subscriber, all_link));
+    guarded(ngx_cycle->log, "ending streams", [] {
+        ngx_queue_t* q = ngx_queue_head(&local->all);
+        while (q != ngx_queue_sentinel(&local->all)) {
+            Subscriber* s = ngx_queue_data(q, Subscriber, all_link);
+            q = ngx_queue_next(q);  // ending one stream frees no other
+            end_stream(s);
         }
-        for (Subscriber* s : all) end_stream(s);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "sse: unexpected exception ending streams");
-    }
+    });
 }
 
 }  // namespace sse

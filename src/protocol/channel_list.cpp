@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "protocol/client_text.h"
+
 namespace sse {
 
 namespace {
@@ -15,14 +17,6 @@ std::string_view trim_spaces(std::string_view s) noexcept {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
     while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
     return s;
-}
-
-// Names go into error messages: keep them printable and short.
-std::string printable(std::string_view s) {
-    std::string out;
-    for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? char(c) : '?';
-    if (s.size() > 64) out += "...";
-    return out;
 }
 
 }  // namespace
@@ -59,12 +53,12 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels, std::ve
             continue;
         }
         if (name.size() > kMaxChannelNameLength) {
-            reason = "channel name longer than 128 bytes: \"" + printable(name) + "\"";
+            reason = "channel name longer than 128 bytes: " + quoted(name);
             return false;
         }
         if (!is_valid_channel_name(name) && !(patterns && is_channel_pattern(name))) {
-            reason = "invalid channel name \"" + printable(name) + "\": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
-            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as \"" + printable(name) + "\" are not allowed here";
+            reason = "invalid channel name " + quoted(name) + ": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
+            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as " + quoted(name) + " are not allowed here";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) continue;
@@ -99,6 +93,17 @@ std::string user_channel(std::string_view user) {
     return name;
 }
 
+std::string user_key_problem(std::string_view user) {
+    if (user.size() > kMaxUserKeyLength) return "the user key is longer than 256 bytes";
+    if (user.find(',') != std::string_view::npos) {
+        return "the user key " + quoted(user) + " holds a comma, which sse_publish_user could not reach";
+    }
+    if (trim_spaces(user).size() != user.size()) {
+        return "the user key " + quoted(user) + " begins or ends with a space, which sse_publish_user could not reach";
+    }
+    return {};
+}
+
 bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t max_targets,
                           std::vector<std::string>& channels, std::string& reason) {
     channels.clear();
@@ -116,7 +121,7 @@ bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t ma
             for (char c : item) id = id * 10 + std::uint64_t(c - '0');
             if (digits && item.size() == 20 && item > std::string_view("18446744073709551615")) digits = false;
             if (!digits || id == 0 || item.front() == '0') {
-                reason = "a client id is a decimal number, as the connected event gives it: \"" + printable(item) + "\"";
+                reason = "a client id is a decimal number, as the connected event gives it: " + quoted(item);
                 return false;
             }
             name = client_channel(id);

@@ -35,6 +35,11 @@ std::string client_channel(std::uint64_t client_id);
 std::string user_channel(std::string_view user);
 constexpr std::size_t kMaxUserKeyLength = 256;
 
+// Why a stream's user key (sse_user) cannot be used, or an empty string when it can: it is at
+// most 256 bytes and holds no comma and no space or tab at either end, since sse_publish_user
+// reads comma-separated, trimmed lists and could never reach such a key.
+std::string user_key_problem(std::string_view user);
+
 // sse_publish_client / sse_publish_user: a comma-separated list of client ids or user keys
 // (spaces around commas trimmed, duplicates collapsed) as the channels that reach them. On a bad
 // list returns false and a one-line reason.

@@ -1,5 +1,6 @@
 #include "protocol/event_filter.h"
 
+#include "protocol/client_text.h"
 #include "protocol/event_frame.h"
 
 namespace sse {
@@ -44,8 +45,7 @@ bool EventFilter::parse(std::string_view list, std::string& reason) {
         list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
         if (item.empty()) continue;
         if (!is_valid_event_name(item)) {
-            reason = "invalid event type pattern \"" + std::string(item.substr(0, 64)) +
-                     "\": at most 128 bytes, no line breaks";
+            reason = "invalid event type pattern " + quoted(item) + ": at most 128 bytes, no line breaks";
             return false;
         }
         if (patterns_.size() == kMaxFilterPatterns) {

@@ -1,5 +1,6 @@
 #include "protocol/publish_body.h"
 
+#include "protocol/client_text.h"
 #include "protocol/event_frame.h"
 
 namespace sse {
@@ -69,11 +70,7 @@ bool parse_event_stream_batch(std::string_view body, std::vector<BatchEvent>& ev
             reason = "\"retry:\" on line " + std::to_string(line_no) + ": retry is set by sse_retry";
             return false;
         } else {
-            std::string shown(field.substr(0, 32));
-            for (char& c : shown) {
-                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-            }
-            reason = "unknown field \"" + shown + "\" on line " + std::to_string(line_no) +
+            reason = "unknown field " + quoted(field.substr(0, 32)) + " on line " + std::to_string(line_no) +
                      ": a batch holds event: and data: fields";
             return false;
         }

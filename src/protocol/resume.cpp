@@ -1,32 +1,8 @@
 #include "protocol/resume.h"
 
-#include "protocol/utf8.h"
+#include "protocol/client_text.h"
 
 namespace sse {
-
-namespace {
-
-// JSON string body of text that may be anything a client sent: invalid UTF-8 becomes U+FFFD.
-void append_json_escaped(std::string& out, std::string_view text) {
-    static const char kHex[] = "0123456789abcdef";
-    bool valid = is_valid_utf8(text);
-    for (unsigned char c : text) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += char(c);
-        } else if (c < 0x20 || c == 0x7f) {
-            out += "\\u00";
-            out += kHex[c >> 4];
-            out += kHex[c & 0xf];
-        } else if (c >= 0x80 && !valid) {
-            out += "\\ufffd";
-        } else {
-            out += char(c);
-        }
-    }
-}
-
-}  // namespace
 
 bool parse_event_id(std::string_view text, std::uint64_t& id) noexcept {
     if (text.empty() || text.size() > kMaxIdDigits) return false;
@@ -58,9 +34,8 @@ std::string_view reset_reason_name(ResetReason reason) noexcept {
 }
 
 std::string echoed_id(std::string_view given_id) {
-    std::string out;
-    append_json_escaped(out, given_id.substr(0, kMaxEchoedIdLength));
-    return out;
+    std::string literal = json_string(given_id.substr(0, kMaxEchoedIdLength));
+    return literal.substr(1, literal.size() - 2);
 }
 
 std::string reset_frame(std::string_view event_name, std::string_view given_id, ResetReason reason) {
@@ -83,9 +58,8 @@ std::string connected_frame(std::string_view event_name, std::uint64_t client_id
     out += std::to_string(client_id);
     out += "\"";
     if (!user.empty()) {
-        out += ",\"user\":\"";
-        append_json_escaped(out, user);
-        out += "\"";
+        out += ",\"user\":";
+        out += json_string(user);
     }
     out += "}\n\n";
     return out;

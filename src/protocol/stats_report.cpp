@@ -1,5 +1,7 @@
 #include "protocol/stats_report.h"
 
+#include "protocol/client_text.h"
+
 namespace sse {
 
 namespace {
@@ -8,22 +10,15 @@ std::string id_or_null(std::uint64_t id) {
     return id ? "\"" + std::to_string(id) + "\"" : "null";
 }
 
-// Channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /, so they need no escaping in JSON
-// or in a label value; escape anyway, so this stays right if the name rules ever widen.
-std::string escaped(const std::string& s) {
+// A Prometheus label value: backslash, double quote and line feed escaped, as the text format
+// says. Only channel names reach labels, and those are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /.
+std::string label_value(const std::string& s) {
     std::string out;
     out.reserve(s.size());
     for (char c : s) {
         if (c == '"' || c == '\\') out += '\\';
         if (c == '\n') {
             out += "\\n";
-            continue;
-        }
-        if (static_cast<unsigned char>(c) < 0x20) {  // a user key may hold them
-            static const char kHex[] = "0123456789abcdef";
-            out += "\\u00";
-            out += kHex[(c >> 4) & 0xf];
-            out += kHex[c & 0xf];
             continue;
         }
         out += c;
@@ -75,6 +70,7 @@ std::string stats_json(const StatsReport& r) {
                     ",\"resets\":" + std::to_string(r.resets) +
                     ",\"history_evictions\":" + std::to_string(r.history_evictions) +
                     ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
+                    ",\"streams_ended_out_of_memory\":" + std::to_string(r.streams_ended_out_of_memory) +
                     ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
                     ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
                     ",\"refused_max_subscribers\":" + std::to_string(r.refused_max_subscribers) +
@@ -87,7 +83,7 @@ std::string stats_json(const StatsReport& r) {
         j += "{\"pid\":" + std::to_string(r.workers[i].first) +
              ",\"subscribers\":" + std::to_string(r.workers[i].second) + "}";
     }
-    j += "],\"redis\":{\"state\":\"" + escaped(r.redis_state) + "\",\"reconnects\":" + std::to_string(r.redis_reconnects) +
+    j += "],\"redis\":{\"state\":" + json_string(r.redis_state) + ",\"reconnects\":" + std::to_string(r.redis_reconnects) +
          ",\"queue\":" + std::to_string(r.redis_queue) + ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
          ",\"channels\":" + std::to_string(r.redis_channels) +
          ",\"events_sent\":" + std::to_string(r.redis_events_sent) +
@@ -97,7 +93,7 @@ std::string stats_json(const StatsReport& r) {
         for (std::size_t i = 0; i < r.channel_list.size(); i++) {
             const ChannelReport& c = r.channel_list[i];
             if (i) j += ",";
-            j += "{\"channel\":\"" + escaped(c.name) + "\",\"subscribers\":" + std::to_string(c.subscribers) +
+            j += "{\"channel\":" + json_string(c.name) + ",\"subscribers\":" + std::to_string(c.subscribers) +
                  ",\"events_published\":" + std::to_string(c.events_published) +
                  ",\"last_event_id\":" + id_or_null(c.last_event_id) + ",\"retained\":" + std::to_string(c.retained) +
                  ",\"oldest_id\":" + id_or_null(c.oldest_id) + ",\"newest_id\":" + id_or_null(c.newest_id) + "}";
@@ -129,6 +125,10 @@ std::string stats_prometheus(const StatsReport& r) {
            r.history_evictions);
     single(out, {"sse_slow_disconnects_total", "counter", "Streams closed for falling more than sse_send_buffer behind."},
            r.slow_disconnects);
+    single(out,
+           {"sse_streams_ended_out_of_memory_total", "counter",
+            "Streams ended because an event could not be given to them (no memory); their clients resume."},
+           r.streams_ended_out_of_memory);
     single(out, {"sse_publishes_refused_total", "counter", "Publishes refused with 507: the zone could not hold them."},
            r.publishes_refused);
     single(out, {"sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
@@ -156,13 +156,13 @@ std::string stats_prometheus(const StatsReport& r) {
     if (r.per_channel) {
         family(out, {"sse_channel_subscribers", "gauge", "Event streams open on the channel."});
         for (const ChannelReport& c : r.channel_list)
-            sample(out, "sse_channel_subscribers", c.subscribers, "channel=\"" + escaped(c.name) + "\"");
+            sample(out, "sse_channel_subscribers", c.subscribers, "channel=\"" + label_value(c.name) + "\"");
         family(out, {"sse_channel_events_published_total", "counter", "Events published to the channel."});
         for (const ChannelReport& c : r.channel_list)
-            sample(out, "sse_channel_events_published_total", c.events_published, "channel=\"" + escaped(c.name) + "\"");
+            sample(out, "sse_channel_events_published_total", c.events_published, "channel=\"" + label_value(c.name) + "\"");
         family(out, {"sse_channel_events_retained", "gauge", "Events the channel keeps for replay."});
         for (const ChannelReport& c : r.channel_list)
-            sample(out, "sse_channel_events_retained", c.retained, "channel=\"" + escaped(c.name) + "\"");
+            sample(out, "sse_channel_events_retained", c.retained, "channel=\"" + label_value(c.name) + "\"");
     }
     return out;
 }
@@ -176,11 +176,11 @@ std::string clients_json(const std::vector<ClientReport>& clients, std::uint64_t
              ",\"channels\":[";
         for (std::size_t k = 0; k < c.channels.size(); k++) {
             if (k) j += ",";
-            j += "\"" + escaped(c.channels[k]) + "\"";
+            j += json_string(c.channels[k]);
         }
         j += "],\"user\":";
-        j += c.user.empty() ? "null" : "\"" + escaped(c.user) + "\"";
-        j += ",\"remote_addr\":\"" + escaped(c.remote_addr) + "\",\"connected_at\":" + std::to_string(c.connected_at) +
+        j += c.user.empty() ? "null" : json_string(c.user);
+        j += ",\"remote_addr\":" + json_string(c.remote_addr) + ",\"connected_at\":" + std::to_string(c.connected_at) +
              ",\"events_sent\":" + std::to_string(c.events_sent) + ",\"bytes_sent\":" + std::to_string(c.bytes_sent) +
              "}";
     }

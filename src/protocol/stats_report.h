@@ -31,6 +31,7 @@ struct StatsReport {
     std::uint64_t resets = 0;
     std::uint64_t history_evictions = 0;
     std::uint64_t slow_disconnects = 0;
+    std::uint64_t streams_ended_out_of_memory = 0;  // an event could not be given to them
     std::uint64_t publishes_refused = 0;
     std::uint64_t workers_reaped = 0;
     std::uint64_t refused_max_subscribers = 0;

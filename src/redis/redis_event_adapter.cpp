@@ -1,17 +1,23 @@
 #include "redis/redis_event_adapter.h"
 
+#include "guard.h"
+
 namespace sse {
 
 namespace {
 
-void on_readable(ngx_event_t* ev) {
+void on_readable(ngx_event_t* ev) noexcept {
     auto* c = static_cast<ngx_connection_t*>(ev->data);
-    redisAsyncHandleRead(static_cast<redisAsyncContext*>(c->data));  // may free c
+    guarded(ev->log, "reading from redis", [&] {
+        redisAsyncHandleRead(static_cast<redisAsyncContext*>(c->data));  // may free c
+    });
 }
 
-void on_writable(ngx_event_t* ev) {
+void on_writable(ngx_event_t* ev) noexcept {
     auto* c = static_cast<ngx_connection_t*>(ev->data);
-    redisAsyncHandleWrite(static_cast<redisAsyncContext*>(c->data));  // may free c
+    guarded(ev->log, "writing to redis", [&] {
+        redisAsyncHandleWrite(static_cast<redisAsyncContext*>(c->data));  // may free c
+    });
 }
 
 void add_read(void* data) {

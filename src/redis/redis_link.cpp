@@ -14,7 +14,9 @@ extern "C" {
 #include <unordered_set>
 #include <vector>
 
+#include "guard.h"
 #include "protocol/channel_list.h"
+#include "protocol/client_text.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_event_adapter.h"
 #include "redis/redis_functions.h"
@@ -130,6 +132,20 @@ void send(redisAsyncContext* ac, redisCallbackFn* fn, void* privdata, const std:
 void fail(const std::string& reason, const redisAsyncContext* dying, bool already_logged);
 void pump();
 
+// hiredis calls the reply callbacks from inside its own C code: nothing may be thrown through
+// it. A reply that cannot be handled (no memory) drops the link, and the resync after the
+// reconnect recovers what Redis retains, rather than an event being lost silently.
+template <void (*Handle)(redisAsyncContext*, void*, void*)>
+void guarded_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
+    bool handled = guarded(link != nullptr ? link->log : nullptr, "handling a redis reply", false, [&] {
+        Handle(ac, reply, privdata);
+        return true;
+    });
+    if (handled || link == nullptr || link->stopped) return;
+    if (link->phase != Phase::kReady && link->phase != Phase::kConnecting) return;
+    guarded(link->log, "dropping the redis link", [] { fail("a reply could not be handled", nullptr, true); });
+}
+
 // Drops both connections (hiredis frees `dying` itself) and forgets what they carried.
 void drop_connections(const redisAsyncContext* dying) {
     redisAsyncContext* contexts[2] = {link->cmd, link->sub};
@@ -154,7 +170,9 @@ ngx_msec_t backoff_delay() {
     return delay / 2 + ngx_msec_t(ngx_random()) % (delay / 2 + 1);
 }
 
-void fail(const std::string& reason, const redisAsyncContext* dying, bool already_logged) {
+void fail(const std::string& why, const redisAsyncContext* dying, bool already_logged) {
+    // hiredis quotes what a server sent in some of its errors: shown escaped.
+    std::string reason = escaped(why);
     bool was_ready = link->phase == Phase::kReady;
     drop_connections(dying);
     link->attempts++;
@@ -319,7 +337,7 @@ void on_command_reply(redisAsyncContext* ac, void* r, void*) {
 
 void request_history(const std::string& channel) {
     link->in_flight++;
-    send(link->cmd, on_command_reply, nullptr, {"FCALL", "sse_history", "1", key_of(channel), link->private_channel});
+    send(link->cmd, guarded_reply<on_command_reply>, nullptr, {"FCALL", "sse_history", "1", key_of(channel), link->private_channel});
 }
 
 void subscribe_channel(const std::string& channel);
@@ -387,7 +405,7 @@ void subscribe_channel(const std::string& channel) {
     ChannelSubscription& s = link->channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    send(link->sub, on_pubsub, nullptr, {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
+    send(link->sub, guarded_reply<on_pubsub>, nullptr, {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
@@ -417,7 +435,7 @@ void reconcile() {
         if (s.state == ChannelSubscription::kSubscribed) header()->cluster.channels--;
         s.state = ChannelSubscription::kUnsubscribing;
         s.resubscribe = false;
-        send(link->sub, on_pubsub, nullptr,
+        send(link->sub, guarded_reply<on_pubsub>, nullptr,
              {is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", key_of(channel)});
         dropped.push_back(channel);
     }
@@ -462,7 +480,7 @@ void drain() {
                 // The origin goes in front, so that this node knows its own request coming back.
                 std::string message = "{\"o\":\"" + link->origin + "\"," + o.data.substr(1);
                 if (link->in_flight == 0) link->last_progress = ngx_current_msec;
-                send(link->cmd, on_control_sent, reinterpret_cast<void*>(std::uintptr_t(o.seq)),
+                send(link->cmd, guarded_reply<on_control_sent>, reinterpret_cast<void*>(std::uintptr_t(o.seq)),
                      {"PUBLISH", link->control_channel, message});
                 link->sent_seq = o.seq;
                 link->in_flight++;
@@ -479,7 +497,7 @@ void drain() {
             args.push_back(std::to_string(o.id));
             args.push_back(link->origin);
             if (link->in_flight == 0) link->last_progress = ngx_current_msec;
-            send(link->cmd, on_published, reinterpret_cast<void*>(std::uintptr_t(o.seq)), args);
+            send(link->cmd, guarded_reply<on_published>, reinterpret_cast<void*>(std::uintptr_t(o.seq)), args);
             link->sent_seq = o.seq;
             link->in_flight++;
         }
@@ -492,7 +510,7 @@ void pump() {
     drain();
 }
 
-void on_connected(const redisAsyncContext* ac, int status) {
+void on_connected_unguarded(const redisAsyncContext* ac, int status) {
     if (link == nullptr || (ac != link->cmd && ac != link->sub) || status == REDIS_OK) return;
     std::string reason = ac->errstr != nullptr ? ac->errstr : "connect failed";
     if (ac == link->cmd) link->cmd = nullptr;
@@ -500,12 +518,20 @@ void on_connected(const redisAsyncContext* ac, int status) {
     fail(reason, ac, false);  // hiredis frees the context after this callback
 }
 
-void on_disconnected(const redisAsyncContext* ac, int) {
+void on_disconnected_unguarded(const redisAsyncContext* ac, int status) {
     if (link == nullptr || (ac != link->cmd && ac != link->sub)) return;  // one we dropped ourselves
     std::string reason = ac->err != 0 && ac->errstr != nullptr ? ac->errstr : "closed by the server";
     if (ac == link->cmd) link->cmd = nullptr;
     if (ac == link->sub) link->sub = nullptr;
     fail(reason, ac, false);
+}
+
+void on_connected(const redisAsyncContext* ac, int status) noexcept {
+    guarded(link != nullptr ? link->log : nullptr, "connecting to redis", [&] { on_connected_unguarded(ac, status); });
+}
+
+void on_disconnected(const redisAsyncContext* ac, int status) noexcept {
+    guarded(link != nullptr ? link->log : nullptr, "losing redis", [&] { on_disconnected_unguarded(ac, status); });
 }
 
 redisAsyncContext* open_connection(const char* role, std::string& reason) {
@@ -532,17 +558,17 @@ redisAsyncContext* open_connection(const char* role, std::string& reason) {
     if (a.has_password) {
         link->handshake_pending++;
         if (a.user.empty()) {
-            send(ac, on_handshake_reply, reinterpret_cast<void*>(kAuth), {"AUTH", a.password});
+            send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kAuth), {"AUTH", a.password});
         } else {
-            send(ac, on_handshake_reply, reinterpret_cast<void*>(kAuth), {"AUTH", a.user, a.password});
+            send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kAuth), {"AUTH", a.user, a.password});
         }
     }
     if (a.db != 0) {
         link->handshake_pending++;
-        send(ac, on_handshake_reply, reinterpret_cast<void*>(kSelect), {"SELECT", std::to_string(a.db)});
+        send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kSelect), {"SELECT", std::to_string(a.db)});
     }
     link->handshake_pending++;
-    send(ac, on_handshake_reply, reinterpret_cast<void*>(kSetName),
+    send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kSetName),
          {"CLIENT", "SETNAME", std::string("sse-") + role + "-" + std::to_string(ngx_pid)});
     return ac;
 }
@@ -559,9 +585,9 @@ void connect_now() {
         return;
     }
     link->handshake_pending += 3;
-    send(link->cmd, on_handshake_reply, reinterpret_cast<void*>(kLoadFunctions),
+    send(link->cmd, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kLoadFunctions),
          {"FUNCTION", "LOAD", "REPLACE", std::string(kRedisFunctionLibrary)});
-    send(link->sub, on_pubsub, nullptr, {"SUBSCRIBE", link->private_channel, link->control_channel});
+    send(link->sub, guarded_reply<on_pubsub>, nullptr, {"SUBSCRIBE", link->private_channel, link->control_channel});
 }
 
 // Gives up the connections without a word: the role went to another worker, or this one exits.
@@ -574,11 +600,7 @@ void go_idle() {
 
 void on_retry(ngx_event_t*) noexcept {
     if (link == nullptr || !link->owner || link->stopped) return;
-    try {
-        connect_now();
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: unexpected exception connecting to redis");
-    }
+    guarded(link->log, "connecting to redis", [] { connect_now(); });
 }
 
 void on_tick(ngx_event_t*) noexcept {
@@ -603,7 +625,7 @@ void on_tick(ngx_event_t*) noexcept {
                     if (link->in_flight == 0 && now - link->last_progress > kIdlePingInterval) {
                         link->in_flight++;
                         link->last_progress = now;
-                        send(link->cmd, on_command_reply, nullptr, {"PING"});
+                        send(link->cmd, guarded_reply<on_command_reply>, nullptr, {"PING"});
                     }
                     pump();
                 }

@@ -33,7 +33,7 @@ std::vector<ClientInfo> Store::list_clients(const ClientQuery& q, std::size_t& t
     std::vector<const ShmSubscriber*> found;
     std::vector<ClientInfo> out;
     total = 0;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
         ngx_queue_t* list = &hdr_->slots[s].subscribers_list;
         if (hdr_->slots[s].pid == 0) continue;
@@ -69,7 +69,7 @@ std::vector<ClientInfo> Store::list_clients(const ClientQuery& q, std::size_t& t
 std::uint32_t Store::disconnect_clients(const ClientQuery& q, std::uint64_t wake[2]) {
     std::uint32_t n = 0;
     wake[0] = wake[1] = 0;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     for (ngx_uint_t s = 0; s < hdr_->slot_high; s++) {
         ngx_queue_t* list = &hdr_->slots[s].subscribers_list;
         if (hdr_->slots[s].pid == 0) continue;

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unordered_set>
 
 #include "store/event_store.h"
 #include "store/zone_helpers.h"
@@ -15,10 +14,12 @@ namespace sse {
 using namespace zone;
 
 void Store::configure_cluster(ngx_slab_pool_t* pool, StoreHeader* hdr, bool enabled, std::uint32_t queue_limit) {
+    // On a reload the old workers still publish into this zone: every field is written under
+    // the lock they take.
+    Store store(pool, hdr);
+    ZoneLock lock(pool, &store.deferred_);
     ClusterState& cs = hdr->cluster;
     if (!enabled && cs.enabled) {
-        Store store(pool, hdr);
-        ZoneLock lock(pool);
         while (!ngx_queue_empty(&cs.outbound)) {
             store.drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
         }
@@ -44,7 +45,7 @@ void Store::configure_cluster(ngx_slab_pool_t* pool, StoreHeader* hdr, bool enab
 }
 
 bool Store::claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ClusterState& cs = hdr_->cluster;
     if (cs.owner == slot + 1) {
         cs.owner_beat = now;
@@ -59,7 +60,7 @@ bool Store::claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after)
 }
 
 void Store::release_redis(ngx_uint_t slot) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     if (hdr_->cluster.owner == slot + 1) hdr_->cluster.owner = 0;
 }
 
@@ -70,7 +71,7 @@ ngx_uint_t Store::redis_owner_slot() {
 
 std::vector<std::string> Store::channels_in_use() {
     std::vector<std::string> out;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
     if (hdr_->channels.root == sentinel) return out;
     for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
@@ -82,7 +83,7 @@ std::vector<std::string> Store::channels_in_use() {
 }
 
 void Store::set_synced(const std::vector<std::string>& names, bool synced) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     for (const std::string& name : names) {
         ShmChannel* ch = find_locked(name, hash_name(name));
         if (ch != nullptr) ch->redis_synced = synced;
@@ -90,7 +91,7 @@ void Store::set_synced(const std::vector<std::string>& names, bool synced) {
 }
 
 void Store::unsync_all() {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
     if (hdr_->channels.root == sentinel) return;
     for (ngx_rbtree_node_t* n = ngx_rbtree_min(hdr_->channels.root, sentinel); n != nullptr;
@@ -101,7 +102,7 @@ void Store::unsync_all() {
 
 void Store::outbound_after(std::uint64_t after_seq, std::size_t max, std::vector<OutboundEvent>& out) {
     out.clear();
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ngx_queue_t* head = &hdr_->cluster.outbound;
     for (ngx_queue_t* q = ngx_queue_head(head); q != ngx_queue_sentinel(head) && out.size() < max;
          q = ngx_queue_next(q)) {
@@ -121,7 +122,7 @@ void Store::outbound_after(std::uint64_t after_seq, std::size_t max, std::vector
         o.name = std::string(ev->name());
         o.data = event_frame_data(std::string_view(reinterpret_cast<const char*>(ev->frame), ev->frame_len));
         o.channels.reserve(ev->nchannels);
-        for (std::uint16_t i = 0; i < ev->nchannels; i++) o.channels.emplace_back(ev->channel(i)->name_view());
+        for (std::uint32_t i = 0; i < ev->nchannels; i++) o.channels.emplace_back(ev->channel(i)->name_view());
         out.push_back(std::move(o));
     }
 }
@@ -134,7 +135,7 @@ void Store::drop_outbound_locked(ShmEvent* ev) {
 }
 
 void Store::outbound_sent(std::uint64_t through_seq) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ngx_queue_t* head = &hdr_->cluster.outbound;
     while (!ngx_queue_empty(head)) {
         auto* ev = ngx_queue_data(ngx_queue_head(head), ShmEvent, outbound_link);
@@ -145,7 +146,7 @@ void Store::outbound_sent(std::uint64_t through_seq) {
 
 bool Store::queue_control(std::string_view json, std::uint64_t wake[2], ngx_log_t* log) {
     wake[0] = wake[1] = 0;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ClusterState& cs = hdr_->cluster;
     if (!cs.enabled) return false;
     std::size_t size = event_alloc_size(0, json.size());
@@ -199,22 +200,28 @@ void adopt_history_policy(ShmChannel* ch, const HistoryPolicy& fallback) {
 bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEvent& e, const HistoryPolicy& fallback,
                    PublishResult& result, ngx_log_t* log) {
     result = PublishResult{};
-    ZoneLock lock(pool_);
+    // Reserved before the lock: nothing is allocated while holding it.
+    std::size_t most = 0;
+    for (std::string_view name : channels) most += max_targets_for(name);
+    std::vector<ShmChannel*> targets;
+    targets.reserve(most);
+    std::uint64_t wake[2] = {0, 0};
+    ZoneLock lock(pool_, &deferred_);
     collect_locked();
     if (e.id > hdr_->last_id) hdr_->last_id = e.id;  // the hybrid clock keeps up with the cluster
-    std::vector<ShmChannel*> targets;
-    std::uint64_t wake[2] = {0, 0};
-    std::vector<ShmChannel*> found;
+    std::uint64_t mark = ++hdr_->target_marks;
     for (std::string_view name : channels) {
         ShmChannel* ch = find_locked(name, hash_name(name));
-        if (ch != nullptr && ch->subscribers > 0 && !ch->pattern) found.push_back(ch);
-        add_pattern_targets_locked(name, found);
+        if (ch != nullptr && ch->subscribers > 0 && !ch->pattern && ch->target_mark != mark) {
+            ch->target_mark = mark;
+            targets.push_back(ch);
+        }
+        add_pattern_targets_locked(name, mark, targets);
     }
-    for (ShmChannel* ch : found) {
+    for (ShmChannel* ch : targets) {
         adopt_history_policy(ch, fallback);
         mark_workers_of(ch, hdr_->slot_high, wake);
         ch->events_in_log++;  // held while evicting for room
-        targets.push_back(ch);
         result.subscribers += ch->subscribers;
     }
     if (targets.empty()) return false;
@@ -240,10 +247,19 @@ bool Store::ingest(const std::vector<std::string_view>& channels, const RemoteEv
 void Store::merge_history(std::string_view channel, const std::vector<RemoteEvent>& events, std::uint64_t redis_lost,
                           const HistoryPolicy& fallback, PublishResult& result, ngx_log_t* log) {
     result = PublishResult{};
-    ZoneLock lock(pool_);
+    std::vector<ShmChannel*> targets{nullptr};
+    std::vector<std::uint64_t> known;
+    ZoneLock lock(pool_, &deferred_);
     collect_locked();
     ShmChannel* ch = find_locked(channel, hash_name(channel));
     if (ch == nullptr) return;
+    targets[0] = ch;
+    // The ids held here, collected before anything changes (an allocation that fails leaves
+    // the zone as it was). The history is in id order.
+    known.reserve(ch->history_count);
+    for (ngx_queue_t* q = ngx_queue_head(&ch->history); q != ngx_queue_sentinel(&ch->history); q = ngx_queue_next(q)) {
+        known.push_back(history_ref(q)->event->id);
+    }
     adopt_history_policy(ch, fallback);
     std::uint64_t wake[2] = {0, 0};
     mark_workers_of(ch, hdr_->slot_high, wake);
@@ -256,15 +272,11 @@ void Store::merge_history(std::string_view channel, const std::vector<RemoteEven
     } else if (redis_lost > ch->lost_through) {
         ch->lost_through = redis_lost;
     }
-    std::unordered_set<std::uint64_t> known;
-    for (ngx_queue_t* q = ngx_queue_head(&ch->history); q != ngx_queue_sentinel(&ch->history); q = ngx_queue_next(q)) {
-        known.insert(history_ref(q)->event->id);
-    }
-    std::vector<ShmChannel*> targets{ch};
+    if (!std::is_sorted(known.begin(), known.end())) std::sort(known.begin(), known.end());
     std::uint64_t none[2] = {0, 0};
     for (const RemoteEvent& e : events) {
         if (e.id > hdr_->last_id) hdr_->last_id = e.id;
-        if (known.count(e.id) != 0) continue;
+        if (std::binary_search(known.begin(), known.end(), e.id)) continue;
         if (remote_expired(e, ch->history_ttl)) {
             if (e.id > ch->lost_through) ch->lost_through = e.id;
             continue;

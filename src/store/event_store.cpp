@@ -7,21 +7,29 @@
 #include <csignal>
 #include <cstring>
 
+#include "fault_injection.h"
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
+#include "store/process_identity.h"
 #include "store/zone_helpers.h"
 
 namespace sse {
 
 using namespace zone;
 
-namespace {
-
-bool process_alive(ngx_pid_t pid) {
-    return kill(pid, 0) == 0 || errno != ESRCH;
+void DeferredLog::write() noexcept {
+    if (evicted == 0 && redis_dropped == 0) return;
+    ngx_log_t* to = log != nullptr ? log : ngx_cycle->log;
+    if (evicted > 0) {
+        ngx_log_error(NGX_LOG_WARN, to, 0,
+                      "sse: shared zone full, evicted %uL retained events to make room; raise sse_shm_size", evicted);
+    }
+    if (redis_dropped > 0) {
+        ngx_log_error(NGX_LOG_WARN, to, 0, "sse: redis queue full (sse_redis_queue %uD), dropped the oldest %uL events",
+                      redis_queue_limit, redis_dropped);
+    }
+    *this = DeferredLog{};
 }
-
-}  // namespace
 
 StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     auto* hdr = static_cast<StoreHeader*>(ngx_slab_calloc(pool, sizeof(StoreHeader)));
@@ -50,6 +58,7 @@ StoreHeader* Store::create(ngx_slab_pool_t* pool) {
 }
 
 void* Store::alloc_locked(std::size_t size) {
+    if (fault::allocation_fails()) return nullptr;
     void* p = ngx_slab_alloc_locked(pool_, size);
     if (p != nullptr) hdr_->bytes_used += size;
     return p;
@@ -62,11 +71,13 @@ void Store::free_locked(void* p, std::size_t size) {
 
 ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
     reap_dead_slots(log);
-    ZoneLock lock(pool_);
+    std::uint64_t started = process_start_time(pid);
+    ZoneLock lock(pool_, &deferred_);
     for (ngx_uint_t i = 0; i < kMaxWorkerSlots; i++) {
         WorkerSlot& s = hdr_->slots[i];
         if (s.pid != 0) continue;
         s.pid = pid;
+        s.started = started;
         s.wake_pending = 0;
         s.cursor = hdr_->next_seq;
         s.subscribers = 0;
@@ -78,26 +89,53 @@ ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
 }
 
 void Store::release_slot(ngx_uint_t slot) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     reap_slot_locked(slot);
     collect_locked();
 }
 
 ngx_uint_t Store::reap_dead_slots(ngx_log_t* log) {
+    // Which slots' processes are gone is asked of the system with the lock released; a slot is
+    // reaped only if it still names the same process afterwards.
+    struct Holder {
+        ngx_uint_t slot;
+        ngx_pid_t pid;
+        std::uint64_t started;
+        std::uint32_t subscribers;
+    } holders[kMaxWorkerSlots];
+    ngx_uint_t n = 0;
+    {
+        ZoneLock lock(pool_, &deferred_);
+        for (ngx_uint_t i = 0; i < hdr_->slot_high; i++) {
+            const WorkerSlot& s = hdr_->slots[i];
+            if (s.pid != 0 && s.pid != ngx_pid) holders[n++] = {i, s.pid, s.started, 0};
+        }
+    }
+    ngx_uint_t dead = 0;
+    for (ngx_uint_t i = 0; i < n; i++) {
+        if (!same_process_alive(holders[i].pid, holders[i].started)) holders[dead++] = holders[i];
+    }
+    if (dead == 0) return 0;
     ngx_uint_t reaped = 0;
-    ZoneLock lock(pool_);
-    for (ngx_uint_t i = 0; i < hdr_->slot_high; i++) {
-        WorkerSlot& s = hdr_->slots[i];
-        if (s.pid == 0 || s.pid == ngx_pid || process_alive(s.pid)) continue;
+    {
+        ZoneLock lock(pool_, &deferred_);
+        for (ngx_uint_t i = 0; i < dead; i++) {
+            Holder& h = holders[i];
+            const WorkerSlot& s = hdr_->slots[h.slot];
+            if (s.pid != h.pid || s.started != h.started) continue;  // reaped and taken meanwhile
+            h.subscribers = s.subscribers;
+            reap_slot_locked(h.slot);
+            holders[reaped++] = h;
+        }
+        if (reaped) {
+            hdr_->counters.workers_reaped += reaped;
+            collect_locked();
+        }
+    }
+    for (ngx_uint_t i = 0; i < reaped; i++) {
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
                       "sse: reaping %uD subscribers of worker process %P, which exited without releasing them",
-                      s.subscribers, s.pid);
-        reap_slot_locked(i);
-        reaped++;
-    }
-    if (reaped) {
-        hdr_->counters.workers_reaped += reaped;
-        collect_locked();
+                      holders[i].subscribers, holders[i].pid);
     }
     return reaped;
 }
@@ -175,6 +213,7 @@ ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t ha
         ch->pattern = 1;
         ch->lost_through = std::max(ch->lost_through, hdr_->last_id);
         ngx_queue_insert_tail(&hdr_->patterns, &ch->pattern_link);
+        hdr_->pattern_count++;
     }
     ngx_rbtree_insert(&hdr_->channels, &ch->node);
     hdr_->channel_count++;
@@ -196,15 +235,33 @@ void Store::unlink_channel_locked(ShmChannel* ch) {
     hdr_->channel_count--;
     if (ch->pattern) {
         ngx_queue_remove(&ch->pattern_link);
+        hdr_->pattern_count--;
     }
 }
 
-void Store::add_pattern_targets_locked(std::string_view name, std::vector<ShmChannel*>& targets) {
-    for (ngx_queue_t* q = ngx_queue_head(&hdr_->patterns); q != ngx_queue_sentinel(&hdr_->patterns);
-         q = ngx_queue_next(q)) {
-        auto* p = ngx_queue_data(q, ShmChannel, pattern_link);
-        if (p->subscribers == 0 || !pattern_covers(p->name_view(), name)) continue;
-        if (std::find(targets.begin(), targets.end(), p) == targets.end()) targets.push_back(p);
+void Store::add_pattern_targets_locked(std::string_view name, std::uint64_t mark, std::vector<ShmChannel*>& targets) {
+    auto add = [&](ShmChannel* p) {
+        if (p->subscribers == 0 || p->target_mark == mark || !pattern_covers(p->name_view(), name)) return;
+        p->target_mark = mark;
+        targets.push_back(p);
+    };
+    // Few patterns: look at each. Many: look up the few that could cover the name, a `*` after
+    // each of its prefixes, so a publish costs the same with 50,000 pattern channels.
+    if (hdr_->pattern_count <= name.size() + 1) {
+        for (ngx_queue_t* q = ngx_queue_head(&hdr_->patterns); q != ngx_queue_sentinel(&hdr_->patterns);
+             q = ngx_queue_next(q)) {
+            add(ngx_queue_data(q, ShmChannel, pattern_link));
+        }
+        return;
+    }
+    char candidate[kMaxChannelNameLength + 2];
+    if (name.size() > kMaxChannelNameLength) return;
+    for (std::size_t len = 0; len <= name.size(); len++) {
+        std::memcpy(candidate, name.data(), len);
+        candidate[len] = '*';
+        std::string_view pattern(candidate, len + 1);
+        ShmChannel* p = find_locked(pattern, hash_name(pattern));
+        if (p != nullptr && p->pattern) add(p);
     }
 }
 
@@ -246,7 +303,7 @@ void Store::sweep_expired_locked() {
     for (int n = 0; n < kSweepLimit && q != ngx_queue_sentinel(&hdr_->retention); n++) {
         auto* ev = ngx_queue_data(q, ShmEvent, retained_link);
         q = ngx_queue_next(q);
-        for (std::uint16_t i = 0; i < ev->nchannels; i++) {
+        for (std::uint32_t i = 0; i < ev->nchannels; i++) {
             EventChannelRef& ref = ev->refs[i];
             if (!ref.retained || !expired(ref.channel, ev)) continue;
             bool last = ev->retained == 1;
@@ -260,7 +317,7 @@ void Store::sweep_expired_locked() {
 bool Store::evict_oldest_locked() {
     if (ngx_queue_empty(&hdr_->retention)) return false;
     auto* ev = ngx_queue_data(ngx_queue_head(&hdr_->retention), ShmEvent, retained_link);
-    for (std::uint16_t i = 0; i < ev->nchannels; i++) {
+    for (std::uint32_t i = 0; i < ev->nchannels; i++) {
         if (!ev->refs[i].retained) continue;
         bool last = ev->retained == 1;
         unretain_locked(ev->refs[i]);
@@ -283,9 +340,8 @@ void* Store::alloc_evicting_locked(std::size_t size, ngx_log_t* log) {
     void* p = alloc_locked(size);
     while (p == nullptr && evict_oldest_locked()) p = alloc_locked(size);
     if (hdr_->evictions_unlogged > 0 && ngx_time() - hdr_->eviction_logged_at >= 60) {
-        ngx_log_error(NGX_LOG_WARN, log ? log : ngx_cycle->log, 0,
-                      "sse: shared zone full, evicted %uL retained events to make room; raise sse_shm_size",
-                      hdr_->evictions_unlogged);
+        deferred_.evicted += hdr_->evictions_unlogged;
+        if (log != nullptr) deferred_.log = log;
         hdr_->evictions_unlogged = 0;
         hdr_->eviction_logged_at = ngx_time();
     }
@@ -305,103 +361,121 @@ void Store::maybe_free_event_locked(ShmEvent* ev) {
     free_event_locked(ev);
 }
 
-ShmSubscriber* Store::subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
-                                const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
-                                ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log, bool defer_unsynced,
-                                bool* new_channels, const StreamIdentity& identity) {
-    plan = ResumePlan{};
-    refusal = SubscribeRefusal::kNone;
-    if (new_channels != nullptr) *new_channels = false;
-    ZoneLock lock(pool_);
+// Admits a stream under sse_max_subscribers and sse_max_subscribers_per_key; the key it holds
+// (nullptr when not limited by key) is returned through `key`.
+bool Store::admit_locked(const SubscribeLimits& limits, ShmKey*& key, SubscribeOutcome& out, ngx_log_t* log) {
+    key = nullptr;
     if (limits.max_total > 0) {
         std::uint64_t total = 0;
         for (ngx_uint_t i = 0; i < hdr_->slot_high; i++) total += hdr_->slots[i].subscribers;
         if (total >= limits.max_total) {
-            refusal = SubscribeRefusal::kMaxSubscribers;
+            out.refusal = SubscribeRefusal::kMaxSubscribers;
             hdr_->counters.refused_max_subscribers++;
-            return nullptr;
+            return false;
         }
     }
-    ShmKey* key = nullptr;
-    if (!limits.key.empty() && limits.max_per_key > 0) {
-        std::uint32_t hash = hash_name(limits.key);
-        key = find_key_locked(limits.key, hash);
-        if (key != nullptr && key->streams >= limits.max_per_key) {
-            refusal = SubscribeRefusal::kPerKey;
-            hdr_->counters.refused_per_key++;
-            return nullptr;
-        }
+    if (limits.key.empty() || limits.max_per_key == 0) return true;
+    std::uint32_t hash = hash_name(limits.key);
+    key = find_key_locked(limits.key, hash);
+    if (key != nullptr && key->streams >= limits.max_per_key) {
+        out.refusal = SubscribeRefusal::kPerKey;
+        hdr_->counters.refused_per_key++;
+        key = nullptr;
+        return false;
+    }
+    if (key == nullptr) {
+        key = static_cast<ShmKey*>(alloc_evicting_locked(sizeof(ShmKey) + limits.key.size(), log));
         if (key == nullptr) {
-            key = static_cast<ShmKey*>(alloc_evicting_locked(sizeof(ShmKey) + limits.key.size(), log));
-            if (key == nullptr) {
-                refusal = SubscribeRefusal::kZoneFull;
-                return nullptr;
-            }
-            std::memset(key, 0, sizeof(ShmKey));
-            key->node.key = hash;
-            key->name_len = std::uint16_t(limits.key.size());
-            std::memcpy(key->name, limits.key.data(), limits.key.size());
-            ngx_rbtree_insert(&hdr_->keys, &key->node);
+            out.refusal = SubscribeRefusal::kZoneFull;
+            return false;
         }
-        key->streams++;  // held from here; released with the record, or below on failure
+        std::memset(key, 0, sizeof(ShmKey));
+        key->node.key = hash;
+        key->name_len = std::uint16_t(limits.key.size());
+        std::memcpy(key->name, limits.key.data(), limits.key.size());
+        ngx_rbtree_insert(&hdr_->keys, &key->node);
     }
-    std::size_t user_len = std::min<std::size_t>(identity.user.size(), UINT16_MAX);
-    std::size_t addr_len = std::min<std::size_t>(identity.remote_addr.size(), UINT16_MAX);
-    std::size_t sub_size = subscriber_alloc_size(names.size()) + user_len + addr_len;
+    key->streams++;  // held from here; released with the record, or by the caller on failure
+    return true;
+}
+
+// Makes the stream's record on its channels (created as needed); nullptr, with nothing left
+// behind, when the zone is full.
+ShmSubscriber* Store::create_record_locked(const SubscribeRequest& req, ShmKey* key, SubscribeOutcome& out,
+                                           ngx_log_t* log) {
+    ngx_uint_t slot = req.slot;
+    std::size_t user_len = std::min<std::size_t>(req.identity.user.size(), UINT16_MAX);
+    std::size_t addr_len = std::min<std::size_t>(req.identity.remote_addr.size(), UINT16_MAX);
+    std::size_t sub_size = subscriber_alloc_size(req.names.size()) + user_len + addr_len;
     auto* sub = static_cast<ShmSubscriber*>(alloc_evicting_locked(sub_size, log));
-    if (sub == nullptr) {
-        if (key != nullptr) release_key_locked(key);
-        refusal = SubscribeRefusal::kZoneFull;
-        return nullptr;
-    }
+    if (sub == nullptr) return nullptr;
     std::memset(sub, 0, sizeof(ShmSubscriber));
     sub->key = key;
-    sub->nchannels = 0;
     sub->alloc_size = std::uint32_t(sub_size);
-    for (std::string_view name : names) {
+    for (std::string_view name : req.names) {
         std::uint32_t hash = hash_name(name);
         ShmChannel* ch = find_locked(name, hash);
         if (ch == nullptr) ch = create_channel_locked(name, hash);
         if (ch == nullptr) {
-            // Zone full: undo what this request added.
             for (std::uint32_t i = 0; i < sub->nchannels; i++) {
                 sub->channels[i]->per_slot[slot]--;
                 sub->channels[i]->subscribers--;
                 maybe_free_channel_locked(sub->channels[i]);
             }
-            if (key != nullptr) release_key_locked(key);
             free_locked(sub, sub_size);
-            refusal = SubscribeRefusal::kZoneFull;
             return nullptr;
         }
         ch->per_slot[slot]++;
         if (ch->subscribers++ == 0) {
             hdr_->cluster.subscriptions_changed++;
-            if (new_channels != nullptr) *new_channels = true;
+            out.new_channels = true;
         }
         sub->channels[sub->nchannels++] = ch;
     }
-    sub->client_id = identity.client_id != 0 ? identity.client_id : ++hdr_->next_client_id;
+    sub->client_id = req.identity.client_id != 0 ? req.identity.client_id : ++hdr_->next_client_id;
     sub->user_len = std::uint16_t(user_len);
     sub->addr_len = std::uint16_t(addr_len);
     auto* strings = reinterpret_cast<u_char*>(sub->channels + sub->nchannels);
-    if (user_len > 0) std::memcpy(strings, identity.user.data(), user_len);
-    if (addr_len > 0) std::memcpy(strings + user_len, identity.remote_addr.data(), addr_len);
+    if (user_len > 0) std::memcpy(strings, req.identity.user.data(), user_len);
+    if (addr_len > 0) std::memcpy(strings + user_len, req.identity.remote_addr.data(), addr_len);
     sub->connected_at = ngx_time();
     sub->slot = std::uint32_t(slot);
     ngx_queue_insert_tail(&hdr_->slots[slot].subscribers_list, &sub->link);
     hdr_->slots[slot].subscribers++;
-    bool needs_history = resume.kind == ResumeRequest::kAfterId || resume.replay > 0;
-    if (defer_unsynced && needs_history) {
-        for (std::uint32_t i = 0; i < sub->nchannels; i++) plan.deferred |= !sub->channels[i]->redis_synced;
-    }
-    if (plan.deferred) {
-        start_after = UINT64_MAX;  // nothing live until planned
-        return sub;
-    }
-    start_after = hdr_->next_seq;
-    plan_resume_locked(slot, sub, resume, plan);
     return sub;
+}
+
+SubscribeOutcome Store::subscribe(const SubscribeRequest& req, ngx_log_t* log) {
+    SubscribeOutcome out;
+    ZoneLock lock(pool_, &deferred_);
+    ShmKey* key = nullptr;
+    if (!admit_locked(req.limits, key, out, log)) return out;
+    ShmSubscriber* sub = create_record_locked(req, key, out, log);
+    if (sub == nullptr) {
+        if (key != nullptr) release_key_locked(key);
+        out.refusal = SubscribeRefusal::kZoneFull;
+        return out;
+    }
+    bool needs_history = req.resume.kind == ResumeRequest::kAfterId || req.resume.replay > 0;
+    if (req.defer_unsynced && needs_history) {
+        for (std::uint32_t i = 0; i < sub->nchannels; i++) out.plan.deferred |= !sub->channels[i]->redis_synced;
+    }
+    if (out.plan.deferred) {
+        out.start_after = UINT64_MAX;  // nothing live until planned
+        out.record = sub;
+        return out;
+    }
+    out.start_after = hdr_->next_seq;
+    try {
+        plan_resume_locked(req.slot, sub, req.resume, out.plan);
+    } catch (...) {
+        drop_subscriber_locked(sub);  // planning pins nothing before its last allocation
+        throw;
+    }
+    out.record = sub;
+    lock.unlock();
+    order_replay(out.plan, req.resume);
+    return out;
 }
 
 std::uint64_t Store::new_client_id() {
@@ -413,13 +487,38 @@ std::uint64_t Store::new_client_id() {
 void Store::plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, std::uint64_t& start_after,
                         ResumePlan& plan) {
     plan = ResumePlan{};
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     start_after = hdr_->next_seq;
     plan_resume_locked(slot, sub, resume, plan);
+    lock.unlock();
+    order_replay(plan, resume);
+}
+
+void Store::order_replay(ResumePlan& plan, const ResumeRequest& resume) noexcept {
+    std::vector<ShmEvent*>& events = plan.replay;
+    // By id; an event of two channels appears twice (the same pointer), and with Redis an id
+    // merged into two channels' histories can be held twice (two pointers): sent once either way.
+    std::sort(events.begin(), events.end(),
+              [](ShmEvent* a, ShmEvent* b) { return a->id < b->id || (a->id == b->id && a < b); });
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < events.size(); i++) {
+        if (kept > 0 && events[kept - 1]->id == events[i]->id) {
+            if (events[kept - 1] != events[i]) plan.unpin.push_back(events[i]);
+            continue;
+        }
+        events[kept++] = events[i];
+    }
+    events.resize(kept);
+    std::size_t most_recent = resume.kind == ResumeRequest::kLive ? resume.replay : 0;
+    if (most_recent > 0 && events.size() > most_recent) {
+        std::size_t drop = events.size() - most_recent;
+        plan.unpin.insert(plan.unpin.end(), events.begin(), events.begin() + std::ptrdiff_t(drop));
+        events.erase(events.begin(), events.begin() + std::ptrdiff_t(drop));
+    }
 }
 
 bool Store::synced(const ShmSubscriber* sub) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     for (std::uint32_t i = 0; i < sub->nchannels; i++) {
         if (!sub->channels[i]->redis_synced) return false;
     }
@@ -467,6 +566,12 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
         break;
     }
 
+    std::size_t candidates = 0;
+    for (std::uint32_t i = 0; i < sub->nchannels; i++) {
+        std::size_t held = sub->channels[i]->history_count;
+        candidates += most_recent ? std::min(held, most_recent) : held;
+    }
+    plan.replay.reserve(candidates);
     for (std::uint32_t i = 0; i < sub->nchannels; i++) {
         ngx_queue_t* h = &sub->channels[i]->history;
         std::size_t taken = 0;
@@ -477,22 +582,15 @@ void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const Resume
             taken++;
         }
     }
-    // Merge the channels in publish order; an event of two of them is sent once.
-    std::sort(plan.replay.begin(), plan.replay.end(), [](ShmEvent* a, ShmEvent* b) { return a->id < b->id; });
-    // With Redis, an event of several channels merged from Redis's history is held once per
-    // channel: the same id is still sent once.
-    plan.replay.erase(std::unique(plan.replay.begin(), plan.replay.end(),
-                                  [](ShmEvent* a, ShmEvent* b) { return a->id == b->id; }),
-                      plan.replay.end());
-    if (most_recent && plan.replay.size() > most_recent) {
-        plan.replay.erase(plan.replay.begin(), plan.replay.end() - std::ptrdiff_t(most_recent));
-    }
+    // Ordered after the lock is released (order_replay), into room reserved here, before
+    // anything is pinned: an allocation that fails leaves nothing pinned.
+    plan.unpin.reserve(plan.replay.size());
     std::uint64_t bit = std::uint64_t(1) << (slot % 64);
     for (ShmEvent* ev : plan.replay) __atomic_fetch_or(&ev->pinned_by[slot / 64], bit, __ATOMIC_ACQ_REL);
 }
 
 bool Store::unsubscribe(ShmSubscriber* sub) {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     std::uint64_t changes = hdr_->cluster.subscriptions_changed;
     // Channels go first: collecting may free a channel along with its last event.
     drop_subscriber_locked(sub);
@@ -523,7 +621,7 @@ ShmEvent* Store::store_event_locked(std::uint64_t id, std::string_view name, std
     ev->id = id;
     ev->published_at = ngx_current_msec;
     ev->frame_len = std::uint32_t(frame_len);
-    ev->nchannels = std::uint16_t(targets.size());
+    ev->nchannels = std::uint32_t(targets.size());
     ev->kind = kEventMessage;
     ev->name_len = std::uint16_t(name.size());
     ev->refs = reinterpret_cast<EventChannelRef*>(ev + 1);
@@ -578,17 +676,133 @@ void Store::link_event_locked(ShmEvent* ev, const std::uint64_t wake[2], bool ke
     }
 }
 
+// The channels of one publish, chosen under the lock: `found` are held (events_in_log) while
+// evicting for room, `targets` store the events.
+struct Store::PublishTargets {
+    std::vector<ShmChannel*> found;
+    std::vector<ShmChannel*> targets;
+    std::uint64_t wake[2] = {0, 0};
+};
+
+// Finds or creates the named channels (and the patterns covering them) that take the events;
+// false when the zone has no room for a new channel.
+bool Store::choose_targets_locked(const std::vector<std::string_view>& names, std::size_t events,
+                                  std::uint64_t last, const HistoryPolicy& history, PublishTargets& t,
+                                  PublishResult& result) {
+    bool cluster = hdr_->cluster.enabled;
+    std::uint64_t mark = ++hdr_->target_marks;
+    auto take = [&](ShmChannel* ch) {
+        ch->target_mark = mark;
+        t.targets.push_back(ch);
+        mark_workers_of(ch, hdr_->slot_high, t.wake);
+    };
+    for (std::string_view name : names) {
+        std::uint32_t hash = hash_name(name);
+        ShmChannel* ch = find_locked(name, hash);
+        if (ch == nullptr && (history.limit > 0 || cluster)) {
+            ch = create_channel_locked(name, hash);
+            if (ch == nullptr) return false;
+        }
+        if (ch == nullptr) {
+            // Nobody listens and nothing is kept: these events are lost to any later replay.
+            forget_channel_locked(name, last);
+            continue;
+        }
+        ch->events_in_log++;
+        t.found.push_back(ch);
+        result.subscribers += ch->subscribers;
+        ch->history_limit = history.limit;
+        ch->history_ttl = history.ttl;
+        if (ch->subscribers == 0 && history.limit == 0 && !cluster) {
+            ch->lost_through = last;
+            ch->last_event_id = last;
+            ch->events_published += events;
+            continue;
+        }
+        if (ch->target_mark != mark) take(ch);
+    }
+    // Streams on patterns covering the channels (`blog.*`) take the event too, once each.
+    if (hdr_->pattern_count > 0) {
+        std::size_t first = t.targets.size();
+        for (std::string_view name : names) add_pattern_targets_locked(name, mark, t.targets);
+        for (std::size_t i = first; i < t.targets.size(); i++) {
+            ShmChannel* p = t.targets[i];
+            p->events_in_log++;
+            t.found.push_back(p);
+            result.subscribers += p->subscribers;
+            p->history_limit = history.limit;
+            p->history_ttl = history.ttl;
+            mark_workers_of(p, hdr_->slot_high, t.wake);
+        }
+    }
+    return true;
+}
+
+// Formats and stores each event for the targets: all or none.
+bool Store::store_events_locked(const std::vector<EventInput>& events, const std::vector<std::uint64_t>& ids,
+                                const std::vector<ShmChannel*>& targets, std::vector<ShmEvent*>& stored,
+                                ngx_log_t* log) {
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < events.size(); i++) {
+        total += event_alloc_size(targets.size(), event_frame_size(ids[i], events[i].name, events[i].data));
+    }
+    if (!could_fit_locked(total)) return false;
+    for (std::size_t i = 0; i < events.size(); i++) {
+        ShmEvent* ev = store_event_locked(ids[i], events[i].name, events[i].data, targets, log);
+        if (ev == nullptr) {
+            for (ShmEvent* done : stored) free_locked(done, event_alloc_size(done->nchannels, done->frame_len));
+            stored.clear();
+            return false;
+        }
+        stored.push_back(ev);
+    }
+    return true;
+}
+
+// Puts this node's new events in the queue to Redis, which stays bounded whatever Redis does:
+// the oldest waiting events give way.
+void Store::queue_outbound_locked(const std::vector<ShmEvent*>& stored, std::uint64_t wake[2], ngx_log_t* log) {
+    ClusterState& cs = hdr_->cluster;
+    for (ShmEvent* ev : stored) {
+        ev->in_outbound = true;
+        ngx_queue_insert_tail(&cs.outbound, &ev->outbound_link);
+        cs.outbound_count++;
+    }
+    while (cs.outbound_count > cs.outbound_limit) {
+        drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
+        hdr_->counters.redis_queue_dropped++;
+        cs.dropped_unlogged++;
+    }
+    if (cs.dropped_unlogged > 0 && ngx_time() - cs.dropped_logged_at >= 60) {
+        deferred_.redis_dropped += cs.dropped_unlogged;
+        deferred_.redis_queue_limit = cs.outbound_limit;
+        if (log != nullptr) deferred_.log = log;
+        cs.dropped_unlogged = 0;
+        cs.dropped_logged_at = ngx_time();
+    }
+    if (cs.owner > 0) set_bit(wake, cs.owner - 1);
+}
+
 bool Store::publish(const std::vector<EventInput>& events, const std::vector<std::string_view>& names,
                     const HistoryPolicy& history, PublishResult& result, ngx_log_t* log) {
     result = PublishResult{};
-    ZoneLock lock(pool_);
-    collect_locked();
-    sweep_expired_locked();
-    bool cluster = hdr_->cluster.enabled;
-
-    // The ids this publish takes, given out only if it succeeds.
+    if (events.empty()) return false;
+    // Room for everything the critical section collects, reserved before it: nothing is
+    // allocated while the lock is held.
+    std::size_t most = 0;
+    for (std::string_view name : names) most += max_targets_for(name);
+    PublishTargets t;
+    t.found.reserve(most);
+    t.targets.reserve(most);
     std::vector<std::uint64_t> ids;
     ids.reserve(events.size());
+    std::vector<ShmEvent*> stored;
+    stored.reserve(events.size());
+
+    ZoneLock lock(pool_, &deferred_);
+    collect_locked();
+    sweep_expired_locked();
+    // The ids this publish takes, given out only if it succeeds.
     std::uint64_t saved_last = hdr_->last_id;
     for (std::size_t i = 0; i < events.size(); i++) {
         ids.push_back(next_local_id_locked());
@@ -597,141 +811,34 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     hdr_->last_id = saved_last;
     std::uint64_t last = ids.back();
 
-    // Channels someone listens to, or that keep history, store the event; the others only
-    // advance their counters. With Redis every channel does: the event waits for Redis.
-    // Every channel found is held (events_in_log) while evicting for room.
-    std::vector<ShmChannel*> found;
-    std::vector<ShmChannel*> targets;
-    found.reserve(names.size());
-    targets.reserve(names.size());
-    std::uint64_t wake[2] = {0, 0};
-    bool refused = false;
-    for (std::string_view name : names) {
-        std::uint32_t hash = hash_name(name);
-        ShmChannel* ch = find_locked(name, hash);
-        if (ch == nullptr && (history.limit > 0 || cluster)) {
-            ch = create_channel_locked(name, hash);
-            if (ch == nullptr) {
-                refused = true;
-                break;
-            }
-        }
-        if (ch == nullptr) {
-            // Nobody listens and nothing is kept: these events are lost to any later replay.
-            forget_channel_locked(name, last);
-            continue;
-        }
-        ch->events_in_log++;
-        found.push_back(ch);
-        result.subscribers += ch->subscribers;
-        ch->history_limit = history.limit;
-        ch->history_ttl = history.ttl;
-        if (ch->subscribers == 0 && history.limit == 0 && !cluster) {
-            ch->lost_through = last;
-            ch->last_event_id = last;
-            ch->events_published += events.size();
-            continue;
-        }
-        targets.push_back(ch);
-        mark_workers_of(ch, hdr_->slot_high, wake);
-    }
-
-    // Streams on patterns covering the channels (`blog.*`) take the event too, once each.
-    if (!refused && !ngx_queue_empty(&hdr_->patterns)) {
-        std::vector<ShmChannel*> covering;
-        for (std::string_view name : names) add_pattern_targets_locked(name, covering);
-        for (ShmChannel* p : covering) {
-            if (std::find(targets.begin(), targets.end(), p) != targets.end()) continue;
-            p->events_in_log++;
-            found.push_back(p);
-            result.subscribers += p->subscribers;
-            p->history_limit = history.limit;
-            p->history_ttl = history.ttl;
-            targets.push_back(p);
-            mark_workers_of(p, hdr_->slot_high, wake);
-        }
-    }
-
-    if (!refused && !targets.empty()) {
-        std::size_t total = 0;
-        for (std::size_t i = 0; i < events.size(); i++) {
-            total += event_alloc_size(targets.size(), event_frame_size(ids[i], events[i].name, events[i].data));
-        }
-        refused = !could_fit_locked(total);
-    }
-
-    std::vector<ShmEvent*> stored;
-    if (!refused && !targets.empty()) {
-        stored.reserve(events.size());
-        for (std::size_t i = 0; i < events.size(); i++) {
-            ShmEvent* ev = store_event_locked(ids[i], events[i].name, events[i].data, targets, log);
-            if (ev == nullptr) {
-                for (ShmEvent* done : stored) {
-                    free_locked(done, event_alloc_size(done->nchannels, done->frame_len));
-                }
-                stored.clear();
-                refused = true;
-                break;
-            }
-            stored.push_back(ev);
-        }
-    }
-
-    if (refused) {
-        for (ShmChannel* ch : found) {
-            ch->events_in_log--;
-            maybe_free_channel_locked(ch);
-        }
+    bool ok = choose_targets_locked(names, events.size(), last, history, t, result);
+    if (ok && !t.targets.empty()) ok = store_events_locked(events, ids, t.targets, stored, log);
+    if (ok) {
+        for (ShmEvent* ev : stored) link_event_locked(ev, t.wake, false);
+        if (hdr_->last_id < last) hdr_->last_id = last;
+        if (hdr_->cluster.enabled) queue_outbound_locked(stored, t.wake, log);
+        for (ShmChannel* ch : t.targets) trim_history_locked(ch);
+        result.first_id = ids.front();
+        result.last_id = last;
+        result.events = events.size();
+        result.wake[0] = t.wake[0];
+        result.wake[1] = t.wake[1];
+        hdr_->counters.events_published += events.size();
+    } else {
         hdr_->counters.publishes_refused++;
-        return false;
     }
-
-    for (ShmEvent* ev : stored) {
-        link_event_locked(ev, wake, false);
-        if (cluster) {
-            ev->in_outbound = true;
-            ngx_queue_insert_tail(&hdr_->cluster.outbound, &ev->outbound_link);
-            hdr_->cluster.outbound_count++;
-        }
-    }
-    if (hdr_->last_id < last) hdr_->last_id = last;
-    if (cluster) {
-        // Bounded whatever Redis does: the oldest waiting events give way.
-        ClusterState& cs = hdr_->cluster;
-        while (cs.outbound_count > cs.outbound_limit) {
-            drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
-            hdr_->counters.redis_queue_dropped++;
-            cs.dropped_unlogged++;
-        }
-        if (cs.dropped_unlogged > 0 && ngx_time() - cs.dropped_logged_at >= 60) {
-            ngx_log_error(NGX_LOG_WARN, log ? log : ngx_cycle->log, 0,
-                          "sse: redis queue full (sse_redis_queue %uD), dropped the oldest %uL events",
-                          cs.outbound_limit, cs.dropped_unlogged);
-            cs.dropped_unlogged = 0;
-            cs.dropped_logged_at = ngx_time();
-        }
-        if (cs.owner > 0) set_bit(wake, cs.owner - 1);
-    }
-    for (ShmChannel* ch : targets) trim_history_locked(ch);
-
-    result.first_id = ids.front();
-    result.last_id = last;
-    result.events = events.size();
-    result.wake[0] = wake[0];
-    result.wake[1] = wake[1];
-    for (ShmChannel* ch : found) {
+    for (ShmChannel* ch : t.found) {
         ch->events_in_log--;
         maybe_free_channel_locked(ch);
     }
-    hdr_->counters.events_published += events.size();
-    return true;
+    return ok;
 }
 
 bool Store::close_channel(std::string_view name, PublishResult& result, std::uint32_t& closed_subscribers,
                           bool& no_memory) {
     result = PublishResult{};
     no_memory = false;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ShmChannel* ch = find_locked(name, hash_name(name));
     if (ch == nullptr) return false;
     closed_subscribers = ch->subscribers;
@@ -782,7 +889,7 @@ bool Store::close_channel(std::string_view name, PublishResult& result, std::uin
 
 ChannelState Store::channel_state(std::string_view name) {
     ChannelState st;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ShmChannel* ch = find_locked(name, hash_name(name));
     if (ch == nullptr) return st;
     ch->events_in_log++;  // held while expired history goes
@@ -798,7 +905,7 @@ ChannelState Store::channel_state(std::string_view name) {
 std::vector<std::pair<std::string, ChannelState>> Store::channel_states(std::size_t limit, bool& more) {
     std::vector<std::pair<std::string, ChannelState>> out;
     more = false;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     ngx_rbtree_node_t* sentinel = hdr_->channels.sentinel;
     if (hdr_->channels.root == sentinel) return out;
     out.reserve(hdr_->channel_count);
@@ -817,16 +924,23 @@ std::vector<std::pair<std::string, ChannelState>> Store::channel_states(std::siz
     return out;
 }
 
-void Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
+bool Store::take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out) {
     out.clear();
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     WorkerSlot& s = hdr_->slots[slot];
-    for (ngx_queue_t* q = ngx_queue_head(&hdr_->log); q != ngx_queue_sentinel(&hdr_->log); q = ngx_queue_next(q)) {
+    // The log is in seq order: find the first event after the cursor from the newest end, so
+    // a wake-up costs what is new, not what other workers still hold.
+    ngx_queue_t* sentinel = ngx_queue_sentinel(&hdr_->log);
+    ngx_queue_t* q = ngx_queue_last(&hdr_->log);
+    while (q != sentinel && (ngx_queue_data(q, ShmEvent, link))->seq > s.cursor) q = ngx_queue_prev(q);
+    for (q = ngx_queue_next(q); q != sentinel; q = ngx_queue_next(q)) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
-        if (ev->seq <= s.cursor || !has_bit(ev->needed_by, slot)) continue;
+        if (!has_bit(ev->needed_by, slot)) continue;
+        if (out.size() == out.capacity()) return false;
         out.push_back(ev);
         s.cursor = ev->seq;
     }
+    return true;
 }
 
 void Store::release_event(ShmEvent* ev, ngx_uint_t slot) {
@@ -838,7 +952,7 @@ void Store::unpin_event(ShmEvent* ev, ngx_uint_t slot) {
 }
 
 void Store::collect() {
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     collect_locked();
 }
 
@@ -847,7 +961,7 @@ void Store::free_event_locked(ShmEvent* ev) {
         ngx_queue_remove(&ev->link);
     }
     hdr_->event_count--;
-    for (std::uint16_t i = 0; i < ev->nchannels; i++) {
+    for (std::uint32_t i = 0; i < ev->nchannels; i++) {
         ShmChannel* ch = ev->refs[i].channel;
         ch->events_in_log--;
         maybe_free_channel_locked(ch);
@@ -855,27 +969,41 @@ void Store::free_event_locked(ShmEvent* ev) {
     free_locked(ev, event_alloc_size(ev->nchannels, ev->frame_len));
 }
 
+// Frees what no worker needs any more. Bounded: past this many events still held (by a slow
+// stream's unsent bytes, say) it stops, and the next call goes on; every publish and every
+// stream's end calls it, so what is freeable is freed soon after.
+constexpr std::size_t kCollectHeldLimit = 256;
+
 void Store::collect_locked() {
+    std::size_t held = 0;
     ngx_queue_t* q = ngx_queue_head(&hdr_->log);
-    while (q != ngx_queue_sentinel(&hdr_->log)) {
+    while (q != ngx_queue_sentinel(&hdr_->log) && held < kCollectHeldLimit) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
         q = ngx_queue_next(q);
-        if (!mask_empty(ev->needed_by)) continue;
+        if (!mask_empty(ev->needed_by)) {
+            held++;
+            continue;
+        }
         ngx_queue_remove(&ev->link);
         ev->in_log = false;
         maybe_free_event_locked(ev);
     }
+    held = 0;
     q = ngx_queue_head(&hdr_->orphans);
-    while (q != ngx_queue_sentinel(&hdr_->orphans)) {
+    while (q != ngx_queue_sentinel(&hdr_->orphans) && held < kCollectHeldLimit) {
         auto* ev = ngx_queue_data(q, ShmEvent, link);
         q = ngx_queue_next(q);
-        if (mask_empty(ev->pinned_by)) free_event_locked(ev);
+        if (mask_empty(ev->pinned_by)) {
+            free_event_locked(ev);
+        } else {
+            held++;
+        }
     }
 }
 
 StoreStats Store::stats() {
     StoreStats st;
-    ZoneLock lock(pool_);
+    ZoneLock lock(pool_, &deferred_);
     st.channels = hdr_->channel_count;
     st.events_stored = hdr_->event_count;
     st.events_retained = hdr_->retained_count;

@@ -54,6 +54,7 @@ struct ShmChannel {
     // streams (ids are clock-based); set when the channel is created here.
     std::uint64_t live_floor;
     ngx_queue_t pattern_link;  // in StoreHeader::patterns when the name is a prefix pattern (`blog.*`)
+    std::uint64_t target_mark;  // the publish that last chose it as a target: each event names a channel once
     unsigned linked : 1;  // findable by name; a closed channel is unlinked at once
     // With Redis: this node listens to the channel there and has merged what Redis retains, so
     // its history here is as complete as Redis's.
@@ -93,9 +94,9 @@ struct ShmEvent {
     std::uint64_t pinned_by[2];  // bit per worker slot replaying it; cleared atomically
     ngx_msec_t published_at;     // monotonic clock, for sse_history_ttl
     std::uint32_t frame_len;
-    std::uint16_t nchannels;
+    std::uint32_t nchannels;  // a publish names at most 1024 channels, each covered by at most 129 patterns
+    std::uint32_t retained;   // channels whose history holds it
     std::uint16_t kind;
-    std::uint16_t retained;  // channels whose history holds it
     std::uint16_t name_len;  // the event's name is in its frame, from event_name_offset(id)
     bool in_log;
     bool orphan;
@@ -171,6 +172,9 @@ struct ClientInfo {
 
 struct WorkerSlot {
     ngx_pid_t pid;                 // 0: free
+    // When the process started (see process_start_time): a dead worker's pid taken by a new
+    // process does not make the slot look alive.
+    std::uint64_t started;
     ngx_queue_t subscribers_list;  // ShmSubscriber records of this worker
     ngx_atomic_t wake_pending;     // coalesces wake-ups: set by the first publisher, cleared by the worker
     std::uint64_t cursor;          // the seq of the last event this worker took from the log
@@ -193,6 +197,9 @@ struct StoreCounters {
     ngx_atomic_t redis_queue_dropped;      // events dropped from a full queue to Redis
     ngx_atomic_t redis_events_sent;        // events Redis acknowledged
     ngx_atomic_t redis_events_received;    // events of other nodes taken from Redis
+    // Streams ended because an event could not be given to them (no memory for its buffer): the
+    // client resumes by Last-Event-ID instead of silently missing the event.
+    ngx_atomic_t streams_ended_out_of_memory;
 };
 
 enum class RedisState : ngx_uint_t { kOff = 0, kConnecting, kConnected, kDisconnected };
@@ -232,6 +239,8 @@ struct StoreHeader {
     ngx_queue_t retention;  // events retained by some channel's history
     ngx_queue_t orphans;    // events in neither, kept only by a replay's pin
     ngx_queue_t patterns;   // channels whose name is a prefix pattern
+    std::uint32_t pattern_count;
+    std::uint64_t target_marks;  // numbers the publishes, for ShmChannel::target_mark
     std::uint32_t channel_count;
     std::uint32_t event_count;
     std::uint32_t retained_count;
@@ -280,10 +289,33 @@ struct ResumeRequest {
 struct ResumePlan {
     ResetReason reset = ResetReason::kNone;
     std::vector<ShmEvent*> replay;  // id order
+    // Pinned while planning but not to be sent (an id twice, or older than sse_replay keeps):
+    // the worker unpins them unless another of its streams holds them.
+    std::vector<ShmEvent*> unpin;
     // With Redis: a channel's history here is not yet complete (the node has not merged what
     // Redis retains), so nothing was planned and the stream takes no live events yet: plan
     // again with plan_resume() once synced or after waiting long enough.
     bool deferred = false;
+};
+
+// A new stream, as the store is asked to admit it.
+struct SubscribeRequest {
+    ngx_uint_t slot = 0;                   // the worker serving it
+    std::vector<std::string_view> names;   // its channels (with its client and user channels)
+    SubscribeLimits limits;
+    ResumeRequest resume;
+    StreamIdentity identity;
+    // With Redis connected: a stream resuming on a channel not yet synced with Redis is
+    // registered but not planned (see ResumePlan::deferred).
+    bool defer_unsynced = false;
+};
+
+struct SubscribeOutcome {
+    ShmSubscriber* record = nullptr;  // nullptr: refused
+    SubscribeRefusal refusal = SubscribeRefusal::kNone;
+    std::uint64_t start_after = 0;    // it takes live events after this place in the delivery order
+    ResumePlan plan;
+    bool new_channels = false;        // a channel got its first stream: the Redis owner must be told
 };
 
 // An event of this node on its way to Redis, copied out of the zone.
@@ -336,6 +368,18 @@ struct StoreStats {
     std::vector<std::pair<ngx_pid_t, std::uint32_t>> per_worker;
 };
 
+// Log lines a critical section decided on, written once the zone lock is released: writing a
+// log is a system call, and the lock is a spinlock that every worker may be waiting on.
+struct DeferredLog {
+    ngx_log_t* log = nullptr;
+    std::uint64_t evicted = 0;        // retained events evicted for room since the last such line
+    std::uint64_t redis_dropped = 0;  // events dropped from the full queue to Redis
+    std::uint32_t redis_queue_limit = 0;
+
+    // Writes what is pending and forgets it.
+    void write() noexcept;
+};
+
 class Store {
 public:
     Store() = default;
@@ -352,19 +396,10 @@ public:
     void release_slot(ngx_uint_t slot);
     ngx_uint_t reap_dead_slots(ngx_log_t* log);
 
-    // Registers a subscriber of `slot` on the channels, creating them. Its record lists the
-    // channels in the order of `names`. `start_after` is the id after which it receives live
-    // events; `plan` says what it is sent first, decided in the same critical section so that
-    // nothing published meanwhile is missed or sent twice. Returns nullptr when the zone is full.
-    // Returns nullptr, saying why, when the zone is full or a limit is reached.
-    // With `defer_unsynced` (Redis is connected), a stream that resumes on a channel not yet
-    // synced with Redis is registered but not planned: see ResumePlan::deferred. `new_channels`
-    // says whether a channel got its first stream (the Redis owner must be told).
-    ShmSubscriber* subscribe(ngx_uint_t slot, const std::vector<std::string_view>& names,
-                             const SubscribeLimits& limits, const ResumeRequest& resume, std::uint64_t& start_after,
-                             ResumePlan& plan, SubscribeRefusal& refusal, ngx_log_t* log,
-                             bool defer_unsynced = false, bool* new_channels = nullptr,
-                             const StreamIdentity& identity = StreamIdentity());
+    // Registers a stream on its channels, creating them, and decides in the same critical
+    // section what it is sent first (the plan), so that nothing published meanwhile is missed or
+    // sent twice. Refused (no record), saying why, when the zone is full or a limit is reached.
+    SubscribeOutcome subscribe(const SubscribeRequest& request, ngx_log_t* log);
     // A client id no stream of this zone (or, with Redis, of any node) has had: it starts at the
     // zone's creation time in microseconds, and carries the node bits with Redis.
     std::uint64_t new_client_id();
@@ -391,8 +426,10 @@ public:
     // left out.
     std::vector<std::pair<std::string, ChannelState>> channel_states(std::size_t limit, bool& more);
 
-    // A worker's events: those after its cursor that it is marked in, oldest first.
-    void take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out);
+    // A worker's events: those after its cursor that it is marked in, oldest first, at most
+    // out.capacity() of them (the caller reserves it, so nothing is allocated under the lock).
+    // Returns false when more are waiting.
+    bool take_events(ngx_uint_t slot, std::vector<ShmEvent*>& out);
     // The worker no longer needs the event's bytes. Lock-free.
     static void release_event(ShmEvent* ev, ngx_uint_t slot);
     // The worker has written a replayed event everywhere it was pinned for. Lock-free.
@@ -446,6 +483,12 @@ public:
                        const HistoryPolicy& fallback, PublishResult& result, ngx_log_t* log);
 
 private:
+    struct PublishTargets;
+    bool choose_targets_locked(const std::vector<std::string_view>& names, std::size_t events, std::uint64_t last,
+                               const HistoryPolicy& history, PublishTargets& t, PublishResult& result);
+    bool store_events_locked(const std::vector<EventInput>& events, const std::vector<std::uint64_t>& ids,
+                             const std::vector<ShmChannel*>& targets, std::vector<ShmEvent*>& stored, ngx_log_t* log);
+    void queue_outbound_locked(const std::vector<ShmEvent*>& stored, std::uint64_t wake[2], ngx_log_t* log);
     std::uint64_t next_local_id_locked();
     ShmEvent* store_event_locked(std::uint64_t id, std::string_view name, std::string_view data,
                                  const std::vector<ShmChannel*>& targets, ngx_log_t* log);
@@ -463,10 +506,21 @@ private:
     void forget_channel_locked(std::string_view name, std::uint64_t through);
     void maybe_free_event_locked(ShmEvent* ev);
     void plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan);
+    // Puts a plan in id order, each id once, at most sse_replay of the newest; the rest goes to
+    // plan.unpin. Outside the lock: the pins keep the events.
+    static void order_replay(ResumePlan& plan, const ResumeRequest& resume) noexcept;
+    bool admit_locked(const SubscribeLimits& limits, ShmKey*& key, SubscribeOutcome& out, ngx_log_t* log);
+    ShmSubscriber* create_record_locked(const SubscribeRequest& req, ShmKey* key, SubscribeOutcome& out,
+                                        ngx_log_t* log);
     ShmChannel* create_channel_locked(std::string_view name, std::uint32_t hash);
     void unlink_channel_locked(ShmChannel* ch);
     // Adds to `targets` the pattern channels with streams that cover `name` (once each).
-    void add_pattern_targets_locked(std::string_view name, std::vector<ShmChannel*>& targets);
+    // Marks are per publish (see ShmChannel::target_mark); `targets` has room reserved for
+    // max_targets_for() of each name, so nothing is allocated under the lock.
+    void add_pattern_targets_locked(std::string_view name, std::uint64_t mark, std::vector<ShmChannel*>& targets);
+    // The most channels one named channel can put in an event's targets: itself and every
+    // pattern covering it (a `*` after each of its prefixes).
+    static std::size_t max_targets_for(std::string_view name) { return name.size() + 2; }
     void maybe_free_channel_locked(ShmChannel* ch);
     void collect_locked();
     void free_event_locked(ShmEvent* ev);
@@ -477,6 +531,7 @@ private:
 
     ngx_slab_pool_t* pool_ = nullptr;
     StoreHeader* hdr_ = nullptr;
+    DeferredLog deferred_;
 };
 
 }  // namespace sse

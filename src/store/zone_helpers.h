@@ -8,20 +8,25 @@
 
 namespace sse::zone {
 
+// Holds the zone's lock for a scope; what the critical section logged is written after it.
 class ZoneLock {
 public:
-    explicit ZoneLock(ngx_slab_pool_t* pool) : pool_(pool) { ngx_shmtx_lock(&pool_->mutex); }
+    explicit ZoneLock(ngx_slab_pool_t* pool, DeferredLog* deferred = nullptr) : pool_(pool), deferred_(deferred) {
+        ngx_shmtx_lock(&pool_->mutex);
+    }
     ~ZoneLock() { unlock(); }
     void unlock() {
         if (pool_ == nullptr) return;
         ngx_shmtx_unlock(&pool_->mutex);
         pool_ = nullptr;
+        if (deferred_ != nullptr) deferred_->write();
     }
     ZoneLock(const ZoneLock&) = delete;
     ZoneLock& operator=(const ZoneLock&) = delete;
 
 private:
     ngx_slab_pool_t* pool_;
+    DeferredLog* deferred_;
 };
 
 inline std::uint32_t hash_name(std::string_view name) {
