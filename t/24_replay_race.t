@@ -2,7 +2,7 @@
 # of 1-2 KB) and a publisher child process publishing all along, the resumed stream receives
 # every id after its position exactly once, byte for byte, contiguous, no gap, no duplicate,
 # no reset, and stays open. Rounds on the default listener (on loopback the kernel takes a
-# whole replay at once) and on a listener with sndbuf=64k (as README suggests to cap the
+# whole replay at once) and on a listener with sndbuf=64k (as docs/subscribing.md suggests to cap the
 # kernel's share), where the replay takes many writes and live events arrive while it is still
 # going on; with a fast reader and with a reader that pauses. First, on the sndbuf=64k
 # listener, a replay of megabytes with no publish meanwhile must arrive whole.

@@ -1,7 +1,7 @@
 # sse_subscribe_allow: a request may only ask for the channels its patterns allow, by name or
 # by prefix, with variables (a user limited to user:<own id> plus public channels). Anything
 # else is answered 403 with the channel named, nothing is subscribed or counted, and an info
-# line says why. The user id comes from auth_request (the README's recipe, with a real auth
+# line says why. The user id comes from auth_request (docs/recipes.md's recipe, with a real auth
 # service on another port) or, in /events-h, straight from a header.
 use strict;
 use warnings;
@@ -11,7 +11,7 @@ use Test::More;
 use SSETest;
 
 # Port 1 plays the auth service: a token maps to a user (204 with X-User), a banned token to
-# 403, anything else to 401. /events is the README's recipe as it stands.
+# 403, anything else to 401. /events is docs/recipes.md's recipe as it stands.
 my $t = SSETest->new(extra_ports => 1, http => <<'HTTP', server => <<'CONF')->start;
     server {
         listen 127.0.0.1:%%PORT1%%;

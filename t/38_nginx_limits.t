@@ -1,4 +1,4 @@
-# nginx's own limits around our locations, as the README's recipe writes them: limit_conn per
+# nginx's own limits around our locations, as docs/recipes.md's recipe writes them: limit_conn per
 # address on the stream location (the slot is held for the stream's life and freed when it
 # ends) and limit_req on the publish location (a burst beyond the rate is refused with 429).
 use strict;

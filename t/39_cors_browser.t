@@ -1,4 +1,4 @@
-# CORS, as the README's recipe writes it, checked in Debian's Chromium: a page from an allowed
+# CORS, as docs/recipes.md's recipe writes it, checked in Debian's Chromium: a page from an allowed
 # origin opens an EventSource on the API's origin and publishes to it with fetch() and a custom
 # header (the browser sends a preflight OPTIONS first, answered 204); the event comes back on the
 # stream. A page from another origin gets neither: the browser blocks both.

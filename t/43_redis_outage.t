@@ -255,7 +255,7 @@ ok(SSERedis::wait_connected($_), 'node :' . $_->port . ' is connected to Redis')
     ok($redis2->wait_numsub('sse:q6', 2), 'PUBSUB NUMSUB sse:q6 is 2');
     my $e1 = $C->publish_event('/pub?topic=q6', 'C to D');
     # Each node delivers a channel's events in the order they reach it: D's own would overtake
-    # C's if published before C's has crossed (the README's limits), so wait for it.
+    # C's if published before C's has crossed (docs/redis.md's limits), so wait for it.
     $d1->wait_body(length($PRE . $e1->[1]), 10);
     my $e2 = $D->publish_event('/pub?topic=q6', 'D to C');
     my $want_c = $PRE . $e0->[1];

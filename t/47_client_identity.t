@@ -1,7 +1,7 @@
 # Client identity and per-user routing: every stream has a client id, told to it by the
 # connected event; sse_publish_client reaches that one stream and sse_publish_user every stream
 # of one user key, on whichever worker they are (and, with Redis, on whichever node); DELETE on
-# those locations disconnects exactly those streams. The config is the README's, verbatim.
+# those locations disconnects exactly those streams. The config is docs/clients.md's, verbatim.
 use strict;
 use warnings;
 use FindBin;
@@ -12,7 +12,7 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frame frames);
 
-# From the README ("Client identity and per-user routing"); the user key comes from a header
+# From docs/clients.md ("Client identity and per-user routing"); the user key comes from a header
 # here, which auth_request_set would set in production.
 my $locations = <<'CONF';
         location = /events {

@@ -1,6 +1,6 @@
 # sse_clients: listing every worker's streams (300 of them, paged by client id, filtered by
 # channel and user, with the figures each was sent) and disconnecting exactly the streams asked
-# for, by client id, by user and by channel. The config is the README's, verbatim.
+# for, by client id, by user and by channel. The config is docs/clients.md's, verbatim.
 use strict;
 use warnings;
 use FindBin;
@@ -9,7 +9,7 @@ use Test::More;
 use JSON::PP;
 use SSETest;
 
-# From the README ("Who is connected").
+# From docs/clients.md ("Who is connected").
 my $locations = <<'CONF';
         location = /events {
             sse_subscribe $arg_topics;

@@ -2,7 +2,7 @@
 # one on `*` every channel's, each event once however many of its channels and patterns the
 # stream covers; only where sse_subscribe_patterns allows them, and within sse_subscribe_allow.
 # With Redis, a node listens to the pattern there (PSUBSCRIBE) and takes other nodes' events once.
-# The config is the README's, verbatim.
+# The config is docs/subscribing.md's, verbatim.
 use strict;
 use warnings;
 use FindBin;
@@ -12,7 +12,7 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frames);
 
-# From the README ("Prefix patterns").
+# From docs/subscribing.md ("Prefix patterns").
 my $locations = <<'CONF';
         location = /events {
             sse_subscribe $arg_topics;
