@@ -1,5 +1,6 @@
 // The nginx face of the module: directives, configuration, the shared zone and the life of a
-// worker process. Handlers live in subscribe_handler.cpp, publish_handler.cpp, stats_handler.cpp.
+// worker process. Handlers live in subscribe_handler.cpp, publish_handler.cpp, stats_handler.cpp
+// and clients_handler.cpp; the sse_redis* directives in redis_config.cpp.
 #include "nginx/sse_module.h"
 
 #include <new>
@@ -134,31 +135,22 @@ void* create_main_conf(ngx_conf_t* cf) {
     return mcf;
 }
 
-// The configuration whose zone is being initialised (the master reads one at a time).
-MainConf* configuring = nullptr;
-
-void configure_cluster(ngx_shm_zone_t* zone, StoreHeader* hdr) {
-    bool enabled = configuring != nullptr && configuring->redis != nullptr;
-    Store::configure_cluster(reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr), hdr, enabled,
-                             enabled ? configuring->redis->queue : 0);
-}
-
+// The zone's data is the MainConf that added it; on a reload nginx passes the previous cycle's
+// MainConf, whose store header (and all the zone holds) carries over, as with limit_req's ctx.
 ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
+    auto* mcf = static_cast<MainConf*>(zone->data);
+    auto* previous = static_cast<MainConf*>(data);
     auto* pool = reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr);
-    if (data != nullptr) {
-        // Reload: the zone and all it holds carry over.
-        zone->data = data;
-        configure_cluster(zone, static_cast<StoreHeader*>(data));
-        return NGX_OK;
+    if (previous != nullptr) {
+        mcf->store_header = previous->store_header;
+    } else if (zone->shm.exists) {
+        mcf->store_header = static_cast<StoreHeader*>(pool->data);
+    } else {
+        mcf->store_header = Store::create(pool);
+        if (mcf->store_header == nullptr) return NGX_ERROR;
     }
-    if (zone->shm.exists) {
-        zone->data = pool->data;
-        return NGX_OK;
-    }
-    StoreHeader* hdr = Store::create(pool);
-    if (hdr == nullptr) return NGX_ERROR;
-    zone->data = hdr;
-    configure_cluster(zone, hdr);
+    bool enabled = mcf->redis != nullptr;
+    Store::configure_cluster(pool, mcf->store_header, enabled, enabled ? mcf->redis->queue : 0);
     return NGX_OK;
 }
 
@@ -166,11 +158,11 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) {
     auto* mcf = static_cast<MainConf*>(conf);
     ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
     if (finish_redis_config(cf, mcf) != NGX_CONF_OK) return static_cast<char*>(NGX_CONF_ERROR);
-    configuring = mcf;
     if (!mcf->used) return NGX_CONF_OK;
     mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
     if (mcf->zone == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
     mcf->zone->init = init_zone;
+    mcf->zone->data = mcf;
     return NGX_CONF_OK;
 }
 
@@ -386,8 +378,8 @@ char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
     return NGX_CONF_OK;
 }
 
-// Sets the content handler of the location; only one of sse_subscribe, sse_publish, sse_stats
-// may be in a location.
+// Sets the content handler of the location; only one of sse_subscribe, sse_publish (or
+// sse_publish_client, sse_publish_user), sse_stats and sse_clients may be in a location.
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler) {
     if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1 || lcf->clients == 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -518,7 +510,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
 
     auto* pool = reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
     auto* w = new WorkerContext();
-    w->store = Store(pool, static_cast<StoreHeader*>(mcf->zone->data));
+    w->store = Store(pool, mcf->store_header);
     w->slot = w->store.claim_slot(ngx_pid, cycle->log);
     if (w->slot == NGX_ERROR) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken", kMaxWorkerSlots);
@@ -559,11 +551,6 @@ void exit_process(ngx_cycle_t* cycle) noexcept {
 
 WorkerContext* worker_context() {
     return the_worker;
-}
-
-Store* store_for(ngx_http_request_t* r) {
-    if (the_worker == nullptr) return nullptr;
-    return &the_worker->store;
 }
 
 namespace {

@@ -19,7 +19,8 @@ namespace sse {
 struct RedisConfig;
 
 struct MainConf {
-    ngx_shm_zone_t* zone;
+    ngx_shm_zone_t* zone;       // its data is this MainConf, as ngx_http_limit_req_module keeps its ctx
+    StoreHeader* store_header;  // in the zone; set by the zone's init, carried over on reload
     size_t shm_size;
     ngx_flag_t used;  // some location subscribes or publishes: the zone and wake-ups are needed
     RedisConfig* redis;  // sse_redis; nullptr: a single node
@@ -80,7 +81,6 @@ struct WorkerContext {
 
 // nullptr outside a worker that serves the module (e.g. in the master or before init).
 WorkerContext* worker_context();
-Store* store_for(ngx_http_request_t* r);
 
 ngx_int_t subscribe_handler(ngx_http_request_t* r);
 ngx_int_t publish_handler(ngx_http_request_t* r);
