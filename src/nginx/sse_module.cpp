@@ -36,7 +36,8 @@ char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler);
 char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
@@ -79,10 +80,10 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
      set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
-     LocConf::kToClient, nullptr},
-    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
-     LocConf::kToUser, nullptr},
+    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_client, NGX_HTTP_LOC_CONF_OFFSET,
+     0, nullptr},
+    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_user, NGX_HTTP_LOC_CONF_OFFSET,
+     0, nullptr},
     {ngx_string("sse_user"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_user,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_subscribe_patterns"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
@@ -366,16 +367,23 @@ char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
 
 // sse_publish_client <value> / sse_publish_user <value>: the location publishes to one stream
 // (by client id) or to every stream of one user key, wherever they are.
-char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
+char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, LocConf::PublishTarget target) {
     char* rv = set_handler(cf, cmd, lcf, publish_handler);
     if (rv != NGX_CONF_OK) return rv;
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     if (value[1].len == 0) return const_cast<char*>("needs a value, such as $arg_client");
     lcf->publish = compile_value(cf, &value[1]);
     if (lcf->publish == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    lcf->publish_target = LocConf::PublishTarget(cmd->offset);
+    lcf->publish_target = target;
     return NGX_CONF_OK;
+}
+
+char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToClient);
+}
+
+char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
+    return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToUser);
 }
 
 // Sets the content handler of the location; only one of sse_subscribe, sse_publish (or
