@@ -42,6 +42,7 @@ sub refused {
         is($got, $want, "$label: the line is that of the offending directive");
     }
     like($out, qr/test failed/, "$label: nginx says the test failed");
+    return $out;
 }
 
 sub accepted {
@@ -54,42 +55,51 @@ sub accepted {
     unlike($out, qr/\[(emerg|alert|crit)\]/, "$label: no [emerg]");
 }
 
+# A bad value: nginx -t fails with `invalid value "<shown>" in "<directive>" directive`, at the
+# directive's own line. $where: 'http' (the http block), 'location' (a subscribing location) or
+# 'handler' (a location of its own, for the directives that set its handler).
+sub invalid {
+    my ($directive, $args, $shown, $where, %o) = @_;
+    my $label = delete $o{label} // "$directive $args";
+    my $line = "$directive $args;";
+    my %conf =
+          $where eq 'http'     ? (http => $line, server => $STREAM)
+        : $where eq 'location' ? (server => "location = /events {\n sse_subscribe a;\n $line\n }")
+        :                        (server => "location = /x {\n $line\n }");
+    my $why = delete $o{why} // qr//;
+    return refused($label, qr/invalid value "\Q$shown\E" in "\Q$directive\E" directive, [^\n]*$why/,
+            %conf, at => "$directive $args", %o);
+}
+
 # --- sse_heartbeat --------------------------------------------------------------------------
-refused('sse_heartbeat bogus', qr/"sse_heartbeat" directive [^\n]*invalid value/,
-        http => 'sse_heartbeat bogus;', server => $STREAM, at => 'sse_heartbeat bogus');
-refused('sse_heartbeat 5x in a location', qr/"sse_heartbeat" directive [^\n]*invalid value/,
-        server => "location = /events {\n sse_subscribe a;\n sse_heartbeat 5x;\n }", at => 'sse_heartbeat 5x');
+invalid('sse_heartbeat', 'bogus', 'bogus', 'http', why => qr/time such as 30s, or off/);
+invalid('sse_heartbeat', '5x', '5x', 'location');
+invalid('sse_heartbeat', '0', '0', 'location');
 refused('sse_heartbeat with two values', qr/invalid number of arguments in "sse_heartbeat" directive/,
         server => "location = /events {\n sse_subscribe a;\n sse_heartbeat 1s 2s;\n }", at => 'sse_heartbeat 1s 2s');
 
+# --- sse_retry ------------------------------------------------------------------------------
+invalid('sse_retry', 'soon', 'soon', 'http', why => qr/time such as 30s/);
+invalid('sse_retry', '-1s', '-1s', 'location');
+
 # --- sse_shm_size ---------------------------------------------------------------------------
-refused('sse_shm_size 1k', qr/"sse_shm_size" directive is too small: the zone needs at least 256k/,
-        http => 'sse_shm_size 1k;', server => $STREAM, at => 'sse_shm_size 1k');
-refused('sse_shm_size 255k', qr/"sse_shm_size" directive is too small: the zone needs at least 256k/,
-        http => 'sse_shm_size 255k;', server => $STREAM, at => 'sse_shm_size 255k');
+invalid('sse_shm_size', '1k', '1k', 'http', why => qr/at least 256k/);
+invalid('sse_shm_size', '255k', '255k', 'http', why => qr/at least 256k/);
+invalid('sse_shm_size', 'lots', 'lots', 'http', why => qr/size such as 32m/);
 refused('sse_shm_size twice', qr/"sse_shm_size" directive is duplicate/,
         http => "sse_shm_size 1m;\n    sse_shm_size 2m;", server => $STREAM, at => 'sse_shm_size 2m');
-refused('sse_shm_size bogus', qr/"sse_shm_size" directive [^\n]*invalid value/,
-        http => 'sse_shm_size lots;', server => $STREAM, at => 'sse_shm_size lots');
 refused('sse_shm_size in a server', qr/"sse_shm_size" directive is not allowed here/,
         server => "sse_shm_size 1m;\n$STREAM", at => 'sse_shm_size 1m');
 
 # --- sse_send_buffer ------------------------------------------------------------------------
-# (The check may run when locations merge, so the line is not asserted.)
-refused('sse_send_buffer 10', qr/"sse_send_buffer"[^\n]*at least 1k/,
-        server => "location = /events {\n sse_subscribe a;\n sse_send_buffer 10;\n }");
-refused('sse_send_buffer 1023 in http', qr/"sse_send_buffer"[^\n]*at least 1k/,
-        http => 'sse_send_buffer 1023;', server => $STREAM);
-refused('sse_send_buffer bogus', qr/"sse_send_buffer" directive [^\n]*invalid value/,
-        server => "location = /events {\n sse_subscribe a;\n sse_send_buffer big;\n }", at => 'sse_send_buffer big');
+invalid('sse_send_buffer', '10', '10', 'location', why => qr/at least 1024/);
+invalid('sse_send_buffer', '1023', '1023', 'http', why => qr/at least 1024/);
+invalid('sse_send_buffer', 'big', 'big', 'location', why => qr/size such as 64k/);
 
 # --- sse_max_channels -----------------------------------------------------------------------
-refused('sse_max_channels 0', qr/"sse_max_channels" directive [^\n]*between 1 and 1024/,
-        server => "location = /events {\n sse_subscribe a;\n sse_max_channels 0;\n }", at => 'sse_max_channels 0');
-refused('sse_max_channels 1025', qr/"sse_max_channels" directive [^\n]*between 1 and 1024/,
-        http => 'sse_max_channels 1025;', server => $STREAM, at => 'sse_max_channels 1025');
-refused('sse_max_channels many', qr/"sse_max_channels" directive [^\n]*invalid/,
-        server => "location = /events {\n sse_subscribe a;\n sse_max_channels many;\n }", at => 'sse_max_channels many');
+invalid('sse_max_channels', '0', '0', 'location', why => qr/between 1 and 1024/);
+invalid('sse_max_channels', '1025', '1025', 'http', why => qr/between 1 and 1024/);
+invalid('sse_max_channels', 'many', 'many', 'location', why => qr/a number/);
 
 # --- One handler per location ---------------------------------------------------------------
 refused('sse_subscribe and sse_publish in one location', qr/"sse_publish"[^\n]*only one of/,
@@ -100,52 +110,87 @@ refused('sse_stats and sse_subscribe in one location', qr/"sse_subscribe"[^\n]*o
         server => "location = /x {\n sse_stats;\n sse_subscribe a;\n }", at => 'sse_subscribe a');
 refused('sse_publish and sse_stats in one location', qr/"sse_stats"[^\n]*only one of/,
         server => "location = /x {\n sse_publish a;\n sse_stats;\n }", at => 'sse_stats');
+refused('sse_clients and sse_publish_user in one location', qr/"sse_publish_user"[^\n]*only one of/,
+        server => "location = /x {\n sse_clients;\n sse_publish_user \$arg_user;\n }", at => 'sse_publish_user');
 
 # --- Channel list values and contexts -------------------------------------------------------
-refused('sse_subscribe with an empty string', qr/"sse_subscribe"[^\n]*empty/,
-        server => "location = /x {\n sse_subscribe \"\";\n }", at => 'sse_subscribe ""');
-refused('sse_publish with an empty string', qr/"sse_publish"[^\n]*empty/,
-        server => "location = /x {\n sse_publish '';\n }", at => "sse_publish ''");
+invalid('sse_subscribe', '""', '', 'handler', why => qr/channel list/);
+invalid('sse_publish', "''", '', 'handler', why => qr/channel list/);
+invalid('sse_publish_client', '""', '', 'handler', why => qr/\$arg_client/);
+invalid('sse_publish_user', "''", '', 'handler');
 refused('sse_subscribe in http context', qr/"sse_subscribe" directive is not allowed here/,
         http => 'sse_subscribe a;', server => $STREAM, at => 'sse_subscribe a;');
 refused('sse_publish in server context', qr/"sse_publish" directive is not allowed here/,
         server => "sse_publish a;\n$STREAM", at => 'sse_publish a;');
 refused('sse_subscribe without a value', qr/invalid number of arguments in "sse_subscribe" directive/,
         server => "location = /x {\n sse_subscribe;\n }", at => 'sse_subscribe;');
+# (sse_stats and sse_clients take no value: nginx itself refuses one, naming the directive.)
 refused('sse_stats with a value', qr/invalid number of arguments in "sse_stats" directive/,
         server => "location = /x {\n sse_stats on;\n }", at => 'sse_stats on');
+refused('sse_clients with a value', qr/invalid number of arguments in "sse_clients" directive/,
+        server => "location = /x {\n sse_clients all;\n }", at => 'sse_clients all');
 # (nginx itself reports unknown variables after parsing, without a line.)
 refused('sse_subscribe with a bad variable', qr/unknown "no_such_variable_here" variable/, no_line => 1,
         server => "location = /x {\n sse_subscribe \$no_such_variable_here;\n }");
 
 # --- History -----------------------------------------------------------------------------------
-refused('sse_history 10000001', qr/"sse_history" directive [^\n]*at most 10000000/,
-        http => 'sse_history 10000001;', server => $STREAM, at => 'sse_history 10000001');
-refused('sse_history lots', qr/"sse_history" directive [^\n]*invalid/,
-        server => "location = /events {\n sse_subscribe a;\n sse_history lots;\n }", at => 'sse_history lots');
-refused('sse_history_ttl soon', qr/"sse_history_ttl" directive [^\n]*invalid/,
-        http => 'sse_history_ttl soon;', server => $STREAM, at => 'sse_history_ttl soon');
-refused('sse_replay -1', qr/"sse_replay" directive [^\n]*invalid/,
-        server => "location = /events {\n sse_subscribe a;\n sse_replay -1;\n }", at => 'sse_replay -1');
-refused('sse_reset_event with a space', qr/"sse_reset_event" directive [^\n]*needs an event name/,
-        http => 'sse_reset_event "gap found";', server => $STREAM, at => 'sse_reset_event');
+invalid('sse_history', '10000001', '10000001', 'http', why => qr/between 0 and 10000000/);
+invalid('sse_history', 'lots', 'lots', 'location', why => qr/a number/);
+invalid('sse_history_ttl', 'soon', 'soon', 'http', why => qr/time such as 30s/);
+invalid('sse_replay', '-1', '-1', 'location', why => qr/a number/);
+invalid('sse_replay', '10000001', '10000001', 'location', why => qr/between 0 and 10000000/);
+invalid('sse_reset_event', '"gap found"', 'gap found', 'http', why => qr/event name[^\n]* or off/);
+invalid('sse_reset_event', '""', '', 'location', why => qr/event name/);
 refused('sse_reset_event twice', qr/"sse_reset_event" directive is duplicate/,
         server => "location = /events {\n sse_subscribe a;\n sse_reset_event a;\n sse_reset_event b;\n }",
         at => 'sse_reset_event b');
+refused('sse_reset_event off twice', qr/"sse_reset_event" directive is duplicate/,
+        server => "location = /events {\n sse_subscribe a;\n sse_reset_event off;\n sse_reset_event b;\n }",
+        at => 'sse_reset_event b');
 
 # --- Limits and filters -----------------------------------------------------------------------
-refused('sse_max_subscribers many', qr/"sse_max_subscribers" directive [^\n]*invalid/,
-        http => 'sse_max_subscribers many;', server => $STREAM, at => 'sse_max_subscribers many');
-refused('sse_max_subscribers_per_key 0', qr/"sse_max_subscribers_per_key" directive [^\n]*at least 1/,
-        server => "location = /events {\n sse_subscribe a;\n sse_max_subscribers_per_key \$remote_addr 0;\n }",
-        at => 'sse_max_subscribers_per_key');
-refused('sse_max_lifetime soon', qr/"sse_max_lifetime" directive [^\n]*invalid value/,
-        http => 'sse_max_lifetime soon;', server => $STREAM, at => 'sse_max_lifetime soon');
-refused('sse_max_lifetime jitter too long', qr/"sse_max_lifetime" directive [^\n]*invalid jitter/,
-        http => 'sse_max_lifetime 1m 2m;', server => $STREAM, at => 'sse_max_lifetime 1m 2m');
+invalid('sse_max_subscribers', 'many', 'many', 'http', why => qr/a number/);
+invalid('sse_max_subscribers_per_key', '$remote_addr 0', '0', 'location', why => qr/at least 1/);
+invalid('sse_max_subscribers_per_key', '$remote_addr some', 'some', 'http');
+invalid('sse_max_lifetime', 'soon', 'soon', 'http', why => qr/time such as 30m/);
+invalid('sse_max_lifetime', '1m 2m', '2m', 'http', why => qr/jitter[^\n]*shorter than the lifetime/);
+my $many_types = join ',', map { "t$_" } 1 .. 33;
+invalid('sse_event_filter', $many_types, $many_types, 'location', why => qr/at most 32/,
+        label => 'sse_event_filter with 33 types');
 refused('sse_event_filter twice', qr/"sse_event_filter" directive is duplicate/,
         server => "location = /events {\n sse_subscribe a;\n sse_event_filter a;\n sse_event_filter b;\n }",
         at => 'sse_event_filter b');
+invalid('sse_subscribe_allow', 'public.* ""', '', 'location', why => qr/channel name or pattern/);
+
+# --- Client identity --------------------------------------------------------------------------
+invalid('sse_user', '""', '', 'location', why => qr/\$user_id/);
+invalid('sse_client_channel', 'yes', 'yes', 'location', why => qr/"on" or "off"/);
+invalid('sse_subscribe_patterns', 'maybe', 'maybe', 'http', why => qr/"on" or "off"/);
+invalid('sse_connected_event', '""', '', 'location', why => qr/event name[^\n]* or off/);
+my $long_name = 'x' x 129;
+invalid('sse_connected_event', $long_name, $long_name, 'http', label => 'sse_connected_event of 129 bytes');
+refused('sse_connected_event twice', qr/"sse_connected_event" directive is duplicate/,
+        server => "location = /events {\n sse_subscribe a;\n sse_connected_event off;\n sse_connected_event hello;\n }",
+        at => 'sse_connected_event hello');
+
+# --- Redis --------------------------------------------------------------------------------------
+invalid('sse_redis', 'http://127.0.0.1:6379', 'http://127.0.0.1:6379', 'http', why => qr/redis:\/\/ or unix:/);
+invalid('sse_redis', 'unix:redis.sock', 'unix:redis.sock', 'http', why => qr/absolute path/);
+# Credentials are not echoed.
+unlike(invalid('sse_redis', 'redis://:s3cret@127.0.0.1:99999', 'redis://***@127.0.0.1:99999', 'http',
+               why => qr/port/, label => 'sse_redis with a password and a bad port'),
+       qr/s3cret/, 'sse_redis with a password and a bad port: the password is not echoed');
+invalid('sse_redis_prefix', '"a b"', 'a b', 'http', why => qr/spaces/);
+invalid('sse_redis_connect_timeout', '0', '0', 'http', why => qr/above zero/);
+invalid('sse_redis_connect_timeout', 'soon', 'soon', 'http', why => qr/time such as 30s/);
+invalid('sse_redis_command_timeout', '0ms', '0ms', 'http', why => qr/above zero/);
+invalid('sse_redis_reconnect', '0 3s', '0', 'http', why => qr/first delay/);
+invalid('sse_redis_reconnect', '3s 1s', '1s', 'http', why => qr/longest delay/);
+invalid('sse_redis_reconnect', 'soon 3s', 'soon', 'http');
+invalid('sse_redis_queue', '0', '0', 'http', why => qr/between 1 and 10000000/);
+invalid('sse_redis_queue', '10000001', '10000001', 'http', why => qr/between 1 and 10000000/);
+invalid('sse_redis_queue', 'lots', 'lots', 'http', why => qr/a number/);
+invalid('sse_redis_sync_timeout', 'soon', 'soon', 'http', why => qr/time such as 30s/);
 
 # --- A good configuration -------------------------------------------------------------------
 accepted('good configuration',
@@ -187,6 +232,29 @@ accepted('good configuration',
         }
 CONF
 accepted('minimal configuration', server => $STREAM);
+accepted('Redis and client identity settings',
+         http => "sse_redis unix:/run/no-such-redis.sock?db=2;\n    sse_redis_prefix app:;\n    sse_redis_connect_timeout 1s;\n    sse_redis_command_timeout 2s;\n    sse_redis_reconnect 50ms 1s;\n    sse_redis_queue 10000000;\n    sse_redis_sync_timeout 0;\n    sse_connected_event hello;\n    sse_reset_event off;",
+         server => <<'CONF');
+        location = /events {
+            sse_subscribe $arg_topics;
+            sse_user $arg_user;
+            sse_client_channel on;
+            sse_subscribe_patterns on;
+            sse_connected_event off;
+            sse_subscribe_allow public.* "user:$arg_user";
+            sse_max_channels 1;
+            sse_send_buffer 1024;
+        }
+        location = /to-client {
+            sse_publish_client $arg_client;
+        }
+        location = /to-user {
+            sse_publish_user $arg_user;
+        }
+        location = /clients {
+            sse_clients;
+        }
+CONF
 
 # A good configuration actually starts and serves.
 my $live;

@@ -1,10 +1,13 @@
 // The nginx face of the module: directives, configuration, the shared zone and the life of a
-// worker process. Handlers live in subscribe_handler.cpp, publish_handler.cpp, stats_handler.cpp.
+// worker process. Handlers live in subscribe_handler.cpp, publish_handler.cpp, stats_handler.cpp
+// and clients_handler.cpp; the sse_redis* directives in redis_config.cpp.
 #include "nginx/sse_module.h"
 
 #include <new>
 
+#include "guard.h"
 #include "protocol/channel_list.h"
+#include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "redis/redis_link.h"
 #include "wakeup/worker_wakeup.h"
@@ -17,94 +20,106 @@ ngx_str_t zone_name = ngx_string("ngx_http_sse_module");
 
 WorkerContext* the_worker = nullptr;
 
-void* create_main_conf(ngx_conf_t* cf);
-char* init_main_conf(ngx_conf_t* cf, void* conf);
-void* create_loc_conf(ngx_conf_t* cf);
-char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child);
-char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* check_max_channels(ngx_conf_t* cf, void* post, void* data);
-char* check_history(ngx_conf_t* cf, void* post, void* data);
-char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler);
-char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+void* create_main_conf(ngx_conf_t* cf) noexcept;
+char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept;
+void* create_loc_conf(ngx_conf_t* cf) noexcept;
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept;
+char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_number(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_time(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* check_bounds(ngx_conf_t* cf, void* post, void* data) noexcept;
+char* check_positive_time(ngx_conf_t* cf, void* post, void* data) noexcept;
+char* check_reset_event(ngx_conf_t* cf, void* post, void* data) noexcept;
+char* check_connected_event(ngx_conf_t* cf, void* post, void* data) noexcept;
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept;
 void exit_process(ngx_cycle_t* cycle) noexcept;
 
-ngx_conf_post_t max_channels_post = {check_max_channels};
-ngx_conf_post_t history_post = {check_history};
+constexpr ngx_int_t kMaxHistory = 10000000;
+constexpr ngx_int_t kMaxRedisQueue = 10000000;
+
+ngx_conf_num_bounds_t max_channels_bounds = {check_bounds, 1, 1024};
+ngx_conf_num_bounds_t history_bounds = {check_bounds, 0, kMaxHistory};
+ngx_conf_num_bounds_t send_buffer_bounds = {check_bounds, 1024, -1};
+ngx_conf_num_bounds_t redis_queue_bounds = {check_bounds, 1, kMaxRedisQueue};
+ngx_conf_post_t positive_time = {check_positive_time};
+ngx_conf_post_t reset_event_post = {check_reset_event};
+ngx_conf_post_t connected_event_post = {check_connected_event};
+ngx_conf_post_t redis_prefix_post = {check_redis_prefix};
+
+constexpr ngx_uint_t kEverywhere = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
 ngx_command_t commands[] = {
     {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_subscribe, NGX_HTTP_LOC_CONF_OFFSET, 0,
      nullptr},
     {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_client, NGX_HTTP_LOC_CONF_OFFSET,
+     0, nullptr},
+    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_user, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
     {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_clients"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_clients, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
      nullptr},
-    {ngx_string("sse_heartbeat"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     set_heartbeat, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, heartbeat), nullptr},
-    {ngx_string("sse_retry"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, retry), nullptr},
-    {ngx_string("sse_send_buffer"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, send_buffer), nullptr},
-    {ngx_string("sse_max_channels"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, max_channels), &max_channels_post},
-    {ngx_string("sse_history"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, history), &history_post},
-    {ngx_string("sse_history_ttl"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, history_ttl), nullptr},
-    {ngx_string("sse_replay"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, replay), &history_post},
-    {ngx_string("sse_reset_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     set_reset_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_event_filter"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     set_event_filter, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_max_subscribers"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, max_subscribers), nullptr},
-    {ngx_string("sse_max_subscribers_per_key"),
-     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2, set_max_per_key,
-     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_max_lifetime"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
-     set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
-     LocConf::kToClient, nullptr},
-    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_target, NGX_HTTP_LOC_CONF_OFFSET,
-     LocConf::kToUser, nullptr},
-    {ngx_string("sse_user"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_user,
-     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_subscribe_patterns"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
-     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, subscribe_patterns), nullptr},
-    {ngx_string("sse_client_channel"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
-     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, client_channel), nullptr},
-    {ngx_string("sse_connected_event"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     set_connected_event, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_heartbeat"), kEverywhere | NGX_CONF_TAKE1, set_heartbeat, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, heartbeat), nullptr},
+    {ngx_string("sse_retry"), kEverywhere | NGX_CONF_TAKE1, set_time, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, retry), nullptr},
+    {ngx_string("sse_send_buffer"), kEverywhere | NGX_CONF_TAKE1, set_size, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, send_buffer), &send_buffer_bounds},
+    {ngx_string("sse_max_channels"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, max_channels), &max_channels_bounds},
+    {ngx_string("sse_history"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, history), &history_bounds},
+    {ngx_string("sse_history_ttl"), kEverywhere | NGX_CONF_TAKE1, set_time, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, history_ttl), nullptr},
+    {ngx_string("sse_replay"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, replay), &history_bounds},
+    {ngx_string("sse_reset_event"), kEverywhere | NGX_CONF_TAKE1, ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, reset_event), &reset_event_post},
+    {ngx_string("sse_event_filter"), kEverywhere | NGX_CONF_TAKE1, set_event_filter, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
+    {ngx_string("sse_max_subscribers"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, max_subscribers), nullptr},
+    {ngx_string("sse_max_subscribers_per_key"), kEverywhere | NGX_CONF_TAKE2, set_max_per_key, NGX_HTTP_LOC_CONF_OFFSET,
+     0, nullptr},
+    {ngx_string("sse_max_lifetime"), kEverywhere | NGX_CONF_TAKE12, set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
+    {ngx_string("sse_user"), kEverywhere | NGX_CONF_TAKE1, set_user, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_subscribe_patterns"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
+     NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, subscribe_patterns), nullptr},
+    {ngx_string("sse_client_channel"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, client_channel), nullptr},
+    {ngx_string("sse_connected_event"), kEverywhere | NGX_CONF_TAKE1, ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, connected_event), &connected_event_post},
+    {ngx_string("sse_subscribe_allow"), kEverywhere | NGX_CONF_1MORE, set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     nullptr},
     {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_redis_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), nullptr},
-    {ngx_string("sse_redis_connect_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_connect_timeout), nullptr},
-    {ngx_string("sse_redis_command_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_command_timeout), nullptr},
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), &redis_prefix_post},
+    {ngx_string("sse_redis_connect_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(MainConf, redis_connect_timeout), &positive_time},
+    {ngx_string("sse_redis_command_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(MainConf, redis_command_timeout), &positive_time},
     {ngx_string("sse_redis_reconnect"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_redis_reconnect,
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_redis_queue"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_num_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_queue), nullptr},
-    {ngx_string("sse_redis_sync_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_sync_timeout), nullptr},
-    {ngx_string("sse_subscribe_allow"), NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
-     set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_redis_queue"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_number, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(MainConf, redis_queue), &redis_queue_bounds},
+    {ngx_string("sse_redis_sync_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(MainConf, redis_sync_timeout), nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -124,117 +139,114 @@ constexpr ngx_msec_t kDefaultHeartbeat = 30000;
 constexpr size_t kDefaultSendBuffer = 256 * 1024;
 constexpr ngx_uint_t kDefaultHistory = 100;
 constexpr ngx_msec_t kDefaultHistoryTtl = 60 * 60 * 1000;
-constexpr ngx_uint_t kMaxHistory = 10000000;
 
-void* create_main_conf(ngx_conf_t* cf) {
-    auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
-    if (mcf == nullptr) return nullptr;
-    mcf->shm_size = NGX_CONF_UNSET_SIZE;
-    init_redis_main_conf(mcf);
-    return mcf;
+char* conf_error() {
+    return static_cast<char*>(NGX_CONF_ERROR);
 }
 
-// The configuration whose zone is being initialised (the master reads one at a time).
-MainConf* configuring = nullptr;
-
-void configure_cluster(ngx_shm_zone_t* zone, StoreHeader* hdr) {
-    bool enabled = configuring != nullptr && configuring->redis != nullptr;
-    Store::configure_cluster(reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr), hdr, enabled,
-                             enabled ? configuring->redis->queue : 0);
+char* is_duplicate() {
+    return const_cast<char*>("is duplicate");
 }
 
-ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) {
-    auto* pool = reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr);
-    if (data != nullptr) {
-        // Reload: the zone and all it holds carry over.
-        zone->data = data;
-        configure_cluster(zone, static_cast<StoreHeader*>(data));
-        return NGX_OK;
-    }
-    if (zone->shm.exists) {
-        zone->data = pool->data;
-        return NGX_OK;
-    }
-    StoreHeader* hdr = Store::create(pool);
-    if (hdr == nullptr) return NGX_ERROR;
-    zone->data = hdr;
-    configure_cluster(zone, hdr);
-    return NGX_OK;
+ngx_str_t* args(ngx_conf_t* cf) {
+    return static_cast<ngx_str_t*>(cf->args->elts);
 }
 
-char* init_main_conf(ngx_conf_t* cf, void* conf) {
-    auto* mcf = static_cast<MainConf*>(conf);
-    ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
-    if (finish_redis_config(cf, mcf) != NGX_CONF_OK) return static_cast<char*>(NGX_CONF_ERROR);
-    configuring = mcf;
-    if (!mcf->used) return NGX_CONF_OK;
-    mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
-    if (mcf->zone == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    mcf->zone->init = init_zone;
-    return NGX_CONF_OK;
+void* create_main_conf(ngx_conf_t* cf) noexcept {
+    return guarded(cf->log, "creating the configuration", static_cast<void*>(nullptr), [&]() -> void* {
+        auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
+        if (mcf == nullptr) return nullptr;
+        mcf->shm_size = NGX_CONF_UNSET_SIZE;
+        init_redis_main_conf(mcf);
+        return mcf;
+    });
 }
 
-void* create_loc_conf(ngx_conf_t* cf) {
-    auto* lcf = static_cast<LocConf*>(ngx_pcalloc(cf->pool, sizeof(LocConf)));
-    if (lcf == nullptr) return nullptr;
-    lcf->stats = NGX_CONF_UNSET;
-    lcf->heartbeat = NGX_CONF_UNSET_MSEC;
-    lcf->retry = NGX_CONF_UNSET_MSEC;
-    lcf->send_buffer = NGX_CONF_UNSET_SIZE;
-    lcf->max_channels = NGX_CONF_UNSET_UINT;
-    lcf->history = NGX_CONF_UNSET_UINT;
-    lcf->history_ttl = NGX_CONF_UNSET_MSEC;
-    lcf->replay = NGX_CONF_UNSET_UINT;
-    lcf->reset_event_set = NGX_CONF_UNSET;
-    lcf->max_subscribers = NGX_CONF_UNSET_UINT;
-    lcf->max_per_key = NGX_CONF_UNSET_UINT;
-    lcf->max_lifetime = NGX_CONF_UNSET_MSEC;
-    lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
-    lcf->client_channel = NGX_CONF_UNSET;
-    lcf->subscribe_patterns = NGX_CONF_UNSET;
-    lcf->connected_event_set = NGX_CONF_UNSET;
-    return lcf;
-}
-
-char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) {
-    auto* prev = static_cast<LocConf*>(parent);
-    auto* conf = static_cast<LocConf*>(child);
-    ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, kDefaultHeartbeat);
-    ngx_conf_merge_msec_value(conf->retry, prev->retry, NGX_CONF_UNSET_MSEC);
-    ngx_conf_merge_size_value(conf->send_buffer, prev->send_buffer, kDefaultSendBuffer);
-    ngx_conf_merge_uint_value(conf->max_channels, prev->max_channels, kDefaultMaxChannels);
-    ngx_conf_merge_value(conf->stats, prev->stats, 0);
-    ngx_conf_merge_uint_value(conf->history, prev->history, kDefaultHistory);
-    ngx_conf_merge_msec_value(conf->history_ttl, prev->history_ttl, kDefaultHistoryTtl);
-    ngx_conf_merge_uint_value(conf->replay, prev->replay, 0);
-    if (conf->event_filter == nullptr) conf->event_filter = prev->event_filter;
-    ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers, 0);
-    if (conf->limit_key == nullptr) {
-        conf->limit_key = prev->limit_key;
-        conf->max_per_key = prev->max_per_key;
-    }
-    ngx_conf_merge_msec_value(conf->max_lifetime, prev->max_lifetime, 0);
-    if (conf->allow == nullptr) conf->allow = prev->allow;
-    ngx_conf_merge_msec_value(conf->lifetime_jitter, prev->lifetime_jitter, 0);
-    if (conf->reset_event_set == NGX_CONF_UNSET) {
-        conf->reset_event_set = prev->reset_event_set == NGX_CONF_UNSET ? 0 : prev->reset_event_set;
-        conf->reset_event = prev->reset_event;
-        if (prev->reset_event_set == NGX_CONF_UNSET) {
-            ngx_str_set(&conf->reset_event, "reset");
+// The zone's data is the MainConf that added it; on a reload nginx passes the previous cycle's
+// MainConf, whose store header (and all the zone holds) carries over, as with limit_req's ctx.
+ngx_int_t init_zone(ngx_shm_zone_t* zone, void* data) noexcept {
+    return guarded(zone->shm.log, "setting up the zone", ngx_int_t(NGX_ERROR), [&]() -> ngx_int_t {
+        auto* mcf = static_cast<MainConf*>(zone->data);
+        auto* previous = static_cast<MainConf*>(data);
+        auto* pool = reinterpret_cast<ngx_slab_pool_t*>(zone->shm.addr);
+        if (previous != nullptr) {
+            mcf->store_header = previous->store_header;
+        } else if (zone->shm.exists) {
+            mcf->store_header = static_cast<StoreHeader*>(pool->data);
+        } else {
+            mcf->store_header = Store::create(pool);
+            if (mcf->store_header == nullptr) return NGX_ERROR;
         }
-    }
-    if (conf->user == nullptr) conf->user = prev->user;
-    ngx_conf_merge_value(conf->client_channel, prev->client_channel, 0);
-    ngx_conf_merge_value(conf->subscribe_patterns, prev->subscribe_patterns, 0);
-    if (conf->connected_event_set == NGX_CONF_UNSET) {
-        conf->connected_event_set = prev->connected_event_set;
-        conf->connected_event = prev->connected_event;
-    }
-    if (conf->send_buffer < 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"sse_send_buffer\" must be at least 1k");
-        return static_cast<char*>(NGX_CONF_ERROR);
-    }
-    return NGX_CONF_OK;
+        bool enabled = mcf->redis != nullptr;
+        Store::configure_cluster(pool, mcf->store_header, enabled, enabled ? mcf->redis->queue : 0);
+        return NGX_OK;
+    });
+}
+
+char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
+    return guarded(cf->log, "reading the configuration", conf_error(), [&]() -> char* {
+        auto* mcf = static_cast<MainConf*>(conf);
+        ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
+        finish_redis_config(mcf);
+        if (!mcf->used) return NGX_CONF_OK;
+        mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
+        if (mcf->zone == nullptr) return conf_error();
+        mcf->zone->init = init_zone;
+        mcf->zone->data = mcf;
+        return NGX_CONF_OK;
+    });
+}
+
+void* create_loc_conf(ngx_conf_t* cf) noexcept {
+    return guarded(cf->log, "creating the configuration", static_cast<void*>(nullptr), [&]() -> void* {
+        auto* lcf = static_cast<LocConf*>(ngx_pcalloc(cf->pool, sizeof(LocConf)));
+        if (lcf == nullptr) return nullptr;
+        lcf->stats = NGX_CONF_UNSET;
+        lcf->heartbeat = NGX_CONF_UNSET_MSEC;
+        lcf->retry = NGX_CONF_UNSET_MSEC;
+        lcf->send_buffer = NGX_CONF_UNSET_SIZE;
+        lcf->max_channels = NGX_CONF_UNSET_UINT;
+        lcf->history = NGX_CONF_UNSET_UINT;
+        lcf->history_ttl = NGX_CONF_UNSET_MSEC;
+        lcf->replay = NGX_CONF_UNSET_UINT;
+        lcf->max_subscribers = NGX_CONF_UNSET_UINT;
+        lcf->max_per_key = NGX_CONF_UNSET_UINT;
+        lcf->max_lifetime = NGX_CONF_UNSET_MSEC;
+        lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
+        lcf->client_channel = NGX_CONF_UNSET;
+        lcf->subscribe_patterns = NGX_CONF_UNSET;
+        return lcf;
+    });
+}
+
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
+    return guarded(cf->log, "merging the configuration", conf_error(), [&]() -> char* {
+        auto* prev = static_cast<LocConf*>(parent);
+        auto* conf = static_cast<LocConf*>(child);
+        ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, kDefaultHeartbeat);
+        ngx_conf_merge_msec_value(conf->retry, prev->retry, NGX_CONF_UNSET_MSEC);
+        ngx_conf_merge_size_value(conf->send_buffer, prev->send_buffer, kDefaultSendBuffer);
+        ngx_conf_merge_uint_value(conf->max_channels, prev->max_channels, kDefaultMaxChannels);
+        ngx_conf_merge_value(conf->stats, prev->stats, 0);
+        ngx_conf_merge_uint_value(conf->history, prev->history, kDefaultHistory);
+        ngx_conf_merge_msec_value(conf->history_ttl, prev->history_ttl, kDefaultHistoryTtl);
+        ngx_conf_merge_uint_value(conf->replay, prev->replay, 0);
+        if (conf->event_filter == nullptr) conf->event_filter = prev->event_filter;
+        ngx_conf_merge_uint_value(conf->max_subscribers, prev->max_subscribers, 0);
+        if (conf->limit_key == nullptr) {
+            conf->limit_key = prev->limit_key;
+            conf->max_per_key = prev->max_per_key;
+        }
+        ngx_conf_merge_msec_value(conf->max_lifetime, prev->max_lifetime, 0);
+        if (conf->allow == nullptr) conf->allow = prev->allow;
+        ngx_conf_merge_msec_value(conf->lifetime_jitter, prev->lifetime_jitter, 0);
+        ngx_conf_merge_str_value(conf->reset_event, prev->reset_event, "reset");
+        if (conf->user == nullptr) conf->user = prev->user;
+        ngx_conf_merge_value(conf->client_channel, prev->client_channel, 0);
+        ngx_conf_merge_value(conf->subscribe_patterns, prev->subscribe_patterns, 0);
+        ngx_conf_merge_str_value(conf->connected_event, prev->connected_event, "");
+        return NGX_CONF_OK;
+    });
 }
 
 // Compiles a directive's argument, which may hold variables, into cv.
@@ -253,148 +265,187 @@ ngx_http_complex_value_t* compile_value(ngx_conf_t* cf, ngx_str_t* value) {
     return cv;
 }
 
-char* check_max_channels(ngx_conf_t* cf, void* post, void* data) {
-    auto* n = static_cast<ngx_uint_t*>(data);
-    if (*n == 0 || *n > 1024) return const_cast<char*>("must be between 1 and 1024");
-    return NGX_CONF_OK;
+// Runs one of nginx's ngx_conf_set_*_slot functions (and so the command's post handler); a
+// value it cannot read is refused naming the value, which nginx's own wording does not.
+char* run_slot(ngx_conf_t* cf, ngx_command_t* cmd, void* conf, char* (*slot)(ngx_conf_t*, ngx_command_t*, void*),
+               const char* why) {
+    char* rv = slot(cf, cmd, conf);
+    if (rv == NGX_CONF_OK || rv == conf_error() || ngx_strcmp(rv, "is duplicate") == 0) return rv;
+    return invalid_value(cf, 1, why);
 }
 
-char* check_history(ngx_conf_t* cf, void* post, void* data) {
-    auto* n = static_cast<ngx_uint_t*>(data);
-    if (*n > kMaxHistory) return const_cast<char*>("must be at most 10000000");
-    return NGX_CONF_OK;
+char* set_number(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading a number", conf_error(),
+                   [&] { return run_slot(cf, cmd, conf, ngx_conf_set_num_slot, "it must be a number"); });
 }
 
-char* set_reset_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->reset_event_set != NGX_CONF_UNSET) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    lcf->reset_event_set = 1;
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        lcf->reset_event.len = 0;
-        lcf->reset_event.data = nullptr;
+char* set_time(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading a time", conf_error(),
+                   [&] { return run_slot(cf, cmd, conf, ngx_conf_set_msec_slot, "it must be a time such as 30s"); });
+}
+
+char* set_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading a size", conf_error(),
+                   [&] { return run_slot(cf, cmd, conf, ngx_conf_set_size_slot, "it must be a size such as 64k"); });
+}
+
+// ngx_conf_check_num_bounds's test (high -1: no upper bound) with a message that names the
+// directive and the value, as ngx_conf_check_num_bounds's does not.
+char* check_bounds(ngx_conf_t* cf, void* post, void* data) noexcept {
+    return guarded(cf->log, "reading a number", conf_error(), [&]() -> char* {
+        auto* bounds = static_cast<ngx_conf_num_bounds_t*>(post);
+        ngx_int_t n = *static_cast<ngx_int_t*>(data);
+        if (n >= bounds->low && (bounds->high == -1 || n <= bounds->high)) return NGX_CONF_OK;
+        u_char why[64];
+        u_char* end = bounds->high == -1 ? ngx_snprintf(why, sizeof(why) - 1, "it must be at least %i", bounds->low)
+                                         : ngx_snprintf(why, sizeof(why) - 1, "it must be between %i and %i",
+                                                        bounds->low, bounds->high);
+        *end = '\0';
+        return invalid_value(cf, 1, reinterpret_cast<char*>(why));
+    });
+}
+
+char* check_positive_time(ngx_conf_t* cf, void*, void* data) noexcept {
+    return guarded(cf->log, "reading a time", conf_error(), [&]() -> char* {
+        if (*static_cast<ngx_msec_t*>(data) > 0) return NGX_CONF_OK;
+        return invalid_value(cf, 1, "it must be a time above zero, such as 2s");
+    });
+}
+
+bool is_off(const ngx_str_t& s) {
+    return s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0;
+}
+
+// sse_reset_event <name> | off: the event a resuming stream gets when events it missed are gone.
+char* check_reset_event(ngx_conf_t* cf, void*, void* data) noexcept {
+    return guarded(cf->log, "reading sse_reset_event", conf_error(), [&]() -> char* {
+        auto* name = static_cast<ngx_str_t*>(data);
+        if (is_off(*name)) {
+            name->len = 0;  // data stays set: "off" here is not "unset" to the merge
+            return NGX_CONF_OK;
+        }
+        if (name->len == 0 || !is_valid_event_name(to_view(*name)) ||
+            ngx_strlchr(name->data, name->data + name->len, ' ') != nullptr) {
+            return invalid_value(cf, 1,
+                                 "it must be an event name (at most 128 bytes, no spaces or line breaks) or off");
+        }
         return NGX_CONF_OK;
-    }
-    if (value[1].len == 0 || !is_valid_event_name(to_view(value[1])) ||
-        ngx_strlchr(value[1].data, value[1].data + value[1].len, ' ') != nullptr) {
-        return const_cast<char*>("needs an event name (at most 128 bytes, no spaces or line breaks) or off");
-    }
-    lcf->reset_event = value[1];
-    return NGX_CONF_OK;
+    });
 }
 
-char* set_event_filter(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->event_filter != nullptr) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
-    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    lcf->event_filter = cv;
-    return NGX_CONF_OK;
+// sse_connected_event <name> | off: a first event telling the stream its client id.
+char* check_connected_event(ngx_conf_t* cf, void*, void* data) noexcept {
+    return guarded(cf->log, "reading sse_connected_event", conf_error(), [&]() -> char* {
+        auto* name = static_cast<ngx_str_t*>(data);
+        if (is_off(*name)) {
+            name->len = 0;
+            return NGX_CONF_OK;
+        }
+        if (name->len == 0 || name->len > kMaxEventNameLength || !is_valid_event_name(to_view(*name))) {
+            return invalid_value(cf, 1, "it must be an event name (1-128 bytes, no CR or LF) or off");
+        }
+        return NGX_CONF_OK;
+    });
+}
+
+// sse_event_filter <patterns>: a list written without variables is checked here, not on each
+// request.
+char* set_event_filter(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_event_filter", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->event_filter != nullptr) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
+        if (cv == nullptr) return conf_error();
+        if (cv->lengths == nullptr) {
+            EventFilter filter;
+            std::string reason;
+            if (!filter.parse(to_view(cv->value), reason)) return invalid_value(cf, 1, reason.c_str());
+        }
+        lcf->event_filter = cv;
+        return NGX_CONF_OK;
+    });
 }
 
 // sse_max_subscribers_per_key <key> <n>: the key may hold variables ($remote_addr, a user id).
-char* set_max_per_key(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->limit_key != nullptr) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    ngx_int_t n = ngx_atoi(value[2].data, value[2].len);
-    if (n <= 0) return const_cast<char*>("needs a key and a number of streams of at least 1");
-    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
-    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    lcf->limit_key = cv;
-    lcf->max_per_key = ngx_uint_t(n);
-    return NGX_CONF_OK;
+char* set_max_per_key(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_max_subscribers_per_key", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->limit_key != nullptr) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        ngx_int_t n = ngx_atoi(value[2].data, value[2].len);
+        if (n <= 0) return invalid_value(cf, 2, "it must be a number of streams of at least 1");
+        ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
+        if (cv == nullptr) return conf_error();
+        lcf->limit_key = cv;
+        lcf->max_per_key = ngx_uint_t(n);
+        return NGX_CONF_OK;
+    });
 }
 
 // sse_max_lifetime <time> [<jitter>]: a stream ends cleanly after <time> minus a random part of
 // <jitter>, so that clients reconnect spread out rather than all at once.
-char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->max_lifetime != NGX_CONF_UNSET_MSEC) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    ngx_msec_t lifetime = ngx_parse_time(&value[1], 0);
-    if (lifetime == (ngx_msec_t)NGX_ERROR || lifetime == 0) {
-        return const_cast<char*>("has an invalid value: use a time such as 30m, optionally followed by a jitter");
-    }
-    ngx_msec_t jitter = 0;
-    if (cf->args->nelts == 3) {
-        jitter = ngx_parse_time(&value[2], 0);
-        if (jitter == (ngx_msec_t)NGX_ERROR || jitter >= lifetime) {
-            return const_cast<char*>("has an invalid jitter: use a time shorter than the lifetime");
+char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_max_lifetime", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->max_lifetime != NGX_CONF_UNSET_MSEC) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        ngx_msec_t lifetime = ngx_parse_time(&value[1], 0);
+        if (lifetime == (ngx_msec_t)NGX_ERROR || lifetime == 0) {
+            return invalid_value(cf, 1, "it must be a time such as 30m, optionally followed by a jitter");
         }
-    }
-    lcf->max_lifetime = lifetime;
-    lcf->lifetime_jitter = jitter;
-    return NGX_CONF_OK;
+        ngx_msec_t jitter = 0;
+        if (cf->args->nelts == 3) {
+            jitter = ngx_parse_time(&value[2], 0);
+            if (jitter == (ngx_msec_t)NGX_ERROR || jitter >= lifetime) {
+                return invalid_value(cf, 2, "the jitter must be a time shorter than the lifetime");
+            }
+        }
+        lcf->max_lifetime = lifetime;
+        lcf->lifetime_jitter = jitter;
+        return NGX_CONF_OK;
+    });
 }
 
 // sse_subscribe_allow <pattern> ...: the channels a stream may ask for, by name or by prefix
 // (`public.*`); patterns may hold variables (`user:$user_id`).
-char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->allow != nullptr) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    lcf->allow = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_http_complex_value_t));
-    if (lcf->allow == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
-        if (value[i].len == 0) return const_cast<char*>("takes no empty pattern");
-        auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_array_push(lcf->allow));
-        if (cv == nullptr || !compile_value_into(cf, &value[i], cv)) return static_cast<char*>(NGX_CONF_ERROR);
-    }
-    return NGX_CONF_OK;
+char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_subscribe_allow", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->allow != nullptr) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        lcf->allow = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_http_complex_value_t));
+        if (lcf->allow == nullptr) return conf_error();
+        for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+            if (value[i].len == 0) return invalid_value(cf, i, "it must be a channel name or pattern");
+            auto* cv = static_cast<ngx_http_complex_value_t*>(ngx_array_push(lcf->allow));
+            if (cv == nullptr || !compile_value_into(cf, &value[i], cv)) return conf_error();
+        }
+        return NGX_CONF_OK;
+    });
 }
 
 // sse_user <value>: the stream's user key (any variable, e.g. set by auth_request_set).
-char* set_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->user != nullptr) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len == 0) return const_cast<char*>("needs a value, such as $user_id");
-    lcf->user = compile_value(cf, &value[1]);
-    return lcf->user == nullptr ? static_cast<char*>(NGX_CONF_ERROR) : NGX_CONF_OK;
+char* set_user(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_user", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->user != nullptr) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        if (value[1].len == 0) return invalid_value(cf, 1, "it must be a user key, such as $user_id");
+        lcf->user = compile_value(cf, &value[1]);
+        return lcf->user == nullptr ? conf_error() : NGX_CONF_OK;
+    });
 }
 
-// sse_connected_event <name> | off: a first event telling the stream its client id.
-char* set_connected_event(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->connected_event_set != NGX_CONF_UNSET) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    lcf->connected_event_set = 1;
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        ngx_str_null(&lcf->connected_event);
-        return NGX_CONF_OK;
-    }
-    if (value[1].len == 0 || value[1].len > kMaxEventNameLength || !is_valid_event_name(to_view(value[1]))) {
-        return const_cast<char*>("needs an event name (1-128 bytes, no CR or LF) or off");
-    }
-    lcf->connected_event = value[1];
-    return NGX_CONF_OK;
-}
-
-// sse_publish_client <value> / sse_publish_user <value>: the location publishes to one stream
-// (by client id) or to every stream of one user key, wherever they are.
-char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = set_handler(cf, cmd, lcf, publish_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len == 0) return const_cast<char*>("needs a value, such as $arg_client");
-    lcf->publish = compile_value(cf, &value[1]);
-    if (lcf->publish == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
-    lcf->publish_target = LocConf::PublishTarget(cmd->offset);
-    return NGX_CONF_OK;
-}
-
-// Sets the content handler of the location; only one of sse_subscribe, sse_publish, sse_stats
-// may be in a location.
+// Sets the content handler of the location; only one of sse_subscribe, sse_publish (or
+// sse_publish_client, sse_publish_user), sse_stats and sse_clients may be in a location.
 char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_handler_pt handler) {
     if (lcf->subscribe != nullptr || lcf->publish != nullptr || lcf->stats == 1 || lcf->clients == 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\": a location takes only one of sse_subscribe, sse_publish (or sse_publish_client, "
                            "sse_publish_user), sse_stats and sse_clients",
                            &cmd->name);
-        return static_cast<char*>(NGX_CONF_ERROR);
+        return conf_error();
     }
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     clcf->handler = handler;
@@ -404,72 +455,104 @@ char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_han
     return NGX_CONF_OK;
 }
 
-char* compile_channels(ngx_conf_t* cf, ngx_command_t* cmd, ngx_http_complex_value_t** out) {
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" needs a channel list, got an empty string", &cmd->name);
-        return static_cast<char*>(NGX_CONF_ERROR);
-    }
+// sse_publish_client <value> / sse_publish_user <value>: the location publishes to one stream
+// (by client id) or to every stream of one user key, wherever they are.
+char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, LocConf::PublishTarget target) {
+    char* rv = set_handler(cf, cmd, lcf, publish_handler);
+    if (rv != NGX_CONF_OK) return rv;
+    ngx_str_t* value = args(cf);
+    if (value[1].len == 0) return invalid_value(cf, 1, "it must be a value, such as $arg_client");
+    lcf->publish = compile_value(cf, &value[1]);
+    if (lcf->publish == nullptr) return conf_error();
+    lcf->publish_target = target;
+    return NGX_CONF_OK;
+}
+
+char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_publish_client", conf_error(),
+                   [&] { return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToClient); });
+}
+
+char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_publish_user", conf_error(),
+                   [&] { return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToUser); });
+}
+
+char* compile_channels(ngx_conf_t* cf, ngx_http_complex_value_t** out) {
+    ngx_str_t* value = args(cf);
+    if (value[1].len == 0) return invalid_value(cf, 1, "it must be a channel list");
     ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
-    if (cv == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    if (cv == nullptr) return conf_error();
     *out = cv;
     return NGX_CONF_OK;
 }
 
-char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = set_handler(cf, cmd, lcf, subscribe_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    return compile_channels(cf, cmd, &lcf->subscribe);
+char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_subscribe", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        char* rv = set_handler(cf, cmd, lcf, subscribe_handler);
+        if (rv != NGX_CONF_OK) return rv;
+        return compile_channels(cf, &lcf->subscribe);
+    });
 }
 
-char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = set_handler(cf, cmd, lcf, publish_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    return compile_channels(cf, cmd, &lcf->publish);
+char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_publish", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        char* rv = set_handler(cf, cmd, lcf, publish_handler);
+        if (rv != NGX_CONF_OK) return rv;
+        return compile_channels(cf, &lcf->publish);
+    });
 }
 
-char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = set_handler(cf, cmd, lcf, stats_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    lcf->stats = 1;
-    return NGX_CONF_OK;
-}
-
-char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = set_handler(cf, cmd, lcf, clients_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    lcf->clients = 1;
-    return NGX_CONF_OK;
-}
-
-char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->heartbeat != NGX_CONF_UNSET_MSEC) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        lcf->heartbeat = 0;
+char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_stats", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        char* rv = set_handler(cf, cmd, lcf, stats_handler);
+        if (rv != NGX_CONF_OK) return rv;
+        lcf->stats = 1;
         return NGX_CONF_OK;
-    }
-    ngx_msec_t ms = ngx_parse_time(&value[1], 0);
-    if (ms == (ngx_msec_t)NGX_ERROR || ms == 0)
-        return const_cast<char*>("has an invalid value: use a time such as 30s, or off");
-    lcf->heartbeat = ms;
-    return NGX_CONF_OK;
+    });
 }
 
-char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) {
-    auto* mcf = static_cast<MainConf*>(conf);
-    if (mcf->shm_size != NGX_CONF_UNSET_SIZE) return const_cast<char*>("is duplicate");
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    ssize_t size = ngx_parse_size(&value[1]);
-    if (size == NGX_ERROR) return const_cast<char*>("has an invalid value: use a size such as 32m");
-    if (size_t(size) < kMinShmSize) return const_cast<char*>("is too small: the zone needs at least 256k");
-    mcf->shm_size = size_t(size);
-    return NGX_CONF_OK;
+char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_clients", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        char* rv = set_handler(cf, cmd, lcf, clients_handler);
+        if (rv != NGX_CONF_OK) return rv;
+        lcf->clients = 1;
+        return NGX_CONF_OK;
+    });
+}
+
+char* set_heartbeat(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_heartbeat", conf_error(), [&]() -> char* {
+        auto* lcf = static_cast<LocConf*>(conf);
+        if (lcf->heartbeat != NGX_CONF_UNSET_MSEC) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        if (is_off(value[1])) {
+            lcf->heartbeat = 0;
+            return NGX_CONF_OK;
+        }
+        ngx_msec_t ms = ngx_parse_time(&value[1], 0);
+        if (ms == (ngx_msec_t)NGX_ERROR || ms == 0)
+            return invalid_value(cf, 1, "it must be a time such as 30s, or off");
+        lcf->heartbeat = ms;
+        return NGX_CONF_OK;
+    });
+}
+
+char* set_shm_size(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return guarded(cf->log, "reading sse_shm_size", conf_error(), [&]() -> char* {
+        auto* mcf = static_cast<MainConf*>(conf);
+        if (mcf->shm_size != NGX_CONF_UNSET_SIZE) return is_duplicate();
+        ngx_str_t* value = args(cf);
+        ssize_t size = ngx_parse_size(&value[1]);
+        if (size == NGX_ERROR) return invalid_value(cf, 1, "it must be a size such as 32m");
+        if (size_t(size) < kMinShmSize) return invalid_value(cf, 1, "the zone needs at least 256k");
+        mcf->shm_size = size_t(size);
+        return NGX_CONF_OK;
+    });
 }
 
 MainConf* main_conf(ngx_cycle_t* cycle) {
@@ -478,13 +561,12 @@ MainConf* main_conf(ngx_cycle_t* cycle) {
     return static_cast<MainConf*>(ctx->main_conf[ngx_http_sse_module.ctx_index]);
 }
 
-ngx_int_t init_module(ngx_cycle_t* cycle) noexcept try {
-    MainConf* mcf = main_conf(cycle);
-    if (mcf == nullptr || !mcf->used) return NGX_OK;
-    return WorkerWakeup::create_once(cycle->log);
-} catch (...) {
-    ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sse: unexpected exception in init_module");
-    return NGX_ERROR;
+ngx_int_t init_module(ngx_cycle_t* cycle) noexcept {
+    return guarded(cycle->log, "setting up the module", ngx_int_t(NGX_ERROR), [&]() -> ngx_int_t {
+        MainConf* mcf = main_conf(cycle);
+        if (mcf == nullptr || !mcf->used) return NGX_OK;
+        return WorkerWakeup::create_once(cycle->log);
+    });
 }
 
 void on_shutdown() noexcept {
@@ -511,59 +593,59 @@ HistoryPolicy http_level_history(ngx_cycle_t* cycle) {
     return policy;
 }
 
-ngx_int_t init_process(ngx_cycle_t* cycle) noexcept try {
-    MainConf* mcf = main_conf(cycle);
-    if (mcf == nullptr || !mcf->used || mcf->zone == nullptr) return NGX_OK;
-    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) return NGX_OK;
+ngx_int_t init_process(ngx_cycle_t* cycle) noexcept {
+    return guarded(cycle->log, "starting the worker", ngx_int_t(NGX_ERROR), [&]() -> ngx_int_t {
+        MainConf* mcf = main_conf(cycle);
+        if (mcf == nullptr || !mcf->used || mcf->zone == nullptr) return NGX_OK;
+        if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) return NGX_OK;
 
-    auto* pool = reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
-    auto* w = new WorkerContext();
-    w->store = Store(pool, static_cast<StoreHeader*>(mcf->zone->data));
-    w->slot = w->store.claim_slot(ngx_pid, cycle->log);
-    if (w->slot == NGX_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken", kMaxWorkerSlots);
-        delete w;
+        auto* pool = reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
+        auto* w = new WorkerContext();
+        w->store = Store(pool, mcf->store_header);
+        w->slot = w->store.claim_slot(ngx_pid, cycle->log);
+        if (w->slot == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: all %ui worker slots of the zone are taken",
+                          kMaxWorkerSlots);
+            delete w;
+            return NGX_OK;
+        }
+        ngx_fd_t fd = WorkerWakeup::descriptor_of(ngx_uint_t(w->slot));
+        if (WorkerWakeup::listen(cycle, fd, on_wake, on_shutdown) != NGX_OK) {
+            w->store.release_slot(ngx_uint_t(w->slot));
+            delete w;
+            return NGX_ERROR;
+        }
+        the_worker = w;
+        if (mcf->redis != nullptr) {
+            mcf->redis->history = http_level_history(cycle);
+            RedisLink::start(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
+        }
         return NGX_OK;
-    }
-    ngx_fd_t fd = WorkerWakeup::descriptor_of(ngx_uint_t(w->slot));
-    if (WorkerWakeup::listen(cycle, fd, on_wake, on_shutdown) != NGX_OK) {
-        w->store.release_slot(ngx_uint_t(w->slot));
-        delete w;
-        return NGX_ERROR;
-    }
-    the_worker = w;
-    if (mcf->redis != nullptr) {
-        mcf->redis->history = http_level_history(cycle);
-        RedisLink::start(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
-    }
-    return NGX_OK;
-} catch (...) {
-    ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: unexpected exception in init_process");
-    return NGX_ERROR;
+    });
 }
 
 void exit_process(ngx_cycle_t* cycle) noexcept {
     if (the_worker == nullptr) return;
-    try {
+    guarded(cycle->log, "stopping the worker", [&] {
         RedisLink::stop();
         WorkerWakeup::stop();
         the_worker->store.release_slot(ngx_uint_t(the_worker->slot));
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "sse: unexpected exception in exit_process");
-    }
+    });
     delete the_worker;
     the_worker = nullptr;
 }
 
 }  // namespace
 
-WorkerContext* worker_context() {
-    return the_worker;
+char* invalid_value(ngx_conf_t* cf, ngx_uint_t arg, const char* why) {
+    ngx_str_t* value = args(cf);
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" in \"%V\" directive, %s", &value[arg], &value[0],
+                       why);
+    return conf_error();
 }
 
-Store* store_for(ngx_http_request_t* r) {
-    if (the_worker == nullptr) return nullptr;
-    return &the_worker->store;
+WorkerContext* worker_context() {
+    return the_worker;
 }
 
 namespace {

@@ -19,11 +19,13 @@ namespace sse {
 struct RedisConfig;
 
 struct MainConf {
-    ngx_shm_zone_t* zone;
+    ngx_shm_zone_t* zone;       // its data is this MainConf, as ngx_http_limit_req_module keeps its ctx
+    StoreHeader* store_header;  // in the zone; set by the zone's init, carried over on reload
     size_t shm_size;
-    ngx_flag_t used;  // some location subscribes or publishes: the zone and wake-ups are needed
+    ngx_flag_t used;     // some location subscribes or publishes: the zone and wake-ups are needed
     RedisConfig* redis;  // sse_redis; nullptr: a single node
-    // The sse_redis_* directives as written, checked and put into `redis` by finish_redis_config.
+    // The sse_redis_* directives as written (checked by their setters), put into `redis` by
+    // finish_redis_config.
     ngx_str_t redis_prefix;
     ngx_msec_t redis_connect_timeout;
     ngx_msec_t redis_command_timeout;
@@ -33,11 +35,16 @@ struct MainConf {
     ngx_msec_t redis_sync_timeout;
 };
 
+// Refuses the directive's argument number `arg` in nginx's words, naming it:
+// `invalid value "x" in "sse_y" directive, <why>`; returns NGX_CONF_ERROR.
+char* invalid_value(ngx_conf_t* cf, ngx_uint_t arg, const char* why);
+
 // The sse_redis* directives (redis_config.cpp).
-char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
-char* set_redis_reconnect(ngx_conf_t* cf, ngx_command_t* cmd, void* conf);
+char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_redis_reconnect(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* check_redis_prefix(ngx_conf_t* cf, void* post, void* data) noexcept;
 void init_redis_main_conf(MainConf* mcf);
-char* finish_redis_config(ngx_conf_t* cf, MainConf* mcf);
+void finish_redis_config(MainConf* mcf);
 // Whether this node's events go to Redis at once ("forwarded") or wait ("queued"); empty
 // without Redis.
 std::string_view redis_publish_state(Store& store);
@@ -46,19 +53,18 @@ struct LocConf {
     ngx_http_complex_value_t* subscribe;
     ngx_http_complex_value_t* publish;
     ngx_flag_t stats;
-    ngx_flag_t clients;  // sse_clients
+    ngx_flag_t clients;    // sse_clients
     ngx_msec_t heartbeat;  // 0: off
     ngx_msec_t retry;      // NGX_CONF_UNSET_MSEC: no retry field
     size_t send_buffer;
     ngx_uint_t max_channels;
-    ngx_uint_t history;       // events kept per channel published to from here
-    ngx_msec_t history_ttl;   // 0: no time limit
-    ngx_uint_t replay;        // most recent events sent on a first connect
-    ngx_str_t reset_event;    // empty: off
-    ngx_flag_t reset_event_set;
+    ngx_uint_t history;                      // events kept per channel published to from here
+    ngx_msec_t history_ttl;                  // 0: no time limit
+    ngx_uint_t replay;                       // most recent events sent on a first connect
+    ngx_str_t reset_event;                   // len 0: off; data nullptr: not set here
     ngx_http_complex_value_t* event_filter;  // event type patterns a stream keeps; nullptr: all
-    ngx_uint_t max_subscribers;                    // over all workers; 0: no limit
-    ngx_http_complex_value_t* limit_key;           // sse_max_subscribers_per_key's key
+    ngx_uint_t max_subscribers;              // over all workers; 0: no limit
+    ngx_http_complex_value_t* limit_key;     // sse_max_subscribers_per_key's key
     ngx_uint_t max_per_key;
     ngx_array_t* allow;       // sse_subscribe_allow: ngx_http_complex_value_t patterns; nullptr: any channel
     ngx_msec_t max_lifetime;  // 0: none
@@ -66,8 +72,7 @@ struct LocConf {
     ngx_http_complex_value_t* user;  // sse_user: the stream's user key; nullptr: none
     ngx_flag_t client_channel;       // sse_client_channel: the stream can be published to by client id
     ngx_flag_t subscribe_patterns;   // sse_subscribe_patterns: `blog.*` and `*` may be asked for
-    ngx_str_t connected_event;       // sse_connected_event: the first event's name; empty: off
-    ngx_flag_t connected_event_set;
+    ngx_str_t connected_event;       // sse_connected_event: the first event's name; len 0: off
     enum PublishTarget : ngx_uint_t { kToChannels = 0, kToClient, kToUser } publish_target;
 };
 
@@ -80,7 +85,6 @@ struct WorkerContext {
 
 // nullptr outside a worker that serves the module (e.g. in the master or before init).
 WorkerContext* worker_context();
-Store* store_for(ngx_http_request_t* r);
 
 ngx_int_t subscribe_handler(ngx_http_request_t* r) noexcept;
 ngx_int_t publish_handler(ngx_http_request_t* r) noexcept;
