@@ -2,6 +2,8 @@
 # Builds build/ngx_http_sse_module.so against Debian 12's packaged nginx (nginx-dev),
 # or against another nginx source tree given as NGINX_SRC.
 #   SANITIZE=1 scripts/build.sh   -> build/asan/ngx_http_sse_module.so (ASan + UBSan)
+#   FAULT_INJECTION=1 scripts/build.sh -> build/fault/...: the module's allocations fail at the
+#                                  rate SSE_FAULT_RATE (with SANITIZE=1: build/asan/fault/)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -16,6 +18,11 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     out=build/asan
     cc_opt="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
     ld_opt="-fsanitize=address,undefined"
+fi
+if [ "${FAULT_INJECTION:-0}" = 1 ]; then
+    # Allocation-failure injection (src/fault_injection.h), on top of the sanitizers when both are asked.
+    out=$out/fault
+    cc_opt="$cc_opt -DSSE_FAULT_INJECTION"
 fi
 
 src=${NGINX_SRC:-/usr/share/nginx/src}

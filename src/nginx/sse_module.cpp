@@ -5,6 +5,7 @@
 
 #include <new>
 
+#include "fault_injection.h"
 #include "guard.h"
 #include "protocol/channel_list.h"
 #include "protocol/event_filter.h"
@@ -620,6 +621,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept {
             mcf->redis->history = http_level_history(cycle);
             RedisLink::start(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
         }
+        fault::arm();
         return NGX_OK;
     });
 }
