@@ -44,8 +44,12 @@ bool EventFilter::parse(std::string_view list, std::string& reason) {
         list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
         if (item.empty()) continue;
         if (!is_valid_event_name(item)) {
-            reason = "invalid event type pattern \"" + std::string(item.substr(0, 64)) +
-                     "\": at most 128 bytes, no line breaks";
+            // Quoted in a log line and a one-line reply: its line breaks must not come along.
+            std::string shown(item.substr(0, 64));
+            for (char& c : shown) {
+                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+            }
+            reason = "invalid event type pattern \"" + shown + "\": at most 128 bytes, no line breaks";
             return false;
         }
         if (patterns_.size() == kMaxFilterPatterns) {
