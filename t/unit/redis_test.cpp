@@ -58,7 +58,10 @@ TEST(RedisUrl, Refusals) {
     std::string reason;
     for (const char* bad : {"http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x",
                             "redis://h/abc", "redis://user@h", "redis://u:%zz@h", "redis://u:%4@h", "unix:relative",
-                            "unix:/s?database=1", "redis://[::1"}) {
+                            "unix:/s?database=1", "redis://[::1",
+                            // Found by t/fuzz/redis_url_fuzz: junk after ']', a sign, a signed escape.
+                            "redis://[::1]973:6/0", "redis://[::1]x", "redis://h/-0", "unix:/s?db=-0",
+                            "redis://u:%-1@h"}) {
         EXPECT_FALSE(parse_redis_url(bad, a, reason)) << bad;
         EXPECT_FALSE(reason.empty()) << bad;
     }
