@@ -89,6 +89,16 @@ TEST(RedisEntry, Parses) {
     EXPECT_EQ(e.data, "line 1\nline /2");
 }
 
+// A time no clock gives is no time, not a cast out of range (found by t/fuzz/redis_entry_fuzz).
+TEST(RedisEntry, TimeOutOfRangeIsNoTime) {
+    for (std::string text : {R"({"i":"1","t":-1})", R"({"i":"1","t":1e300})", R"({"i":"1","t":-1e300})"}) {
+        RedisEntry e;
+        std::string reason;
+        ASSERT_TRUE(parse_redis_entry(text.data(), text.size(), e, reason)) << reason;
+        EXPECT_EQ(e.published_ms, 0u) << text;
+    }
+}
+
 TEST(RedisEntry, Refusals) {
     RedisEntry e;
     std::string reason;
