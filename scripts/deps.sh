@@ -29,6 +29,11 @@ ensure_test_deps() {
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 }
 
+# libFuzzer comes with clang's runtime libraries; the targets read Redis's JSON with nlohmann.
+ensure_fuzz_deps() {
+    apt_install clang-14 libclang-rt-14-dev g++ nlohmann-json3-dev
+}
+
 ensure_bench_deps() {
     ensure_build_deps
     apt_install libnginx-mod-nchan

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: builds the module, runs the core's unit tests, then the t/ suite against
-# real nginx processes, first with the release build, then with an AddressSanitizer +
-# UndefinedBehaviorSanitizer build. Exits non-zero on any failure.
+# The test command: builds the module, runs the core's unit tests and fuzz targets, then the t/
+# suite against real nginx processes, first with the release build, then with an
+# AddressSanitizer + UndefinedBehaviorSanitizer build. Exits non-zero on any failure.
 #   SSE_SKIP_SANITIZERS=1  runs the release pass only (quicker while developing)
+#   SSE_FUZZ_SECONDS=60    fuzzes each parser that long (default 5)
 #   scripts/test.sh t/05_fanout.t  runs the named tests only
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,10 @@ tests=("$@")
 
 echo "== unit tests of the core"
 scripts/unit.sh
+
+echo "== fuzz the core's parsers"
+# A few seconds each, so CI stays quick; scripts/fuzz.sh 600 for a real search.
+scripts/fuzz.sh "${SSE_FUZZ_SECONDS:-5}"
 
 echo "== build"
 scripts/build.sh

@@ -3,12 +3,13 @@
 //   GET    /clients?channel=orders&limit=50 filtered (channel, user, id), paged (limit, after)
 //   GET    /clients?after=<next>            the next page
 //   DELETE /clients?user=alice              disconnects the matching streams (id, user or channel)
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "guard.h"
 #include "nginx/sse_module.h"
-#include "protocol/resume.h"
+#include "protocol/admin_query.h"
 #include "protocol/stats_report.h"
 #include "redis/redis_entry.h"
 #include "wakeup/worker_wakeup.h"
@@ -17,46 +18,28 @@ namespace sse {
 
 namespace {
 
-constexpr std::size_t kMaxPage = 1000;
-
 // A query argument, URL-decoded (user keys and channel names may be escaped).
-bool decoded_arg(ngx_http_request_t* r, const char* name, ngx_str_t& value) {
-    return query_arg(r, name, value) && url_decode(r, value);
+std::optional<std::string_view> decoded_arg(ngx_http_request_t* r, const char* name) {
+    ngx_str_t value;
+    if (!query_arg(r, name, value) || !url_decode(r, value)) return std::nullopt;
+    return to_view(value);
 }
 
 // The query's filters; false (with a reason) for a bad one.
 bool read_query(ngx_http_request_t* r, ClientQuery& q, std::string& reason) {
-    ngx_str_t v;
-    if (decoded_arg(r, "id", v) && (!parse_event_id(to_view(v), q.id) || q.id == 0)) {
-        reason = "id must be a client id (a decimal number)";
-        return false;
-    }
-    if (decoded_arg(r, "user", v)) {
-        if (v.len == 0) {
-            reason = "user must not be empty";
-            return false;
-        }
-        q.user = to_view(v);
-    }
-    if (decoded_arg(r, "channel", v)) {
-        if (v.len == 0) {
-            reason = "channel must not be empty";
-            return false;
-        }
-        q.channel = to_view(v);
-    }
-    if (decoded_arg(r, "after", v) && !parse_event_id(to_view(v), q.after)) {
-        reason = "after must be a client id, as \"next\" gives it";
-        return false;
-    }
-    if (decoded_arg(r, "limit", v)) {
-        ngx_int_t n = ngx_atoi(v.data, v.len);
-        if (n < 1 || std::size_t(n) > kMaxPage) {
-            reason = "limit must be from 1 to 1000";
-            return false;
-        }
-        q.limit = std::size_t(n);
-    }
+    ClientsQueryArgs args;
+    args.id = decoded_arg(r, "id");
+    args.user = decoded_arg(r, "user");
+    args.channel = decoded_arg(r, "channel");
+    args.after = decoded_arg(r, "after");
+    args.limit = decoded_arg(r, "limit");
+    ClientsQuery parsed;
+    if (!parse_clients_query(args, parsed, reason)) return false;
+    q.id = parsed.id;
+    q.user = parsed.user;
+    q.channel = parsed.channel;
+    q.after = parsed.after;
+    q.limit = parsed.limit;
     return true;
 }
 

@@ -9,7 +9,7 @@
 
 #include "guard.h"
 #include "nginx/sse_module.h"
-#include "protocol/channel_list.h"
+#include "protocol/admin_query.h"
 #include "protocol/stats_report.h"
 
 namespace sse {
@@ -17,9 +17,6 @@ namespace sse {
 namespace {
 
 constexpr std::size_t kMaxListedChannels = 1000;
-constexpr std::size_t kMaxNamedChannels = 1024;
-
-enum class Format { kJson, kPrometheus };
 
 // A scraper asks with Accept: application/openmetrics-text;...,text/plain;version=0.0.4;...
 bool accepts_prometheus(ngx_http_request_t* r) {
@@ -50,18 +47,17 @@ ngx_int_t stats(ngx_http_request_t* r) {
         return send_text(r, NGX_HTTP_NOT_ALLOWED, "stats are read with GET");
     }
 
-    Format format = accepts_prometheus(r) ? Format::kPrometheus : Format::kJson;
+    StatsQueryArgs args;
     ngx_str_t arg;
-    if (query_arg(r, "format", arg)) {
-        std::string_view f = to_view(arg);
-        if (f == "json") {
-            format = Format::kJson;
-        } else if (f == "prometheus") {
-            format = Format::kPrometheus;
-        } else {
-            return send_text(r, NGX_HTTP_BAD_REQUEST, "unknown format: use format=json or format=prometheus");
-        }
+    if (query_arg(r, "format", arg)) args.format = to_view(arg);
+    if (query_arg(r, "channels", arg)) {
+        if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        args.channels = to_view(arg);
     }
+    StatsQuery query;
+    std::string reason;
+    if (!parse_stats_query(args, query, reason)) return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    StatsFormat format = query.format.value_or(accepts_prometheus(r) ? StatsFormat::kPrometheus : StatsFormat::kJson);
 
     // A worker killed outright leaves its slot behind; reap before counting.
     w->store.reap_dead_slots(r->connection->log);
@@ -103,29 +99,23 @@ ngx_int_t stats(ngx_http_request_t* r) {
         report.redis_events_received = c.redis_events_received;
     }
 
-    if (query_arg(r, "channels", arg)) {
-        if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (query.per_channel) {
         report.per_channel = true;
-        if (to_view(arg) == "all") {
+        if (query.all_channels) {
             bool more = false;
             for (auto& [name, state] : w->store.channel_states(kMaxListedChannels, more)) {
                 report.channel_list.push_back(channel_report(std::move(name), state));
             }
             report.per_channel_truncated = more;
         } else {
-            std::vector<std::string_view> names;
-            std::string reason;
-            if (!parse_channel_list(to_view(arg), kMaxNamedChannels, names, reason, true)) {
-                return send_text(r, NGX_HTTP_BAD_REQUEST, reason + " (or channels=all)");
-            }
-            for (std::string_view name : names) {
+            for (std::string_view name : query.channels) {
                 ChannelState state = w->store.channel_state(name);
                 if (state.found) report.channel_list.push_back(channel_report(std::string(name), state));
             }
         }
     }
 
-    if (format == Format::kPrometheus) {
+    if (format == StatsFormat::kPrometheus) {
         return send_body(r, NGX_HTTP_OK, kPrometheusContentType, stats_prometheus(report));
     }
     return send_json(r, NGX_HTTP_OK, stats_json(report));

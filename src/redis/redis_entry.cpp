@@ -62,7 +62,11 @@ bool entry_from(const json& j, RedisEntry& out, std::string& reason) {
         }
     }
     auto t = j.find("t");
-    if (t != j.end() && t->is_number()) out.published_ms = std::uint64_t(t->get<double>());
+    if (t != j.end() && t->is_number()) {
+        // Out of range the cast is undefined: a time no clock gives is no time (0).
+        double ms = t->get<double>();
+        if (ms >= 0 && ms < 18446744073709551616.0) out.published_ms = std::uint64_t(ms);
+    }
     return true;
 }
 

@@ -1,5 +1,6 @@
 #include "redis/redis_url.h"
 
+#include <cctype>
 #include <charconv>
 
 namespace sse {
@@ -7,7 +8,8 @@ namespace sse {
 namespace {
 
 bool parse_number(std::string_view text, int min, int max, int& out) {
-    if (text.empty()) return false;
+    // from_chars takes a leading '-': "-0" is not a number written in a URL.
+    if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return false;
     int value = 0;
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
     if (ec != std::errc() || end != text.data() + text.size() || value < min || value > max) return false;
@@ -23,7 +25,11 @@ bool percent_decode(std::string_view in, std::string& out) {
             out.push_back(in[i]);
             continue;
         }
-        if (i + 2 >= in.size()) return false;
+        // Two hex digits exactly: from_chars alone would read "%-1" as -1.
+        if (i + 2 >= in.size() || !std::isxdigit(static_cast<unsigned char>(in[i + 1])) ||
+            !std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
+            return false;
+        }
         int value = 0;
         auto [end, ec] = std::from_chars(in.data() + i + 1, in.data() + i + 3, value, 16);
         if (ec != std::errc() || end != in.data() + i + 3) return false;
@@ -96,6 +102,10 @@ bool parse_redis_url(std::string_view url, RedisAddress& out, std::string& reaso
         std::size_t close = hostport.find(']');
         if (close == std::string_view::npos) {
             reason = "an unterminated [IPv6] address";
+            return false;
+        }
+        if (hostport.size() > close + 1 && hostport[close + 1] != ':') {
+            reason = "after an [IPv6] address comes :port or nothing";
             return false;
         }
         out.host = std::string(hostport.substr(1, close - 1));

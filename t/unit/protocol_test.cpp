@@ -270,6 +270,15 @@ TEST(EventFilter, ListsAndUnnamedEvents) {
     EXPECT_EQ(reason, "too many event type patterns: at most 32");
 }
 
+// The reason goes into a log line and a plain-text body: a pattern refused for its line break
+// must not carry that line break into them (found by t/fuzz/event_filter_fuzz).
+TEST(EventFilter, ReasonIsOneLine) {
+    EventFilter f;
+    std::string reason;
+    EXPECT_FALSE(f.parse("order.*,a\nfake log line\r", reason));
+    EXPECT_EQ(reason, "invalid event type pattern \"a?fake log line?\": at most 128 bytes, no line breaks");
+}
+
 TEST(ChannelList, AllowedByNameOrPrefix) {
     EXPECT_TRUE(channel_allowed_by("user:alice", "user:alice"));
     EXPECT_FALSE(channel_allowed_by("user:alice", "user:alice2"));

@@ -58,7 +58,10 @@ TEST(RedisUrl, Refusals) {
     std::string reason;
     for (const char* bad : {"http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x",
                             "redis://h/abc", "redis://user@h", "redis://u:%zz@h", "redis://u:%4@h", "unix:relative",
-                            "unix:/s?database=1", "redis://[::1"}) {
+                            "unix:/s?database=1", "redis://[::1",
+                            // Found by t/fuzz/redis_url_fuzz: junk after ']', a sign, a signed escape.
+                            "redis://[::1]973:6/0", "redis://[::1]x", "redis://h/-0", "unix:/s?db=-0",
+                            "redis://u:%-1@h"}) {
         EXPECT_FALSE(parse_redis_url(bad, a, reason)) << bad;
         EXPECT_FALSE(reason.empty()) << bad;
     }
@@ -84,6 +87,16 @@ TEST(RedisEntry, Parses) {
     EXPECT_EQ(e.lost, 17u);
     EXPECT_EQ(e.name, "greeting");
     EXPECT_EQ(e.data, "line 1\nline /2");
+}
+
+// A time no clock gives is no time, not a cast out of range (found by t/fuzz/redis_entry_fuzz).
+TEST(RedisEntry, TimeOutOfRangeIsNoTime) {
+    for (std::string text : {R"({"i":"1","t":-1})", R"({"i":"1","t":1e300})", R"({"i":"1","t":-1e300})"}) {
+        RedisEntry e;
+        std::string reason;
+        ASSERT_TRUE(parse_redis_entry(text.data(), text.size(), e, reason)) << reason;
+        EXPECT_EQ(e.published_ms, 0u) << text;
+    }
 }
 
 TEST(RedisEntry, Refusals) {
