@@ -37,7 +37,7 @@ my $t = SSETest->new(extra_ports => 2, server => $locations, http => <<"CONF")->
 $locations
     }
     server {
-        listen 127.0.0.1:%%PORT2%% http2 sndbuf=64k;
+        listen 127.0.0.1:%%PORT2%% http2 sndbuf=4k;
 $locations
     }
 CONF
@@ -82,7 +82,8 @@ for my $round (1 .. $rounds) {
         push @slow, [$c, $_, $w] for @sids;
     }
     # And one that takes a normal window but stops reading at the TCP level (a 4 KB receive buffer,
-    # on a listener with a fixed 64k send buffer): nginx's HTTP/2 layer queues DATA frames for it.
+    # on a listener with a 4k send buffer, far below the stream window): nginx's HTTP/2 layer queues
+    # DATA frames for it, which point at the stream's frames after it is ended.
     my $tcp = SSEH2->new(port => $t->port(2), rcvbuf => 4096);
     push @slow, [$tcp, $tcp->get("/events?topics=$topic"), 'tcp'];
     $_->[0]->read_for(0.2) for @slow;

@@ -282,7 +282,7 @@ ngx_int_t close_channels(ngx_http_request_t* r, const std::vector<std::string_vi
         if (no_memory) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "sse: shared zone is full, cannot close channel %s; raise sse_shm_size",
-                          quoted(name).c_str());
+                          quoted_bytes(name).c_str());
             return send_text(r, NGX_HTTP_INSUFFICIENT_STORAGE, "the event zone is full: the channel was not closed");
         }
         WorkerWakeup::wake(w->store.header(), result.wake);

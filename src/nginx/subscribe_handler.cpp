@@ -443,7 +443,7 @@ bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
     if (plan.reset != ResetReason::kNone) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "sse: cannot resume exactly after id %s (%*s); replaying what is retained",
-                      quoted(given_id).c_str(), reset_reason_name(plan.reset).size(),
+                      quoted_bytes(given_id).c_str(), reset_reason_name(plan.reset).size(),
                       reset_reason_name(plan.reset).data());
         if (s->conf->reset_event.len > 0) {
             if (!send_own_copy(s, reset_frame(to_view(s->conf->reset_event), given_id, plan.reset))) return give_up();
@@ -596,7 +596,7 @@ ngx_int_t refuse_stream(ngx_http_request_t* r, SubscribeRefusal refusal, const S
     case SubscribeRefusal::kPerKey:
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "sse: stream refused: key %s already holds sse_max_subscribers_per_key %uD streams",
-                      quoted(limits.key).c_str(), limits.max_per_key);
+                      quoted_bytes(limits.key).c_str(), limits.max_per_key);
         add_header(r, "Retry-After", kLimitRetryAfter);
         return send_text(r, NGX_HTTP_TOO_MANY_REQUESTS,
                          "too many streams for this client: at most " + std::to_string(limits.max_per_key));
@@ -660,8 +660,8 @@ ngx_int_t check_allowed(ngx_http_request_t* r, LocConf* conf, const std::vector<
         }
         if (allowed) continue;
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: subscribe refused: channel %s is not allowed by sse_subscribe_allow", quoted(name).c_str());
-        return send_text(r, NGX_HTTP_FORBIDDEN, "channel " + quoted(name) + " is not allowed here");
+                      "sse: subscribe refused: channel %s is not allowed by sse_subscribe_allow", quoted_bytes(name).c_str());
+        return send_text(r, NGX_HTTP_FORBIDDEN, "channel " + quoted_bytes(name) + " is not allowed here");
     }
     return kGoOn;
 }

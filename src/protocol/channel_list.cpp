@@ -33,6 +33,7 @@ bool is_channel_pattern(std::string_view name) noexcept {
 }
 
 bool pattern_covers(std::string_view pattern, std::string_view channel) noexcept {
+    if (pattern.empty() || channel.empty()) return false;
     pattern.remove_suffix(1);
     return channel.size() >= pattern.size() && channel.substr(0, pattern.size()) == pattern &&
            channel.front() != '#';
@@ -53,12 +54,12 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels, std::ve
             continue;
         }
         if (name.size() > kMaxChannelNameLength) {
-            reason = "channel name longer than 128 bytes: " + quoted(name);
+            reason = "channel name longer than 128 bytes: " + quoted_bytes(name);
             return false;
         }
         if (!is_valid_channel_name(name) && !(patterns && is_channel_pattern(name))) {
-            reason = "invalid channel name " + quoted(name) + ": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
-            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as " + quoted(name) + " are not allowed here";
+            reason = "invalid channel name " + quoted_bytes(name) + ": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
+            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as " + quoted_bytes(name) + " are not allowed here";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) continue;
@@ -96,10 +97,10 @@ std::string user_channel(std::string_view user) {
 std::string user_key_problem(std::string_view user) {
     if (user.size() > kMaxUserKeyLength) return "the user key is longer than 256 bytes";
     if (user.find(',') != std::string_view::npos) {
-        return "the user key " + quoted(user) + " holds a comma, which sse_publish_user could not reach";
+        return "the user key " + quoted_bytes(user) + " holds a comma, which sse_publish_user could not reach";
     }
     if (trim_spaces(user).size() != user.size()) {
-        return "the user key " + quoted(user) + " begins or ends with a space, which sse_publish_user could not reach";
+        return "the user key " + quoted_bytes(user) + " begins or ends with a space, which sse_publish_user could not reach";
     }
     return {};
 }
@@ -121,7 +122,7 @@ bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t ma
             for (char c : item) id = id * 10 + std::uint64_t(c - '0');
             if (digits && item.size() == 20 && item > std::string_view("18446744073709551615")) digits = false;
             if (!digits || id == 0 || item.front() == '0') {
-                reason = "a client id is a decimal number, as the connected event gives it: " + quoted(item);
+                reason = "a client id is a decimal number, as the connected event gives it: " + quoted_bytes(item);
                 return false;
             }
             name = client_channel(id);

@@ -23,7 +23,7 @@ std::string escaped(std::string_view bytes) {
     return out;
 }
 
-std::string quoted(std::string_view bytes) {
+std::string quoted_bytes(std::string_view bytes) {
     std::string out = "\"" + escaped(bytes.substr(0, kMaxShownBytes)) + "\"";
     if (bytes.size() > kMaxShownBytes) out += "...";
     return out;

@@ -15,7 +15,7 @@ constexpr std::size_t kMaxShownBytes = 128;
 // The bytes in double quotes, as a log line or a text/plain reason shows them: printable ASCII
 // as it is, except `"` and `\`, which get a backslash; every other byte as \xHH (uppercase, as
 // nginx's own logs escape). More than 128 bytes are cut, with "..." after the closing quote.
-std::string quoted(std::string_view bytes);
+std::string quoted_bytes(std::string_view bytes);
 
 // The same escaping, without the quotes and without a length limit, for text that is mostly
 // ours but may carry a few bytes of someone else's (an error message quoting a server).

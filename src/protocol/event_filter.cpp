@@ -45,7 +45,7 @@ bool EventFilter::parse(std::string_view list, std::string& reason) {
         list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
         if (item.empty()) continue;
         if (!is_valid_event_name(item)) {
-            reason = "invalid event type pattern " + quoted(item) + ": at most 128 bytes, no line breaks";
+            reason = "invalid event type pattern " + quoted_bytes(item) + ": at most 128 bytes, no line breaks";
             return false;
         }
         if (patterns_.size() == kMaxFilterPatterns) {

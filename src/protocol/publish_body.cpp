@@ -70,7 +70,7 @@ bool parse_event_stream_batch(std::string_view body, std::vector<BatchEvent>& ev
             reason = "\"retry:\" on line " + std::to_string(line_no) + ": retry is set by sse_retry";
             return false;
         } else {
-            reason = "unknown field " + quoted(field.substr(0, 32)) + " on line " + std::to_string(line_no) +
+            reason = "unknown field " + quoted_bytes(field.substr(0, 32)) + " on line " + std::to_string(line_no) +
                      ": a batch holds event: and data: fields";
             return false;
         }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "protocol/channel_list.h"
+#include "protocol/client_text.h"
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
@@ -276,7 +277,7 @@ TEST(EventFilter, ReasonIsOneLine) {
     EventFilter f;
     std::string reason;
     EXPECT_FALSE(f.parse("order.*,a\nfake log line\r", reason));
-    EXPECT_EQ(reason, "invalid event type pattern \"a?fake log line?\": at most 128 bytes, no line breaks");
+    EXPECT_EQ(reason, "invalid event type pattern \"a\\x0Afake log line\\x0D\": at most 128 bytes, no line breaks");
 }
 
 TEST(ChannelList, AllowedByNameOrPrefix) {
@@ -350,4 +351,27 @@ TEST(StreamIdentity, TargetLists) {
     EXPECT_FALSE(parse_stream_targets("a,b,c", false, 2, channels, reason));
     EXPECT_EQ(reason, "too many users: at most 2 per request");
     EXPECT_FALSE(parse_stream_targets(std::string(257, 'u'), false, 2, channels, reason));
+}
+
+// The one escaper for client bytes in log lines and reasons (issue 10, point 4).
+TEST(ClientText, QuotedEscapesEverythingButPrintableAscii) {
+    EXPECT_EQ(quoted_bytes("abc"), "\"abc\"");
+    EXPECT_EQ(quoted_bytes(std::string("a\r\n\0\x1b\"\\\xff\x7f", 9)), "\"a\\x0D\\x0A\\x00\\x1B\\\"\\\\\\xFF\\x7F\"");
+    EXPECT_EQ(quoted_bytes(std::string(129, 'x')), "\"" + std::string(128, 'x') + "\"...");
+    EXPECT_EQ(quoted_bytes(std::string(128, 'x')), "\"" + std::string(128, 'x') + "\"");
+}
+
+TEST(ClientText, JsonStringIsAlwaysValidJson) {
+    EXPECT_EQ(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+    EXPECT_EQ(json_string("\xff" "a"), "\"\xef\xbf\xbd" "a\"");
+    EXPECT_EQ(json_string("\xc3\xa9"), "\"\xc3\xa9\"");
+}
+
+TEST(ChannelList, UserKeysSsePublishUserCanReach) {
+    EXPECT_EQ(user_key_problem("alice"), "");
+    EXPECT_EQ(user_key_problem(""), "");
+    EXPECT_NE(user_key_problem("a,b").find("comma"), std::string::npos);
+    EXPECT_NE(user_key_problem(" a").find("space"), std::string::npos);
+    EXPECT_EQ(user_key_problem(std::string(256, 'u')), "");
+    EXPECT_EQ(user_key_problem(std::string(257, 'u')), "the user key is longer than 256 bytes");
 }
