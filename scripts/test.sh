@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: builds the module, runs the core's unit tests and fuzz targets, then the t/
 # suite against real nginx processes, first with the release build, then with an
-# AddressSanitizer + UndefinedBehaviorSanitizer build. Exits non-zero on any failure.
-#   SSE_SKIP_SANITIZERS=1  runs the release pass only (quicker while developing)
+# AddressSanitizer + UndefinedBehaviorSanitizer build, then t/57 against a build whose
+# allocations fail at random. Exits non-zero on any failure.
+#   SSE_SKIP_SANITIZERS=1  runs the release pass only (quicker while developing); it also skips
+#                          the allocation-failure pass (t/57 against FAULT_INJECTION=1 SANITIZE=1)
 #   SSE_FUZZ_SECONDS=60    fuzzes each parser that long (default 5)
 #   scripts/test.sh t/05_fanout.t  runs the named tests only
 set -euo pipefail
@@ -43,5 +45,17 @@ if [ "${SSE_SKIP_SANITIZERS:-0}" != 1 ]; then
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     SSE_SANITIZED=1 timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+
+    # Allocation-failure injection (t/57, skipped by the passes above): on a full run, or when named.
+    if [ $# -eq 0 ] || [[ " $* " == *57_allocation_failures* ]]; then
+        echo "== build with allocation-failure injection (and the sanitizers)"
+        FAULT_INJECTION=1 SANITIZE=1 scripts/build.sh
+        echo "== t/57_allocation_failures.t against the fault-injection build"
+        SSE_FAULT_MODULE="$repo/build/asan/fault/ngx_http_sse_module.so" \
+        SSE_LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        SSE_SANITIZED=1 timeout "${SSE_PROVE_TIMEOUT:-900}" prove t/57_allocation_failures.t
+    fi
 fi
 echo "== all tests passed"
