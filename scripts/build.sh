@@ -23,6 +23,8 @@ if [ "${FAULT_INJECTION:-0}" = 1 ]; then
     # Allocation-failure injection (src/fault_injection.h), on top of the sanitizers when both are asked.
     out=$out/fault
     cc_opt="$cc_opt -DSSE_FAULT_INJECTION"
+    # The module's own operator new must win over the ASan runtime's, which is preloaded.
+    ld_opt="$ld_opt -Wl,-Bsymbolic"
 fi
 
 src=${NGINX_SRC:-/usr/share/nginx/src}

@@ -160,12 +160,15 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
     }
     WorkerWakeup::wake(w->store.header(), result.wake);
 
-    std::string json = "{\"id\":\"" + id_string(result.last_id) + "\",\"events\":" + std::to_string(result.events) +
-                       ",\"subscribers\":" + std::to_string(result.subscribers);
+    // The events are stored: from here nothing may throw, or a 500 would deny a publish that
+    // happened (and its retry would publish it twice). The reply is written without allocating.
+    char json[160];
     std::string_view redis = redis_publish_state(w->store);
-    if (!redis.empty()) json += ",\"redis\":\"" + std::string(redis) + "\"";
-    json += "}\n";
-    return send_json(r, NGX_HTTP_ACCEPTED, json);
+    u_char* end = ngx_snprintf(reinterpret_cast<u_char*>(json), sizeof(json),
+                               "{\"id\":\"%uL\",\"events\":%ui,\"subscribers\":%ui%s%*s%s}\n", result.last_id,
+                               result.events, result.subscribers, redis.empty() ? "" : ",\"redis\":\"", redis.size(),
+                               redis.data(), redis.empty() ? "" : "\"");
+    return send_json(r, NGX_HTTP_ACCEPTED, std::string_view(json, std::size_t(end - reinterpret_cast<u_char*>(json))));
 }
 
 // Evaluates the location's channel list. On a bad list the 400 is sent and false returned,

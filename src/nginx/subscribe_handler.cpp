@@ -113,11 +113,9 @@ struct LocalIndex {
 
 LocalIndex* local = nullptr;
 
+// Made whole or not at all: a worker without its index takes no events.
 LocalIndex& local_index() {
-    if (local == nullptr) {
-        local = new LocalIndex();
-        local->taken.reserve(kTakeBatch);
-    }
+    if (local == nullptr) local = new LocalIndex();
     return *local;
 }
 
@@ -376,6 +374,23 @@ void end_starved_stream(Subscriber* s) {
                   "sse: out of memory for an event's buffer; ending the stream so that its client resumes");
     ngx_atomic_fetch_add(&worker_context()->store.header()->counters.streams_ended_out_of_memory, 1);
     end_stream(s);
+}
+
+// Ends, from its own content handler, a stream that got only part of its replay (see
+// open_stream): what was queued is sent first.
+void end_cut_short(Subscriber* s) {
+    ngx_http_request_t* r = s->request;
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "sse: out of memory replaying to a stream; ending it after what was queued so that its client "
+                  "resumes");
+    ngx_atomic_fetch_add(&worker_context()->store.header()->counters.streams_ended_out_of_memory, 1);
+    s->starved = true;
+    s->ending = true;
+    unregister(s);
+    r->keepalive = 0;
+    ngx_int_t rc = flush(s);
+    if (rc != NGX_ERROR) rc = ngx_http_send_special(r, NGX_HTTP_LAST);
+    ngx_http_finalize_request(r, rc);
 }
 
 // The frames stay with the request until its pool goes: under HTTP/2 the stream's close waits
@@ -835,7 +850,10 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     s->record = out.record;
     s->last_seq = out.start_after;
     if (out.new_channels) wake_redis_owner(w->store);
-    if (!queue_first_bytes(s, req, out)) {
+    // A replay cut short (no memory for the rest) is still sent, and the stream then ends: its
+    // client resumes from the last event it got, so it makes progress however far behind it is.
+    bool complete = queue_first_bytes(s, req, out);
+    if (!complete && s->new_head == nullptr) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sse: out of memory starting a stream");
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "the stream cannot be started now; retry");
     }
@@ -847,6 +865,10 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
     r->main->count++;
+    if (!complete) {
+        end_cut_short(s);
+        return NGX_DONE;
+    }
     if (flush(s) == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_ERROR);
         return NGX_DONE;
@@ -929,6 +951,7 @@ void collect_released(ngx_event_t*) noexcept {
 }
 
 LocalIndex::LocalIndex() {
+    taken.reserve(kTakeBatch);
     ngx_queue_init(&all);
     ngx_queue_init(&dirty);
     ngx_queue_init(&awaiting_sync);
@@ -1049,7 +1072,7 @@ void deliver_round(WorkerContext& w) {
     resume_synced_streams(w);
     end_kicked_streams(w);
     bool released = false;
-    for (bool all_taken = false; !all_taken;) {
+    for (bool all_taken = false; !all_taken && local->taken.capacity() > 0;) {
         all_taken = w.store.take_events(slot, local->taken);
         for (ShmEvent* ev : local->taken) deliver_event(ev, slot, hdr->counters, released);
         local->taken.clear();
