@@ -365,6 +365,7 @@ TEST(ClientText, JsonStringIsAlwaysValidJson) {
     EXPECT_EQ(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
     EXPECT_EQ(json_string("\xff" "a"), "\"\xef\xbf\xbd" "a\"");
     EXPECT_EQ(json_string("\xc3\xa9"), "\"\xc3\xa9\"");
+    EXPECT_EQ(json_string("a\x7f\x7f"), "\"a\\u007f\\u007f\"");
 }
 
 TEST(ChannelList, UserKeysSsePublishUserCanReach) {
