@@ -108,10 +108,6 @@ bool request_body(ngx_http_request_t* r, std::string_view& body) {
     return true;
 }
 
-std::string id_string(std::uint64_t id) {
-    return std::to_string(id);
-}
-
 ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
     WorkerContext* w = worker_context();
     std::string reason;
@@ -227,18 +223,6 @@ void body_ready(ngx_http_request_t* r) noexcept {
     ngx_http_finalize_request(r, rc);
 }
 
-std::string channel_json(std::string_view name, const ChannelState& st) {
-    std::string json = "{\"channel\":" + json_string(name) + ",\"subscribers\":" + std::to_string(st.subscribers) +
-                       ",\"last_event_id\":";
-    json += st.last_event_id ? "\"" + id_string(st.last_event_id) + "\"" : "null";
-    json += ",\"events_published\":" + std::to_string(st.events_published);
-    json += ",\"retained\":" + std::to_string(st.retained) + ",\"oldest_id\":";
-    json += st.retained ? "\"" + id_string(st.oldest_id) + "\"" : "null";
-    json += ",\"newest_id\":";
-    json += st.retained ? "\"" + id_string(st.newest_id) + "\"" : "null";
-    json += "}";
-    return json;
-}
 
 ngx_int_t describe(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
     WorkerContext* w = worker_context();
@@ -248,7 +232,7 @@ ngx_int_t describe(ngx_http_request_t* r, const std::vector<std::string_view>& c
         ChannelState st = w->store.channel_state(name);
         if (!st.found) continue;
         if (found++) items += ",";
-        items += channel_json(name, st);
+        items += channel_json(channel_report(std::string(name), st));
     }
     if (found == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "no such channel");
     if (channels.size() == 1) return send_json(r, NGX_HTTP_OK, items + "\n");

@@ -10,6 +10,7 @@ extern "C" {
 
 #include <string_view>
 
+#include "protocol/stats_report.h"
 #include "store/event_store.h"
 
 extern "C" ngx_module_t ngx_http_sse_module;
@@ -76,15 +77,29 @@ struct LocConf {
     enum PublishTarget : ngx_uint_t { kToChannels = 0, kToClient, kToUser } publish_target;
 };
 
+// The index of a worker's streams by channel, with its frame buffers (subscribe_handler.cpp).
+struct LocalIndex;
+LocalIndex* create_local_index();
+void destroy_local_index(LocalIndex* index) noexcept;
+
 // What one worker process owns; built in init_process, torn down in exit_process.
 struct WorkerContext {
     Store store;
     ngx_int_t slot = -1;
     bool shutting_down = false;
+    LocalIndex* streams = create_local_index();
+
+    WorkerContext() = default;
+    ~WorkerContext() { destroy_local_index(streams); }
+    WorkerContext(const WorkerContext&) = delete;
+    WorkerContext& operator=(const WorkerContext&) = delete;
 };
 
 // nullptr outside a worker that serves the module (e.g. in the master or before init).
 WorkerContext* worker_context();
+
+// A channel's figures as the stats and GET on a publish location report them.
+ChannelReport channel_report(std::string name, const ChannelState& state);
 
 ngx_int_t subscribe_handler(ngx_http_request_t* r) noexcept;
 ngx_int_t publish_handler(ngx_http_request_t* r) noexcept;

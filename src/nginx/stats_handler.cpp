@@ -28,6 +28,8 @@ bool accepts_prometheus(ngx_http_request_t* r) {
            accept.find("application/openmetrics-text") != std::string_view::npos;
 }
 
+}  // namespace
+
 ChannelReport channel_report(std::string name, const ChannelState& st) {
     ChannelReport c;
     c.name = std::move(name);
@@ -39,6 +41,8 @@ ChannelReport channel_report(std::string name, const ChannelState& st) {
     c.newest_id = st.newest_id;
     return c;
 }
+
+namespace {
 
 ngx_int_t stats(ngx_http_request_t* r) {
     WorkerContext* w = worker_context();

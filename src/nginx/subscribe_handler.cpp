@@ -22,8 +22,6 @@
 
 namespace sse {
 
-namespace {
-
 // This worker's hold on an event whose bytes some of its streams have not sent yet: its bit in
 // the event's `needed_by` (live delivery) or `pinned_by` (replay from history).
 struct EventHold {
@@ -90,8 +88,6 @@ struct Subscriber {
     bool starved;  // an event could not be given to it: it ends, and its client resumes
 };
 
-void flush_dirty_streams();
-
 // How many events one wake-up takes from the log at a time, into room reserved beforehand.
 constexpr std::size_t kTakeBatch = 1024;
 
@@ -109,15 +105,15 @@ struct LocalIndex {
     ngx_event_t collect;  // frees events whose last frame here was written, once per turn of the loop
 
     LocalIndex();
+    ~LocalIndex();
 };
 
+namespace {
+
+// The worker's index (WorkerContext::streams), for the functions of this file.
 LocalIndex* local = nullptr;
 
-// Made whole or not at all: a worker without its index takes no events.
-LocalIndex& local_index() {
-    if (local == nullptr) local = new LocalIndex();
-    return *local;
-}
+void flush_dirty_streams();
 
 // Under AddressSanitizer frames are freed, not recycled, so that any use of a frame nginx
 // should no longer hold is reported.
@@ -840,7 +836,6 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     s->conf = conf;
     cln->handler = cleanup_subscriber;
     cln->data = s;
-    local_index();
     if (!req.filter.empty()) s->filter = new EventFilter(std::move(req.filter));
 
     req.store.slot = ngx_uint_t(w->slot);
@@ -950,19 +945,6 @@ void collect_released(ngx_event_t*) noexcept {
     guarded(ngx_cycle->log, "freeing events", [&] { w->store.collect(); });
 }
 
-LocalIndex::LocalIndex() {
-    taken.reserve(kTakeBatch);
-    ngx_queue_init(&all);
-    ngx_queue_init(&dirty);
-    ngx_queue_init(&awaiting_sync);
-    ngx_queue_init(&closing);
-    ngx_memzero(&resume, sizeof(resume));
-    resume.handler = resume_flushing;
-    resume.log = ngx_cycle->log;
-    ngx_memzero(&collect, sizeof(collect));
-    collect.handler = collect_released;
-    collect.log = ngx_cycle->log;
-}
 
 // Streams waiting for Redis's history go on once their channels are synced (or the link is
 // down: then there is nothing to wait for).
@@ -1068,7 +1050,6 @@ void deliver_round(WorkerContext& w) {
     StoreHeader* hdr = w.store.header();
     // Clear before reading the log: a publish after this point wakes us again.
     __atomic_store_n(&hdr->slots[slot].wake_pending, 0, __ATOMIC_SEQ_CST);
-    local_index();
     resume_synced_streams(w);
     end_kicked_streams(w);
     bool released = false;
@@ -1086,8 +1067,49 @@ void deliver_round(WorkerContext& w) {
 
 void deliver_to_local_subscribers() noexcept {
     WorkerContext* w = worker_context();
-    if (w == nullptr || w->slot < 0) return;
+    if (w == nullptr || w->slot < 0 || local == nullptr) return;
     guarded(ngx_cycle->log, "delivering events", [&] { deliver_round(*w); });
+}
+
+LocalIndex::LocalIndex() {
+    taken.reserve(kTakeBatch);
+    ngx_queue_init(&all);
+    ngx_queue_init(&dirty);
+    ngx_queue_init(&awaiting_sync);
+    ngx_queue_init(&closing);
+    ngx_memzero(&resume, sizeof(resume));
+    resume.handler = resume_flushing;
+    resume.log = ngx_cycle->log;
+    ngx_memzero(&collect, sizeof(collect));
+    collect.handler = collect_released;
+    collect.log = ngx_cycle->log;
+}
+
+LocalIndex::~LocalIndex() {
+    for (Frame* f = free_frames; f != nullptr;) {
+        Frame* next = f->next;
+        std::free(f);
+        f = next;
+    }
+    // ngx_delete_posted_event is two statements: braces, always.
+    if (resume.posted) {
+        ngx_delete_posted_event(&resume);
+    }
+    if (collect.posted) {
+        ngx_delete_posted_event(&collect);
+    }
+}
+
+LocalIndex* create_local_index() {
+    local = new LocalIndex();
+    return local;
+}
+
+// At the worker's exit. Streams still open then (a fast shutdown) are not released one by one:
+// the process ends.
+void destroy_local_index(LocalIndex* index) noexcept {
+    if (index == local) local = nullptr;
+    delete index;
 }
 
 void end_local_streams() noexcept {

@@ -59,6 +59,13 @@ void single(std::string& out, const Family& f, std::uint64_t value) {
 
 }  // namespace
 
+std::string channel_json(const ChannelReport& c) {
+    return "{\"channel\":" + json_string(c.name) + ",\"subscribers\":" + std::to_string(c.subscribers) +
+           ",\"events_published\":" + std::to_string(c.events_published) +
+           ",\"last_event_id\":" + id_or_null(c.last_event_id) + ",\"retained\":" + std::to_string(c.retained) +
+           ",\"oldest_id\":" + id_or_null(c.oldest_id) + ",\"newest_id\":" + id_or_null(c.newest_id) + "}";
+}
+
 std::string stats_json(const StatsReport& r) {
     std::string j = "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"users\":" + std::to_string(r.users) +
                     ",\"channels\":" + std::to_string(r.channels) +
@@ -91,12 +98,8 @@ std::string stats_json(const StatsReport& r) {
     if (r.per_channel) {
         j += ",\"per_channel\":[";
         for (std::size_t i = 0; i < r.channel_list.size(); i++) {
-            const ChannelReport& c = r.channel_list[i];
             if (i) j += ",";
-            j += "{\"channel\":" + json_string(c.name) + ",\"subscribers\":" + std::to_string(c.subscribers) +
-                 ",\"events_published\":" + std::to_string(c.events_published) +
-                 ",\"last_event_id\":" + id_or_null(c.last_event_id) + ",\"retained\":" + std::to_string(c.retained) +
-                 ",\"oldest_id\":" + id_or_null(c.oldest_id) + ",\"newest_id\":" + id_or_null(c.newest_id) + "}";
+            j += channel_json(r.channel_list[i]);
         }
         j += "],\"per_channel_truncated\":";
         j += r.per_channel_truncated ? "true" : "false";

@@ -55,6 +55,11 @@ struct StatsReport {
     std::vector<ChannelReport> channel_list;
 };
 
+// One channel's figures, as the stats list them and GET on a publish location answers:
+// {"channel":"a","subscribers":N,"events_published":N,"last_event_id":"id"|null,"retained":N,
+//  "oldest_id":"id"|null,"newest_id":"id"|null}
+std::string channel_json(const ChannelReport& channel);
+
 // {"subscribers":N,...,"workers":[{"pid":P,"subscribers":N}],
 //  and when asked for: "per_channel":[{"channel":"a",...}],"per_channel_truncated":false}
 std::string stats_json(const StatsReport& report);

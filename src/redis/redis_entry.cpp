@@ -138,4 +138,11 @@ std::string control_json(const RedisControl& c) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::string control_with_origin(std::string_view control, std::string_view origin) {
+    json j = json::parse(control.begin(), control.end(), nullptr, false);
+    if (!j.is_object()) return {};
+    j["o"] = std::string(origin);
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 }  // namespace sse

@@ -41,5 +41,8 @@ bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, s
 bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, std::string& reason);
 // The JSON of a control message, without its origin (the link adds it when sending).
 std::string control_json(const RedisControl& control);
+// A control message as a node sends it: control_json() with the node's origin added, so that the
+// node knows its own request coming back. Empty when `control` is not a JSON object.
+std::string control_with_origin(std::string_view control, std::string_view origin);
 
 }  // namespace sse

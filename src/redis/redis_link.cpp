@@ -477,8 +477,7 @@ void drain() {
         for (OutboundEvent& o : batch) {
             args.clear();
             if (o.control) {
-                // The origin goes in front, so that this node knows its own request coming back.
-                std::string message = "{\"o\":\"" + link->origin + "\"," + o.data.substr(1);
+                std::string message = control_with_origin(o.data, link->origin);
                 if (link->in_flight == 0) link->last_progress = ngx_current_msec;
                 send(link->cmd, guarded_reply<on_control_sent>, reinterpret_cast<void*>(std::uintptr_t(o.seq)),
                      {"PUBLISH", link->control_channel, message});

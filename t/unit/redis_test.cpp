@@ -134,7 +134,7 @@ TEST(RedisControl, RoundTrips) {
     c.id = 1801439850948198401ULL;
     c.user = "al\"ice";
     std::string json = control_json(c);
-    std::string sent = "{\"o\":\"00ff\"," + json.substr(1);
+    std::string sent = control_with_origin(json, "00ff");
     RedisControl back;
     std::string reason;
     ASSERT_TRUE(parse_redis_control(sent.data(), sent.size(), back, reason)) << reason;
@@ -149,6 +149,12 @@ TEST(RedisControl, RoundTrips) {
     json = control_json(c);
     ASSERT_TRUE(parse_redis_control(json.data(), json.size(), back, reason)) << reason;
     EXPECT_EQ(back.channel, "orders");
+}
+
+TEST(RedisControl, OriginIsAddedToAnObjectOnly) {
+    EXPECT_EQ(control_with_origin("{\"op\":\"close\"}", "ab"), "{\"o\":\"ab\",\"op\":\"close\"}");
+    EXPECT_EQ(control_with_origin("[1]", "ab"), "");
+    EXPECT_EQ(control_with_origin("{", "ab"), "");
 }
 
 TEST(RedisControl, Refusals) {
