@@ -19,6 +19,17 @@ std::string_view trim_spaces(std::string_view s) noexcept {
     return s;
 }
 
+// The next item of a comma-separated list, with the spaces around it trimmed; `start` moves
+// past it. False once the list is used up.
+bool next_list_item(std::string_view text, std::size_t& start, std::string_view& item) noexcept {
+    if (start > text.size()) return false;
+    std::size_t comma = text.find(',', start);
+    if (comma == std::string_view::npos) comma = text.size();
+    item = trim_spaces(text.substr(start, comma - start));
+    start = comma + 1;
+    return true;
+}
+
 }  // namespace
 
 bool is_valid_channel_name(std::string_view name) noexcept {
@@ -42,13 +53,8 @@ bool pattern_covers(std::string_view pattern, std::string_view channel) noexcept
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
                         std::string& reason, bool patterns) {
     names.clear();
-    std::size_t start = 0;
-    while (start <= text.size()) {
-        std::size_t comma = text.find(',', start);
-        if (comma == std::string_view::npos) comma = text.size();
-        std::string_view name = trim_spaces(text.substr(start, comma - start));
-        start = comma + 1;
-
+    std::string_view name;
+    for (std::size_t start = 0; next_list_item(text, start, name);) {
         if (name.empty()) {
             // "a,,b" and a trailing comma are tolerated; an entirely empty list is not.
             continue;
@@ -108,12 +114,8 @@ std::string user_key_problem(std::string_view user) {
 bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t max_targets,
                           std::vector<std::string>& channels, std::string& reason) {
     channels.clear();
-    std::size_t start = 0;
-    while (start <= text.size()) {
-        std::size_t comma = text.find(',', start);
-        if (comma == std::string_view::npos) comma = text.size();
-        std::string_view item = trim_spaces(text.substr(start, comma - start));
-        start = comma + 1;
+    std::string_view item;
+    for (std::size_t start = 0; next_list_item(text, start, item);) {
         if (item.empty()) continue;
         std::string name;
         if (client_ids) {

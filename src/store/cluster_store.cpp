@@ -161,14 +161,8 @@ bool Store::queue_control(std::string_view json, std::uint64_t wake[2], ngx_log_
     ev->frame = reinterpret_cast<u_char*>(ev->refs);
     std::memcpy(ev->frame, json.data(), json.size());
     hdr_->event_count++;
-    ev->in_outbound = true;
-    ngx_queue_insert_tail(&cs.outbound, &ev->outbound_link);
-    cs.outbound_count++;
-    while (cs.outbound_count > cs.outbound_limit) {
-        drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
-        hdr_->counters.redis_queue_dropped++;
-    }
-    if (cs.owner > 0) set_bit(wake, cs.owner - 1);
+    queue_outbound_locked(ev);
+    bound_outbound_locked(wake, log);
     return true;
 }
 

@@ -759,15 +759,18 @@ bool Store::store_events_locked(const std::vector<EventInput>& events, const std
     return true;
 }
 
-// Puts this node's new events in the queue to Redis, which stays bounded whatever Redis does:
-// the oldest waiting events give way.
-void Store::queue_outbound_locked(const std::vector<ShmEvent*>& stored, std::uint64_t wake[2], ngx_log_t* log) {
+// Puts one of this node's events (or requests) in the queue to Redis.
+void Store::queue_outbound_locked(ShmEvent* ev) {
     ClusterState& cs = hdr_->cluster;
-    for (ShmEvent* ev : stored) {
-        ev->in_outbound = true;
-        ngx_queue_insert_tail(&cs.outbound, &ev->outbound_link);
-        cs.outbound_count++;
-    }
+    ev->in_outbound = true;
+    ngx_queue_insert_tail(&cs.outbound, &ev->outbound_link);
+    cs.outbound_count++;
+}
+
+// Keeps the queue to Redis bounded whatever Redis does: the oldest waiting events give way.
+// `wake` gets the worker holding the link.
+void Store::bound_outbound_locked(std::uint64_t wake[2], ngx_log_t* log) {
+    ClusterState& cs = hdr_->cluster;
     while (cs.outbound_count > cs.outbound_limit) {
         drop_outbound_locked(ngx_queue_data(ngx_queue_head(&cs.outbound), ShmEvent, outbound_link));
         hdr_->counters.redis_queue_dropped++;
@@ -816,7 +819,10 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     if (ok) {
         for (ShmEvent* ev : stored) link_event_locked(ev, t.wake, false);
         if (hdr_->last_id < last) hdr_->last_id = last;
-        if (hdr_->cluster.enabled) queue_outbound_locked(stored, t.wake, log);
+        if (hdr_->cluster.enabled) {
+            for (ShmEvent* ev : stored) queue_outbound_locked(ev);
+            bound_outbound_locked(t.wake, log);
+        }
         for (ShmChannel* ch : t.targets) trim_history_locked(ch);
         result.first_id = ids.front();
         result.last_id = last;

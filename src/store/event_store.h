@@ -488,7 +488,8 @@ private:
                                const HistoryPolicy& history, PublishTargets& t, PublishResult& result);
     bool store_events_locked(const std::vector<EventInput>& events, const std::vector<std::uint64_t>& ids,
                              const std::vector<ShmChannel*>& targets, std::vector<ShmEvent*>& stored, ngx_log_t* log);
-    void queue_outbound_locked(const std::vector<ShmEvent*>& stored, std::uint64_t wake[2], ngx_log_t* log);
+    void queue_outbound_locked(ShmEvent* ev);
+    void bound_outbound_locked(std::uint64_t wake[2], ngx_log_t* log);
     std::uint64_t next_local_id_locked();
     ShmEvent* store_event_locked(std::uint64_t id, std::string_view name, std::string_view data,
                                  const std::vector<ShmChannel*>& targets, ngx_log_t* log);
