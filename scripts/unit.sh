@@ -9,9 +9,6 @@ cd "$repo"
 source scripts/deps.sh
 apt_install g++ make libgtest-dev nlohmann-json3-dev
 mkdir -p build/unit
-g++ -std=c++17 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined -I src \
-    src/protocol/*.cpp src/redis/redis_url.cpp src/redis/redis_entry.cpp src/store/process_identity.cpp t/unit/*.cpp -lgtest -lgtest_main -pthread -o build/unit/protocol_test
-build/unit/protocol_test --gtest_brief=1
 
 # The nginx sources: ../shared/nginx next to the repository, or next to its main checkout
 # when this is a git worktree.
@@ -44,6 +41,8 @@ if [ "$(cat "$ngx/.sse-configured" 2>/dev/null)" != "$want" ]; then
     echo "$want" >"$ngx/.sse-configured"
 fi
 
-make -s -f t/unit/store/Makefile -j"$(nproc)" NGX="$ngx" >build/unit/store_make.log 2>&1 || {
-    grep -E "error|undefined" -A3 build/unit/store_make.log | head -60 >&2; exit 1; }
+# Both test binaries, each object rebuilt only when its source or a header it includes changed.
+make -s -f t/unit/Makefile -j"$(nproc)" NGX="$ngx" >build/unit/make.log 2>&1 || {
+    grep -E "error|undefined" -A3 build/unit/make.log | head -60 >&2; exit 1; }
+build/unit/protocol_test --gtest_brief=1
 build/unit/store_test --gtest_brief=1

@@ -1,7 +1,7 @@
 // The parts of an nginx process the store relies on, for t/unit/store: a log whose lines the
 // test sees, the cached clocks (set by the test), this process's pid, and a zone lock that
 // never spins. nginx's own slab allocator, red-black tree, queue, CRC32 and string formatting
-// are compiled from its source tree next to this (see t/unit/store/Makefile).
+// are compiled from its source tree next to this (see t/unit/Makefile).
 #pragma once
 
 #ifdef __cplusplus
