@@ -330,9 +330,11 @@ bool Store::evict_oldest_locked() {
 
 // Whether `size` more bytes could fit if all history were evicted: no history is thrown away
 // for an allocation that cannot succeed anyway.
+// The zone's own header and the slab's rounding of a large allocation to whole pages count too.
 bool Store::could_fit_locked(std::size_t size) const {
-    std::size_t capacity = std::size_t(pool_->end - pool_->start);
-    return hdr_->bytes_used - hdr_->retained_bytes + size <= capacity;
+    std::size_t capacity = std::size_t(pool_->end - pool_->start) - ngx_align(sizeof(StoreHeader), ngx_pagesize);
+    std::size_t need = size >= ngx_pagesize / 2 ? ngx_align(size, ngx_pagesize) : size;
+    return hdr_->bytes_used - hdr_->retained_bytes + need <= capacity;
 }
 
 // Allocates, evicting the oldest history until there is room or no history is left.
@@ -677,25 +679,23 @@ void Store::link_event_locked(ShmEvent* ev, const std::uint64_t wake[2], bool ke
 }
 
 // The channels of one publish, chosen under the lock: `found` are held (events_in_log) while
-// evicting for room, `targets` store the events.
+// evicting for room, `targets` store the events; `quiet` (no stream, no history) and `unknown`
+// (no channel) only learn, if the publish succeeds, that its events are lost to any replay.
 struct Store::PublishTargets {
     std::vector<ShmChannel*> found;
     std::vector<ShmChannel*> targets;
+    std::vector<ShmChannel*> quiet;
+    std::vector<std::string_view> unknown;
     std::uint64_t wake[2] = {0, 0};
 };
 
 // Finds or creates the named channels (and the patterns covering them) that take the events;
-// false when the zone has no room for a new channel.
-bool Store::choose_targets_locked(const std::vector<std::string_view>& names, std::size_t events,
-                                  std::uint64_t last, const HistoryPolicy& history, PublishTargets& t,
-                                  PublishResult& result) {
+// false when the zone has no room for a new channel. Changes nothing a refused publish must
+// leave as it was (see apply_targets_locked).
+bool Store::choose_targets_locked(const std::vector<std::string_view>& names, const HistoryPolicy& history,
+                                  PublishTargets& t, PublishResult& result) {
     bool cluster = hdr_->cluster.enabled;
     std::uint64_t mark = ++hdr_->target_marks;
-    auto take = [&](ShmChannel* ch) {
-        ch->target_mark = mark;
-        t.targets.push_back(ch);
-        mark_workers_of(ch, hdr_->slot_high, t.wake);
-    };
     for (std::string_view name : names) {
         std::uint32_t hash = hash_name(name);
         ShmChannel* ch = find_locked(name, hash);
@@ -704,22 +704,20 @@ bool Store::choose_targets_locked(const std::vector<std::string_view>& names, st
             if (ch == nullptr) return false;
         }
         if (ch == nullptr) {
-            // Nobody listens and nothing is kept: these events are lost to any later replay.
-            forget_channel_locked(name, last);
+            t.unknown.push_back(name);
             continue;
         }
         ch->events_in_log++;
         t.found.push_back(ch);
         result.subscribers += ch->subscribers;
-        ch->history_limit = history.limit;
-        ch->history_ttl = history.ttl;
         if (ch->subscribers == 0 && history.limit == 0 && !cluster) {
-            ch->lost_through = last;
-            ch->last_event_id = last;
-            ch->events_published += events;
+            t.quiet.push_back(ch);
             continue;
         }
-        if (ch->target_mark != mark) take(ch);
+        if (ch->target_mark == mark) continue;
+        ch->target_mark = mark;
+        t.targets.push_back(ch);
+        mark_workers_of(ch, hdr_->slot_high, t.wake);
     }
     // Streams on patterns covering the channels (`blog.*`) take the event too, once each.
     if (hdr_->pattern_count > 0) {
@@ -730,12 +728,26 @@ bool Store::choose_targets_locked(const std::vector<std::string_view>& names, st
             p->events_in_log++;
             t.found.push_back(p);
             result.subscribers += p->subscribers;
-            p->history_limit = history.limit;
-            p->history_ttl = history.ttl;
             mark_workers_of(p, hdr_->slot_high, t.wake);
         }
     }
     return true;
+}
+
+// The publish succeeds: its channels keep history as its location says, and those that keep
+// nothing record that its events cannot be replayed.
+void Store::apply_targets_locked(const PublishTargets& t, const HistoryPolicy& history, std::size_t events,
+                                 std::uint64_t last) {
+    for (ShmChannel* ch : t.found) {
+        ch->history_limit = history.limit;
+        ch->history_ttl = history.ttl;
+    }
+    for (ShmChannel* ch : t.quiet) {
+        ch->lost_through = last;
+        ch->last_event_id = last;
+        ch->events_published += events;
+    }
+    for (std::string_view name : t.unknown) forget_channel_locked(name, last);
 }
 
 // Formats and stores each event for the targets: all or none.
@@ -797,6 +809,8 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     PublishTargets t;
     t.found.reserve(most);
     t.targets.reserve(most);
+    t.quiet.reserve(names.size());
+    t.unknown.reserve(names.size());
     std::vector<std::uint64_t> ids;
     ids.reserve(events.size());
     std::vector<ShmEvent*> stored;
@@ -814,9 +828,10 @@ bool Store::publish(const std::vector<EventInput>& events, const std::vector<std
     hdr_->last_id = saved_last;
     std::uint64_t last = ids.back();
 
-    bool ok = choose_targets_locked(names, events.size(), last, history, t, result);
+    bool ok = choose_targets_locked(names, history, t, result);
     if (ok && !t.targets.empty()) ok = store_events_locked(events, ids, t.targets, stored, log);
     if (ok) {
+        apply_targets_locked(t, history, events.size(), last);
         for (ShmEvent* ev : stored) link_event_locked(ev, t.wake, false);
         if (hdr_->last_id < last) hdr_->last_id = last;
         if (hdr_->cluster.enabled) {

@@ -484,8 +484,10 @@ public:
 
 private:
     struct PublishTargets;
-    bool choose_targets_locked(const std::vector<std::string_view>& names, std::size_t events, std::uint64_t last,
-                               const HistoryPolicy& history, PublishTargets& t, PublishResult& result);
+    bool choose_targets_locked(const std::vector<std::string_view>& names, const HistoryPolicy& history,
+                               PublishTargets& t, PublishResult& result);
+    void apply_targets_locked(const PublishTargets& t, const HistoryPolicy& history, std::size_t events,
+                              std::uint64_t last);
     bool store_events_locked(const std::vector<EventInput>& events, const std::vector<std::uint64_t>& ids,
                              const std::vector<ShmChannel*>& targets, std::vector<ShmEvent*>& stored, ngx_log_t* log);
     void queue_outbound_locked(ShmEvent* ev);
