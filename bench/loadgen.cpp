@@ -52,7 +52,9 @@ int64_t now_ns() {
     return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-double to_ms(int64_t ns) { return double(ns) / 1e6; }
+double to_ms(int64_t ns) {
+    return double(ns) / 1e6;
+}
 
 [[noreturn]] void die(const char* fmt, ...) {
     va_list ap;
@@ -70,17 +72,17 @@ double to_ms(int64_t ns) { return double(ns) / 1e6; }
 struct Options {
     std::string host = "127.0.0.1";
     int port = 0;
-    int pub_port = 0;           // publish to this port instead (another node); 0 = --port
+    int pub_port = 0;  // publish to this port instead (another node); 0 = --port
     std::string sub_path = "/sub?channels={ch}";
     std::string pub_path = "/pub?channel={ch}";
     long subscribers = 100;
     long channels = 1;
     long events = 100;
-    double rate = 100;          // events/s over all channels; 0 = as fast as the answers come
-    double timeout = 30;        // seconds for connecting, and for deliveries after the last publish
+    double rate = 100;    // events/s over all channels; 0 = as fast as the answers come
+    double timeout = 30;  // seconds for connecting, and for deliveries after the last publish
     bool idle_only = false;
-    bool replay = false;        // publish first, then connect: the events come from history
-    std::string channel_prefix; // default: "bench-<run id>-", fresh per run (see main)
+    bool replay = false;         // publish first, then connect: the events come from history
+    std::string channel_prefix;  // default: "bench-<run id>-", fresh per run (see main)
     long pub_conns = 1;
     long payload = 0;           // pad each event body to at least this many bytes
     long connect_window = 256;  // subscribers connecting at once
@@ -122,7 +124,8 @@ long parse_long(const char* flag, const char* v, long lo, long hi) {
     char* end = nullptr;
     errno = 0;
     long n = std::strtol(v, &end, 10);
-    if (errno || end == v || *end || n < lo || n > hi) die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
+    if (errno || end == v || *end || n < lo || n > hi)
+        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
     return n;
 }
 
@@ -150,26 +153,47 @@ Options parse_args(int argc, char** argv) {
             return argv[++i];
         };
         const char* f = arg.c_str();
-        if (arg == "--help" || arg == "-h") { usage(); std::exit(0); }
-        else if (arg == "--host") o.host = need();
-        else if (arg == "--port") o.port = int(parse_long(f, need(), 1, 65535));
-        else if (arg == "--pub-port") o.pub_port = int(parse_long(f, need(), 1, 65535));
-        else if (arg == "--sub-path") o.sub_path = need();
-        else if (arg == "--pub-path") o.pub_path = need();
-        else if (arg == "--subscribers") o.subscribers = parse_long(f, need(), 0, 1000000);
-        else if (arg == "--channels") o.channels = parse_long(f, need(), 1, 1000000);
-        else if (arg == "--events") o.events = parse_long(f, need(), 0, 100000000);
-        else if (arg == "--rate") o.rate = parse_double(f, need(), 0);
-        else if (arg == "--timeout") o.timeout = parse_double(f, need(), 0.1);
-        else if (arg == "--idle-only") o.idle_only = true;
-        else if (arg == "--replay") o.replay = true;
-        else if (arg == "--pub-conns") o.pub_conns = parse_long(f, need(), 1, 1000);
-        else if (arg == "--payload") o.payload = parse_long(f, need(), 0, 16 * 1024 * 1024);
-        else if (arg == "--channel-prefix") o.channel_prefix = need();
-        else if (arg == "--connect-window") o.connect_window = parse_long(f, need(), 1, 1000000);
-        else if (arg == "--src-addrs") o.src_addrs = parse_long(f, need(), 1, 254);
-        else if (arg == "--settle") o.settle = parse_double(f, need(), 0);
-        else if (arg == "--label") o.label = need();
+        if (arg == "--help" || arg == "-h") {
+            usage();
+            std::exit(0);
+        } else if (arg == "--host")
+            o.host = need();
+        else if (arg == "--port")
+            o.port = int(parse_long(f, need(), 1, 65535));
+        else if (arg == "--pub-port")
+            o.pub_port = int(parse_long(f, need(), 1, 65535));
+        else if (arg == "--sub-path")
+            o.sub_path = need();
+        else if (arg == "--pub-path")
+            o.pub_path = need();
+        else if (arg == "--subscribers")
+            o.subscribers = parse_long(f, need(), 0, 1000000);
+        else if (arg == "--channels")
+            o.channels = parse_long(f, need(), 1, 1000000);
+        else if (arg == "--events")
+            o.events = parse_long(f, need(), 0, 100000000);
+        else if (arg == "--rate")
+            o.rate = parse_double(f, need(), 0);
+        else if (arg == "--timeout")
+            o.timeout = parse_double(f, need(), 0.1);
+        else if (arg == "--idle-only")
+            o.idle_only = true;
+        else if (arg == "--replay")
+            o.replay = true;
+        else if (arg == "--pub-conns")
+            o.pub_conns = parse_long(f, need(), 1, 1000);
+        else if (arg == "--payload")
+            o.payload = parse_long(f, need(), 0, 16 * 1024 * 1024);
+        else if (arg == "--channel-prefix")
+            o.channel_prefix = need();
+        else if (arg == "--connect-window")
+            o.connect_window = parse_long(f, need(), 1, 1000000);
+        else if (arg == "--src-addrs")
+            o.src_addrs = parse_long(f, need(), 1, 254);
+        else if (arg == "--settle")
+            o.settle = parse_double(f, need(), 0);
+        else if (arg == "--label")
+            o.label = need();
         else if (arg == "--cpu-pids") {
             std::string list = need();
             for (size_t p = 0; p < list.size();) {
@@ -183,7 +207,10 @@ Options parse_args(int argc, char** argv) {
             die("unknown option %s", argv[i]);
         }
     }
-    if (!o.port) { usage(); die("--port is required"); }
+    if (!o.port) {
+        usage();
+        die("--port is required");
+    }
     if (!o.pub_port) o.pub_port = o.port;
     if (o.pub_conns > o.channels) o.pub_conns = o.channels;  // a connection per channel at most
     return o;
@@ -192,8 +219,11 @@ Options parse_args(int argc, char** argv) {
 std::string expand(const std::string& tmpl, const std::string& channel) {
     std::string out;
     for (size_t i = 0; i < tmpl.size();) {
-        if (tmpl.compare(i, 4, "{ch}") == 0) { out += channel; i += 4; }
-        else out += tmpl[i++];
+        if (tmpl.compare(i, 4, "{ch}") == 0) {
+            out += channel;
+            i += 4;
+        } else
+            out += tmpl[i++];
     }
     return out;
 }
@@ -239,8 +269,9 @@ std::string_view header_value(std::string_view head, std::string_view name) {
         if (end == std::string_view::npos) end = head.size();
         std::string_view line = head.substr(start, end - start);
         if (line.size() > name.size() && line[name.size()] == ':' &&
-            std::equal(name.begin(), name.end(), line.begin(),
-                       [](char a, char b) { return std::tolower((unsigned char)a) == std::tolower((unsigned char)b); })) {
+            std::equal(name.begin(), name.end(), line.begin(), [](char a, char b) {
+                return std::tolower((unsigned char)a) == std::tolower((unsigned char)b);
+            })) {
             std::string_view v = line.substr(name.size() + 1);
             while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
             while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
@@ -284,73 +315,88 @@ public:
         for (size_t i = 0; i < n;) {
             char c = p[i];
             switch (st_) {
-            case St::size:
-                if (int v = hex(c); v >= 0) {
-                    if (size_ > (uint64_t(1) << 40)) return error();
-                    size_ = size_ * 16 + uint64_t(v);
-                    digits_ = true;
-                } else if (c == ';' || c == ' ' || c == '\t') {
-                    st_ = St::ext;
-                } else if (c == '\r') {
-                    st_ = St::size_lf;
-                } else if (c == '\n') {
-                    if (!size_line_done()) return error();
-                } else {
-                    return error();
+                case St::size:
+                    if (int v = hex(c); v >= 0) {
+                        if (size_ > (uint64_t(1) << 40)) return error();
+                        size_ = size_ * 16 + uint64_t(v);
+                        digits_ = true;
+                    } else if (c == ';' || c == ' ' || c == '\t') {
+                        st_ = St::ext;
+                    } else if (c == '\r') {
+                        st_ = St::size_lf;
+                    } else if (c == '\n') {
+                        if (!size_line_done()) return error();
+                    } else {
+                        return error();
+                    }
+                    ++i;
+                    break;
+                case St::ext:  // chunk extensions: skipped
+                    if (c == '\n' && !size_line_done()) return error();
+                    ++i;
+                    break;
+                case St::size_lf:
+                    if (c != '\n' || !size_line_done()) return error();
+                    ++i;
+                    break;
+                case St::data: {
+                    size_t take = size_t(std::min<uint64_t>(left_, n - i));
+                    sink(p + i, take);
+                    i += take;
+                    left_ -= take;
+                    if (left_ == 0) st_ = St::data_cr;
+                    break;
                 }
-                ++i;
-                break;
-            case St::ext:  // chunk extensions: skipped
-                if (c == '\n' && !size_line_done()) return error();
-                ++i;
-                break;
-            case St::size_lf:
-                if (c != '\n' || !size_line_done()) return error();
-                ++i;
-                break;
-            case St::data: {
-                size_t take = size_t(std::min<uint64_t>(left_, n - i));
-                sink(p + i, take);
-                i += take;
-                left_ -= take;
-                if (left_ == 0) st_ = St::data_cr;
-                break;
-            }
-            case St::data_cr:
-                if (c == '\r') st_ = St::data_lf;
-                else if (c == '\n') next_chunk();
-                else return error();
-                ++i;
-                break;
-            case St::data_lf:
-                if (c != '\n') return error();
-                next_chunk();
-                ++i;
-                break;
-            case St::trailer_bol:
-                st_ = c == '\r' ? St::trailer_end_lf : c == '\n' ? St::done : St::trailer_line;
-                ++i;
-                break;
-            case St::trailer_end_lf:
-                if (c != '\n') return error();
-                st_ = St::done;
-                ++i;
-                break;
-            case St::trailer_line:
-                if (c == '\n') st_ = St::trailer_bol;
-                ++i;
-                break;
-            case St::done:
-                return Result::done;
-            case St::failed:
-                return Result::error;
+                case St::data_cr:
+                    if (c == '\r')
+                        st_ = St::data_lf;
+                    else if (c == '\n')
+                        next_chunk();
+                    else
+                        return error();
+                    ++i;
+                    break;
+                case St::data_lf:
+                    if (c != '\n') return error();
+                    next_chunk();
+                    ++i;
+                    break;
+                case St::trailer_bol:
+                    st_ = c == '\r' ? St::trailer_end_lf : c == '\n' ? St::done : St::trailer_line;
+                    ++i;
+                    break;
+                case St::trailer_end_lf:
+                    if (c != '\n') return error();
+                    st_ = St::done;
+                    ++i;
+                    break;
+                case St::trailer_line:
+                    if (c == '\n') st_ = St::trailer_bol;
+                    ++i;
+                    break;
+                case St::done:
+                    return Result::done;
+                case St::failed:
+                    return Result::error;
             }
         }
         return st_ == St::done ? Result::done : st_ == St::failed ? Result::error : Result::more;
     }
 
 private:
-    enum class St { size, ext, size_lf, data, data_cr, data_lf, trailer_bol, trailer_end_lf, trailer_line, done, failed };
+    enum class St {
+        size,
+        ext,
+        size_lf,
+        data,
+        data_cr,
+        data_lf,
+        trailer_bol,
+        trailer_end_lf,
+        trailer_line,
+        done,
+        failed
+    };
 
     static int hex(char c) {
         if (c >= '0' && c <= '9') return c - '0';
@@ -360,12 +406,23 @@ private:
     }
     bool size_line_done() {
         if (!digits_) return false;
-        if (size_ == 0) st_ = St::trailer_bol;  // last chunk: the body ends after the trailer
-        else { st_ = St::data; left_ = size_; }
+        if (size_ == 0)
+            st_ = St::trailer_bol;  // last chunk: the body ends after the trailer
+        else {
+            st_ = St::data;
+            left_ = size_;
+        }
         return true;
     }
-    void next_chunk() { st_ = St::size; size_ = 0; digits_ = false; }
-    Result error() { st_ = St::failed; return Result::error; }
+    void next_chunk() {
+        st_ = St::size;
+        size_ = 0;
+        digits_ = false;
+    }
+    Result error() {
+        st_ = St::failed;
+        return Result::error;
+    }
 
     St st_ = St::size;
     uint64_t size_ = 0, left_ = 0;
@@ -390,8 +447,10 @@ public:
             line_.append(p + i, j - i);
             if (j == n) break;  // partial line: wait for more
             if (p[j] == '\r') {
-                if (j + 1 < n) { if (p[j + 1] == '\n') ++j; }
-                else skip_lf_ = true;
+                if (j + 1 < n) {
+                    if (p[j + 1] == '\n') ++j;
+                } else
+                    skip_lf_ = true;
             }
             i = j + 1;
             line_done(on_event);
@@ -535,18 +594,20 @@ double percentile_ms(std::vector<int64_t>& v, double p) {
 }
 
 std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }
+void on_signal(int) {
+    g_stop = true;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Publisher thread
 
 struct PublishOutcome {
-    std::vector<int> status;       // per event: HTTP status, 0 = no answer (error or timeout)
-    std::vector<int64_t> sent_at;  // per event: CLOCK_MONOTONIC ns at send, 0 = never sent
-    std::vector<int64_t> response; // per answered event: send -> full response, ns
+    std::vector<int> status;        // per event: HTTP status, 0 = no answer (error or timeout)
+    std::vector<int64_t> sent_at;   // per event: CLOCK_MONOTONIC ns at send, 0 = never sent
+    std::vector<int64_t> response;  // per answered event: send -> full response, ns
     int64_t first_send = 0, last_send = 0, finished = 0;
     long reconnects = 0;
-    std::string error;             // set when the publisher could not run at all
+    std::string error;  // set when the publisher could not run at all
 };
 
 class Publisher {
@@ -679,8 +740,8 @@ private:
         std::string body = make_body(run_id_, k, t, o_.payload);
         const std::string& path = paths_[size_t(k % o_.channels)];
         c.out = "POST " + path + " HTTP/1.1\r\nHost: " + o_.host + ":" + std::to_string(o_.pub_port) +
-                "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                "\r\n\r\n" + body;
+                "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+                body;
         c.out_off = 0;
         c.event = k;
         out_.sent_at[size_t(k)] = t;
@@ -694,7 +755,10 @@ private:
         Conn& c = conns_[i];
         while (c.out_off < c.out.size()) {
             ssize_t n = send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
-            if (n > 0) { c.out_off += size_t(n); continue; }
+            if (n > 0) {
+                c.out_off += size_t(n);
+                continue;
+            }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && errno == EAGAIN) return;  // EPOLLOUT (edge) resumes
             drop(i);
@@ -712,7 +776,11 @@ private:
             if (c.fd < 0) continue;
             if (c.st == St::connecting) {
                 if (!(evs[e].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) continue;
-                if (socket_error(c.fd) != 0) { ++failed_connects_; drop(i); continue; }
+                if (socket_error(c.fd) != 0) {
+                    ++failed_connects_;
+                    drop(i);
+                    continue;
+                }
                 c.st = St::idle;
                 continue;
             }
@@ -727,7 +795,10 @@ private:
         bool eof = false;
         while (true) {
             ssize_t n = recv(c.fd, buf, sizeof buf, 0);
-            if (n > 0) { c.in.append(buf, size_t(n)); continue; }
+            if (n > 0) {
+                c.in.append(buf, size_t(n));
+                continue;
+            }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && errno == EAGAIN) break;
             eof = true;
@@ -745,10 +816,13 @@ private:
             c.event = -1;
             c.in.erase(0, used);
             c.st = St::idle;
-            if (close_after) { reopen = true; break; }
+            if (close_after) {
+                reopen = true;
+                break;
+            }
         }
         if (reopen || eof) drop(i);  // an unanswered event in flight stays at status 0
-        if (reopen) {  // e.g. nginx's keepalive_requests limit: have a fresh one ready at once
+        if (reopen) {                // e.g. nginx's keepalive_requests limit: have a fresh one ready at once
             ++out_.reconnects;
             connect_conn(i);
         }
@@ -783,7 +857,10 @@ public:
             used = body + len;
             return code;
         }
-        if (code == 204 || code == 304 || (code >= 100 && code < 200)) { used = body; return code; }
+        if (code == 204 || code == 304 || (code >= 100 && code < 200)) {
+            used = body;
+            return code;
+        }
         if (!eof) return -1;  // body delimited by the end of the connection
         used = in.size();
         close_after = true;
@@ -829,7 +906,8 @@ struct Tally {
 
 class Subscribers {
 public:
-    Subscribers(const Options& o, const sockaddr_in& dst, const std::string& run_id, const std::vector<std::string>& channels)
+    Subscribers(const Options& o, const sockaddr_in& dst, const std::string& run_id,
+                const std::vector<std::string>& channels)
         : o_(o), dst_(dst), run_id_(run_id), subs_(size_t(o.subscribers)) {
         ep_ = epoll_create1(EPOLL_CLOEXEC);
         if (ep_ < 0) die("epoll_create1: %s", std::strerror(errno));
@@ -841,7 +919,8 @@ public:
         }
         for (auto& ch : channels) {
             requests_.push_back("GET " + expand(o.sub_path, ch) + " HTTP/1.1\r\nHost: " + o.host + ":" +
-                                std::to_string(o.port) + "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n");
+                                std::to_string(o.port) +
+                                "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n");
         }
     }
 
@@ -861,10 +940,17 @@ public:
                 pending_.pop_front();
                 start(i);
             }
-            if (!error_.empty()) { error = error_; return false; }
-            if (g_stop) { error = "interrupted"; return false; }
+            if (!error_.empty()) {
+                error = error_;
+                return false;
+            }
+            if (g_stop) {
+                error = "interrupted";
+                return false;
+            }
             if (now_ns() > deadline) {
-                error = "timed out: " + std::to_string(connected_) + " of " + std::to_string(subs_.size()) + " subscribers connected";
+                error = "timed out: " + std::to_string(connected_) + " of " + std::to_string(subs_.size()) +
+                        " subscribers connected";
                 return false;
             }
             poll(50);
@@ -877,7 +963,10 @@ public:
         int n = epoll_wait(ep_, evs, 512, timeout_ms);
         for (int e = 0; e < n; ++e) {
             size_t i = size_t(evs[e].data.u64);
-            if (i == kStdin) { stdin_event(); continue; }
+            if (i == kStdin) {
+                stdin_event();
+                continue;
+            }
             handle(i, evs[e].events);
         }
     }
@@ -945,11 +1034,17 @@ private:
         if (s.fd < 0) return;
         if (s.st == SubSt::connecting) {
             if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
-            if (int err = socket_error(s.fd)) { retry(i, std::string("connect: ") + std::strerror(err)); return; }
+            if (int err = socket_error(s.fd)) {
+                retry(i, std::string("connect: ") + std::strerror(err));
+                return;
+            }
             const std::string& req = requests_[s.channel];
             while (s.out_off < req.size()) {
                 ssize_t n = send(s.fd, req.data() + s.out_off, req.size() - s.out_off, MSG_NOSIGNAL);
-                if (n > 0) { s.out_off += size_t(n); continue; }
+                if (n > 0) {
+                    s.out_off += size_t(n);
+                    continue;
+                }
                 if (n < 0 && errno == EINTR) continue;
                 if (n < 0 && errno == EAGAIN) return;  // next EPOLLOUT edge
                 retry(i, std::string("send: ") + std::strerror(errno));
@@ -972,7 +1067,10 @@ private:
             ssize_t n = recv(s.fd, buf, sizeof buf, 0);
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && errno == EAGAIN) return;
-            if (n <= 0) { stream_ended(i, n == 0 ? "closed by the server" : std::strerror(errno)); return; }
+            if (n <= 0) {
+                stream_ended(i, n == 0 ? "closed by the server" : std::strerror(errno));
+                return;
+            }
             if (!consume(i, buf, size_t(n), now_ns())) return;  // all events of one read arrived together
             if (size_t(n) < sizeof buf && !hangup) return;
         }
@@ -987,7 +1085,10 @@ private:
             s.head.append(p, len);
             size_t he = s.head.find("\r\n\r\n", old >= 3 ? old - 3 : 0);
             if (he == std::string::npos) {
-                if (s.head.size() > 65536) { retry(i, "response head too large"); return false; }
+                if (s.head.size() > 65536) {
+                    retry(i, "response head too large");
+                    return false;
+                }
                 return true;
             }
             std::string_view head(s.head.data(), he + 2);
@@ -1015,19 +1116,30 @@ private:
             return true;
         }
         auto r = s.chunks.feed(p, len, [&](const char* d, size_t m) { s.sse.feed(d, m, on_event); });
-        if (r == ChunkedDecoder::Result::done) { stream_ended(i, "closed by the server"); return false; }
-        if (r == ChunkedDecoder::Result::error) { stream_ended(i, "bad chunked encoding"); return false; }
+        if (r == ChunkedDecoder::Result::done) {
+            stream_ended(i, "closed by the server");
+            return false;
+        }
+        if (r == ChunkedDecoder::Result::error) {
+            stream_ended(i, "bad chunked encoding");
+            return false;
+        }
         return true;
     }
 
     void stream_ended(size_t i, const char* why) {
         Subscriber& s = subs_[i];
-        if (s.st != SubSt::streaming) { retry(i, why); return; }
+        if (s.st != SubSt::streaming) {
+            retry(i, why);
+            return;
+        }
         close(s.fd);
         s.fd = -1;
         s.st = SubSt::closed;
-        if (std::strcmp(why, "closed by the server") == 0) ++tally_.closed_by_server;
-        else ++tally_.stream_errors;
+        if (std::strcmp(why, "closed by the server") == 0)
+            ++tally_.closed_by_server;
+        else
+            ++tally_.stream_errors;
         if (tally_.closed_by_server + tally_.stream_errors <= 3)
             std::fprintf(stderr, "loadgen: subscriber %zu: stream ended: %s\n", i, why);
     }
@@ -1036,18 +1148,31 @@ private:
         long seq = 0;
         int64_t sent = 0;
         switch (parse_body(data, run_id_, seq, sent)) {
-        case BodyKind::foreign: ++tally_.foreign; return;
-        case BodyKind::malformed: ++tally_.malformed; return;
-        case BodyKind::ours: break;
+            case BodyKind::foreign:
+                ++tally_.foreign;
+                return;
+            case BodyKind::malformed:
+                ++tally_.malformed;
+                return;
+            case BodyKind::ours:
+                break;
         }
-        if (seq < 0 || seq >= o_.events || seq % o_.channels != long(s.channel)) { ++tally_.misrouted; return; }
+        if (seq < 0 || seq >= o_.events || seq % o_.channels != long(s.channel)) {
+            ++tally_.misrouted;
+            return;
+        }
         size_t j = size_t(seq / o_.channels);
         uint64_t bit = uint64_t(1) << (j % 64);
-        if (s.seen[j / 64] & bit) { ++tally_.duplicated; return; }
+        if (s.seen[j / 64] & bit) {
+            ++tally_.duplicated;
+            return;
+        }
         s.seen[j / 64] |= bit;
         ++tally_.delivered;
-        if (seq < s.max_seq) ++tally_.out_of_order;
-        else s.max_seq = seq;
+        if (seq < s.max_seq)
+            ++tally_.out_of_order;
+        else
+            s.max_seq = seq;
         tally_.latency.push_back(t - sent);
         if (!tally_.first_delivery) tally_.first_delivery = t;
         tally_.last_delivery = t;
@@ -1084,25 +1209,44 @@ public:
         key(k);
         s_ += '"';
         for (char c : v) {
-            if (c == '"' || c == '\\') { s_ += '\\'; s_ += c; }
-            else if ((unsigned char)c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); s_ += b; }
-            else s_ += c;
+            if (c == '"' || c == '\\') {
+                s_ += '\\';
+                s_ += c;
+            } else if ((unsigned char)c < 0x20) {
+                char b[8];
+                std::snprintf(b, sizeof b, "\\u%04x", c);
+                s_ += b;
+            } else
+                s_ += c;
         }
         s_ += '"';
     }
-    void num(const char* k, long long v) { key(k); s_ += std::to_string(v); }
+    void num(const char* k, long long v) {
+        key(k);
+        s_ += std::to_string(v);
+    }
     void num(const char* k, double v, int decimals = 3) {
         key(k);
-        if (!std::isfinite(v) || v < 0) { s_ += "null"; return; }  // -1 marks "not measured"
+        if (!std::isfinite(v) || v < 0) {
+            s_ += "null";
+            return;
+        }  // -1 marks "not measured"
         char b[64];
         std::snprintf(b, sizeof b, "%.*f", decimals, v);
         s_ += b;
     }
-    void boolean(const char* k, bool v) { key(k); s_ += v ? "true" : "false"; }
+    void boolean(const char* k, bool v) {
+        key(k);
+        s_ += v ? "true" : "false";
+    }
     std::string done() { return s_ + "}"; }
 
 private:
-    void key(const char* k) { s_ += s_.size() > 1 ? ",\"" : "\""; s_ += k; s_ += "\":"; }
+    void key(const char* k) {
+        s_ += s_.size() > 1 ? ",\"" : "\"";
+        s_ += k;
+        s_ += "\":";
+    }
     std::string s_ = "{";
 };
 
@@ -1147,11 +1291,15 @@ std::string make_run_id() {
 int self_test() {
     int failures = 0;
     auto check = [&](bool ok, const char* what) {
-        if (!ok) { std::fprintf(stderr, "self-test FAILED: %s\n", what); ++failures; }
+        if (!ok) {
+            std::fprintf(stderr, "self-test FAILED: %s\n", what);
+            ++failures;
+        }
     };
     // Stream text: comments, every line ending, multi-line data, ignored fields, a data-less block.
-    const std::string sse = ":ok\n\nid: 1\ndata: {\"a\":1}\n\n: heartbeat\r\n\r\nevent: x\rdata:two\rdata: lines\r\r"
-                            "retry: 5\n\nid: 3\r\ndata\r\ndata: z\r\n\r\n";
+    const std::string sse =
+        ":ok\n\nid: 1\ndata: {\"a\":1}\n\n: heartbeat\r\n\r\nevent: x\rdata:two\rdata: lines\r\r"
+        "retry: 5\n\nid: 3\r\ndata\r\ndata: z\r\n\r\n";
     const std::vector<std::string> want = {"{\"a\":1}", "two\nlines", "\nz"};
     // The same text as a chunked body: chunks of 7 bytes with an extension on one, then a trailer.
     std::string chunked;
@@ -1175,8 +1323,10 @@ int self_test() {
                 for (int k = 0; k < 3; ++k) {
                     const char* p = input.data() + cuts[k];
                     size_t n = cuts[k + 1] - cuts[k];
-                    if (mode == 0) parser.feed(p, n, on_event);
-                    else if (n) r = dec.feed(p, n, [&](const char* d, size_t m) { parser.feed(d, m, on_event); });
+                    if (mode == 0)
+                        parser.feed(p, n, on_event);
+                    else if (n)
+                        r = dec.feed(p, n, [&](const char* d, size_t m) { parser.feed(d, m, on_event); });
                 }
                 if (got != want || (mode == 1 && r != ChunkedDecoder::Result::done)) {
                     check(false, mode == 0 ? "SSE parser with split input" : "chunked decoder with split input");
@@ -1200,13 +1350,16 @@ int self_test() {
     std::string r1 = "HTTP/1.1 202 Accepted\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1";
     check(Publisher::complete_response(r1, false, used, close_after) == 202 && used == r1.size() - 8 && !close_after,
           "response with Content-Length");
-    std::string r2 = "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    std::string r2 =
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     check(Publisher::complete_response(r2, false, used, close_after) == 201 && used == r2.size() && close_after,
           "chunked response with Connection: close");
-    check(Publisher::complete_response(r2.substr(0, r2.size() - 1), false, used, close_after) == -1, "incomplete response");
+    check(Publisher::complete_response(r2.substr(0, r2.size() - 1), false, used, close_after) == -1,
+          "incomplete response");
     std::string r3 = "HTTP/1.0 200 OK\r\n\r\nbody";
     check(Publisher::complete_response(r3, false, used, close_after) == -1 &&
-          Publisher::complete_response(r3, true, used, close_after) == 200 && used == r3.size(), "close-delimited response");
+              Publisher::complete_response(r3, true, used, close_after) == 200 && used == r3.size(),
+          "close-delimited response");
     std::fprintf(stderr, "self-test: %s\n", failures ? "FAILED" : "passed");
     return failures ? 1 : 0;
 }
@@ -1258,7 +1411,10 @@ int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& 
     const int64_t deadline = now_ns() + int64_t(o.timeout * 1e9);
     bool timed_out = false;
     while (ok && subs.tally().delivered < expected && subs.open_streams() > 0) {
-        if (g_stop || now_ns() > deadline) { timed_out = true; break; }
+        if (g_stop || now_ns() > deadline) {
+            timed_out = true;
+            break;
+        }
         subs.poll(10);
     }
     const long long cpu_after = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
@@ -1275,8 +1431,10 @@ int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& 
     cpu_fields(j, cpu_before, cpu_after, t.delivered);
     j.num("loadgen_cpu_s", self_cpu_s() - self_cpu_before, 2);
     j.boolean("timed_out", timed_out);
-    if (!ok) j.str("error", error);
-    else if (!pub.error.empty()) j.str("error", pub.error);
+    if (!ok)
+        j.str("error", error);
+    else if (!pub.error.empty())
+        j.str("error", pub.error);
     emit(j);
     std::fprintf(stderr,
                  "loadgen%s%s: replay of %ld events (%ld published) to %ld subscribers: expected %ld, delivered %ld, "
@@ -1319,7 +1477,8 @@ int main(int argc, char** argv) {
     if (o.replay) return run_replay(o, pub_dst, run_id, channels, subs, j);
     std::string error;
     bool ok = subs.connect_all(error);
-    const double connect_s = subs.connect_finished() ? double(subs.connect_finished() - subs.connect_started()) / 1e9 : -1;
+    const double connect_s =
+        subs.connect_finished() ? double(subs.connect_finished() - subs.connect_started()) / 1e9 : -1;
     j.num("connected", (long long)subs.connected());
     j.num("connect_s", connect_s);
     if (!ok) {
@@ -1376,7 +1535,10 @@ int main(int argc, char** argv) {
         if (expected >= 0) {
             if (subs.tally().delivered >= expected) break;
             if (subs.open_streams() == 0) break;
-            if (now_ns() > std::max(pub.last_send, pub.finished) + int64_t(o.timeout * 1e9)) { timed_out = true; break; }
+            if (now_ns() > std::max(pub.last_send, pub.finished) + int64_t(o.timeout * 1e9)) {
+                timed_out = true;
+                break;
+            }
         }
         if (g_stop) {
             timed_out = true;
@@ -1425,9 +1587,9 @@ int main(int argc, char** argv) {
                  "  published ok %ld, failed %ld; publish response p50 %.3f ms, p99 %.3f ms\n"
                  "  expected %ld, delivered %ld, lost %ld, duplicated %ld, out of order %ld%s\n"
                  "  %.0f deliveries/s over %.2f s; latency p50 %.3f ms, p99 %.3f ms\n",
-                 o.label.empty() ? "" : " ", o.label.c_str(), o.subscribers, o.channels, o.events, o.rate,
-                 published_ok, publish_failed, percentile_ms(resp, 0.5), percentile_ms(resp, 0.99),
-                 expected, t.delivered, lost, t.duplicated, t.out_of_order, timed_out ? " (timed out)" : "",
+                 o.label.empty() ? "" : " ", o.label.c_str(), o.subscribers, o.channels, o.events, o.rate, published_ok,
+                 publish_failed, percentile_ms(resp, 0.5), percentile_ms(resp, 0.99), expected, t.delivered, lost,
+                 t.duplicated, t.out_of_order, timed_out ? " (timed out)" : "",
                  window_s > 0 ? double(t.delivered) / window_s : 0.0, window_s, percentile_ms(lat, 0.5),
                  percentile_ms(lat, 0.99));
     if (t.foreign || t.malformed || t.misrouted || t.closed_by_server || t.stream_errors)

@@ -19,6 +19,12 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-r t/)
 
+echo "== formatting"
+# Every C and C++ file as the repo's .clang-format writes it (Debian's clang-format 14).
+apt_install clang-format-14
+find src t/unit t/fuzz bench \( -name '*.cpp' -o -name '*.h' -o -name '*.c' \) -print0 |
+    xargs -0 clang-format-14 --dry-run --Werror
+
 echo "== unit tests of the core"
 scripts/unit.sh
 

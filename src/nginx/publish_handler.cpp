@@ -223,7 +223,6 @@ void body_ready(ngx_http_request_t* r) noexcept {
     ngx_http_finalize_request(r, rc);
 }
 
-
 ngx_int_t describe(ngx_http_request_t* r, const std::vector<std::string_view>& channels) {
     WorkerContext* w = worker_context();
     std::string items;

@@ -91,9 +91,15 @@ ngx_int_t stats(ngx_http_request_t* r) {
     const ClusterState& cs = w->store.header()->cluster;
     if (cs.enabled) {
         switch (RedisState(__atomic_load_n(&cs.state, __ATOMIC_ACQUIRE))) {
-        case RedisState::kConnected: report.redis_state = "connected"; break;
-        case RedisState::kDisconnected: report.redis_state = "disconnected"; break;
-        default: report.redis_state = "connecting"; break;
+            case RedisState::kConnected:
+                report.redis_state = "connected";
+                break;
+            case RedisState::kDisconnected:
+                report.redis_state = "disconnected";
+                break;
+            default:
+                report.redis_state = "connecting";
+                break;
         }
         report.redis_reconnects = c.redis_reconnects;
         report.redis_queue = cs.outbound_count;

@@ -96,8 +96,8 @@ struct LocalIndex {
     std::unordered_map<ShmEvent*, EventHold*> replay_holds;  // one pin per event for all streams
     Frame* free_frames = nullptr;
     std::vector<ShmEvent*> taken;
-    ngx_queue_t all;      // every stream of this worker, for shutdown
-    ngx_queue_t dirty;    // streams with frames queued by a delivery round, not yet flushed
+    ngx_queue_t all;    // every stream of this worker, for shutdown
+    ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
     ngx_queue_t closing;  // streams to end once the events taken before are queued
     std::uint64_t kicks_seen = 0;
@@ -432,7 +432,8 @@ bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
 
 // Copies a frame of our own into the request's pool and queues it.
 bool send_own_copy(Subscriber* s, const std::string& frame) {
-    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, frame.size()));
+    auto* bytes =
+        static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, frame.size()));
     if (bytes == nullptr) return false;
     ngx_memcpy(bytes, frame.data(), frame.size());
     return send_own_bytes(s, bytes, frame.size());
@@ -597,23 +598,23 @@ constexpr const char* kLimitRetryAfter = "5";
 
 ngx_int_t refuse_stream(ngx_http_request_t* r, SubscribeRefusal refusal, const SubscribeLimits& limits) {
     switch (refusal) {
-    case SubscribeRefusal::kMaxSubscribers:
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "sse: stream refused: sse_max_subscribers %uD reached",
-                      limits.max_total);
-        add_header(r, "Retry-After", kLimitRetryAfter);
-        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                         "too many subscribers: the limit of " + std::to_string(limits.max_total) +
-                             " streams is reached");
-    case SubscribeRefusal::kPerKey:
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: stream refused: key %s already holds sse_max_subscribers_per_key %uD streams",
-                      quoted_bytes(limits.key).c_str(), limits.max_per_key);
-        add_header(r, "Retry-After", kLimitRetryAfter);
-        return send_text(r, NGX_HTTP_TOO_MANY_REQUESTS,
-                         "too many streams for this client: at most " + std::to_string(limits.max_per_key));
-    case SubscribeRefusal::kZoneFull:
-    case SubscribeRefusal::kNone:
-        break;
+        case SubscribeRefusal::kMaxSubscribers:
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "sse: stream refused: sse_max_subscribers %uD reached",
+                          limits.max_total);
+            add_header(r, "Retry-After", kLimitRetryAfter);
+            return send_text(
+                r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                "too many subscribers: the limit of " + std::to_string(limits.max_total) + " streams is reached");
+        case SubscribeRefusal::kPerKey:
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "sse: stream refused: key %s already holds sse_max_subscribers_per_key %uD streams",
+                          quoted_bytes(limits.key).c_str(), limits.max_per_key);
+            add_header(r, "Retry-After", kLimitRetryAfter);
+            return send_text(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                             "too many streams for this client: at most " + std::to_string(limits.max_per_key));
+        case SubscribeRefusal::kZoneFull:
+        case SubscribeRefusal::kNone:
+            break;
     }
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "sse: shared zone is full, cannot add a subscriber; raise sse_shm_size");
@@ -671,7 +672,8 @@ ngx_int_t check_allowed(ngx_http_request_t* r, LocConf* conf, const std::vector<
         }
         if (allowed) continue;
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sse: subscribe refused: channel %s is not allowed by sse_subscribe_allow", quoted_bytes(name).c_str());
+                      "sse: subscribe refused: channel %s is not allowed by sse_subscribe_allow",
+                      quoted_bytes(name).c_str());
         return send_text(r, NGX_HTTP_FORBIDDEN, "channel " + quoted_bytes(name) + " is not allowed here");
     }
     return kGoOn;
@@ -718,8 +720,8 @@ bool resume_position(ngx_http_request_t* r, ngx_str_t& value) {
 void read_resume(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
     ResumeRequest& resume = req.store.resume;
     if (resume_position(r, req.given_id)) {
-        resume.kind = parse_event_id(to_view(req.given_id), resume.after) ? ResumeRequest::kAfterId
-                                                                           : ResumeRequest::kMalformed;
+        resume.kind =
+            parse_event_id(to_view(req.given_id), resume.after) ? ResumeRequest::kAfterId : ResumeRequest::kMalformed;
     } else {
         resume.replay = std::uint32_t(conf->replay);
     }
@@ -944,7 +946,6 @@ void collect_released(ngx_event_t*) noexcept {
     if (w == nullptr || w->slot < 0) return;
     guarded(ngx_cycle->log, "freeing events", [&] { w->store.collect(); });
 }
-
 
 // Streams waiting for Redis's history go on once their channels are synced (or the link is
 // down: then there is nothing to wait for).

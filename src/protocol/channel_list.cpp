@@ -46,8 +46,7 @@ bool is_channel_pattern(std::string_view name) noexcept {
 bool pattern_covers(std::string_view pattern, std::string_view channel) noexcept {
     if (pattern.empty() || channel.empty()) return false;
     pattern.remove_suffix(1);
-    return channel.size() >= pattern.size() && channel.substr(0, pattern.size()) == pattern &&
-           channel.front() != '#';
+    return channel.size() >= pattern.size() && channel.substr(0, pattern.size()) == pattern && channel.front() != '#';
 }
 
 bool parse_channel_list(std::string_view text, std::size_t max_channels, std::vector<std::string_view>& names,
@@ -65,7 +64,8 @@ bool parse_channel_list(std::string_view text, std::size_t max_channels, std::ve
         }
         if (!is_valid_channel_name(name) && !(patterns && is_channel_pattern(name))) {
             reason = "invalid channel name " + quoted_bytes(name) + ": use 1-128 of A-Z a-z 0-9 _ - . : @ /";
-            if (!patterns && is_channel_pattern(name)) reason = "channel patterns such as " + quoted_bytes(name) + " are not allowed here";
+            if (!patterns && is_channel_pattern(name))
+                reason = "channel patterns such as " + quoted_bytes(name) + " are not allowed here";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) continue;
@@ -106,7 +106,8 @@ std::string user_key_problem(std::string_view user) {
         return "the user key " + quoted_bytes(user) + " holds a comma, which sse_publish_user could not reach";
     }
     if (trim_spaces(user).size() != user.size()) {
-        return "the user key " + quoted_bytes(user) + " begins or ends with a space, which sse_publish_user could not reach";
+        return "the user key " + quoted_bytes(user) +
+               " begins or ends with a space, which sse_publish_user could not reach";
     }
     return {};
 }
@@ -120,7 +121,8 @@ bool parse_stream_targets(std::string_view text, bool client_ids, std::size_t ma
         std::string name;
         if (client_ids) {
             std::uint64_t id = 0;
-            bool digits = item.size() <= 20 && std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
+            bool digits =
+                item.size() <= 20 && std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
             for (char c : item) id = id * 10 + std::uint64_t(c - '0');
             if (digits && item.size() == 20 && item > std::string_view("18446744073709551615")) digits = false;
             if (!digits || id == 0 || item.front() == '0') {

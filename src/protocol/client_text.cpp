@@ -30,8 +30,7 @@ std::string quoted_bytes(std::string_view bytes) {
 }
 
 std::string json_string(std::string_view bytes) {
-    std::string out =
-        nlohmann::json(std::string(bytes)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::string out = nlohmann::json(std::string(bytes)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     // JSON lets DEL stand as it is; written as \u007f, the result is printable ASCII or UTF-8.
     // (0x7f is never part of a multi-byte UTF-8 sequence.)
     for (std::size_t i = out.find('\x7f'); i != std::string::npos; i = out.find('\x7f', i + 6)) {

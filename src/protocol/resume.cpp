@@ -19,16 +19,16 @@ bool parse_event_id(std::string_view text, std::uint64_t& id) noexcept {
 
 std::string_view reset_reason_name(ResetReason reason) noexcept {
     switch (reason) {
-    case ResetReason::kMalformed:
-        return "malformed";
-    case ResetReason::kFuture:
-        return "future";
-    case ResetReason::kBeforeRestart:
-        return "before_restart";
-    case ResetReason::kEvicted:
-        return "evicted";
-    case ResetReason::kNone:
-        break;
+        case ResetReason::kMalformed:
+            return "malformed";
+        case ResetReason::kFuture:
+            return "future";
+        case ResetReason::kBeforeRestart:
+            return "before_restart";
+        case ResetReason::kEvicted:
+            return "evicted";
+        case ResetReason::kNone:
+            break;
     }
     return "none";
 }

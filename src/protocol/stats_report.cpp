@@ -67,31 +67,31 @@ std::string channel_json(const ChannelReport& c) {
 }
 
 std::string stats_json(const StatsReport& r) {
-    std::string j = "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"users\":" + std::to_string(r.users) +
-                    ",\"channels\":" + std::to_string(r.channels) +
-                    ",\"events_published\":" + std::to_string(r.events_published) +
-                    ",\"events_delivered\":" + std::to_string(r.events_delivered) +
-                    ",\"events_stored\":" + std::to_string(r.events_stored) +
-                    ",\"events_retained\":" + std::to_string(r.events_retained) +
-                    ",\"events_replayed\":" + std::to_string(r.events_replayed) +
-                    ",\"resets\":" + std::to_string(r.resets) +
-                    ",\"history_evictions\":" + std::to_string(r.history_evictions) +
-                    ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
-                    ",\"streams_ended_out_of_memory\":" + std::to_string(r.streams_ended_out_of_memory) +
-                    ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
-                    ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
-                    ",\"refused_max_subscribers\":" + std::to_string(r.refused_max_subscribers) +
-                    ",\"refused_per_key\":" + std::to_string(r.refused_per_key) +
-                    ",\"zone_bytes_used\":" + std::to_string(r.zone_bytes_used) +
-                    ",\"zone_bytes_total\":" + std::to_string(r.zone_bytes_total) +
-                    ",\"uptime\":" + std::to_string(r.uptime_seconds) + ",\"workers\":[";
+    std::string j =
+        "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"users\":" + std::to_string(r.users) +
+        ",\"channels\":" + std::to_string(r.channels) + ",\"events_published\":" + std::to_string(r.events_published) +
+        ",\"events_delivered\":" + std::to_string(r.events_delivered) +
+        ",\"events_stored\":" + std::to_string(r.events_stored) +
+        ",\"events_retained\":" + std::to_string(r.events_retained) +
+        ",\"events_replayed\":" + std::to_string(r.events_replayed) + ",\"resets\":" + std::to_string(r.resets) +
+        ",\"history_evictions\":" + std::to_string(r.history_evictions) +
+        ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
+        ",\"streams_ended_out_of_memory\":" + std::to_string(r.streams_ended_out_of_memory) +
+        ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
+        ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
+        ",\"refused_max_subscribers\":" + std::to_string(r.refused_max_subscribers) +
+        ",\"refused_per_key\":" + std::to_string(r.refused_per_key) +
+        ",\"zone_bytes_used\":" + std::to_string(r.zone_bytes_used) +
+        ",\"zone_bytes_total\":" + std::to_string(r.zone_bytes_total) +
+        ",\"uptime\":" + std::to_string(r.uptime_seconds) + ",\"workers\":[";
     for (std::size_t i = 0; i < r.workers.size(); i++) {
         if (i) j += ",";
         j += "{\"pid\":" + std::to_string(r.workers[i].first) +
              ",\"subscribers\":" + std::to_string(r.workers[i].second) + "}";
     }
-    j += "],\"redis\":{\"state\":" + json_string(r.redis_state) + ",\"reconnects\":" + std::to_string(r.redis_reconnects) +
-         ",\"queue\":" + std::to_string(r.redis_queue) + ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
+    j += "],\"redis\":{\"state\":" + json_string(r.redis_state) +
+         ",\"reconnects\":" + std::to_string(r.redis_reconnects) + ",\"queue\":" + std::to_string(r.redis_queue) +
+         ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
          ",\"channels\":" + std::to_string(r.redis_channels) +
          ",\"events_sent\":" + std::to_string(r.redis_events_sent) +
          ",\"events_received\":" + std::to_string(r.redis_events_received) + "}";
@@ -113,7 +113,8 @@ std::string stats_prometheus(const StatsReport& r) {
     out.reserve(2048 + r.channel_list.size() * 200);
     single(out, {"sse_subscribers", "gauge", "Event streams open, over all worker processes."}, r.subscribers);
     family(out, {"sse_worker_subscribers", "gauge", "Event streams open, per worker process."});
-    for (const auto& [pid, n] : r.workers) sample(out, "sse_worker_subscribers", n, "pid=\"" + std::to_string(pid) + "\"");
+    for (const auto& [pid, n] : r.workers)
+        sample(out, "sse_worker_subscribers", n, "pid=\"" + std::to_string(pid) + "\"");
     single(out, {"sse_users", "gauge", "Distinct user keys (sse_user) with event streams open."}, r.users);
     single(out, {"sse_channels", "gauge", "Channels with subscribers or retained events."}, r.channels);
     single(out, {"sse_events_published_total", "counter", "Events published."}, r.events_published);
@@ -126,7 +127,8 @@ std::string stats_prometheus(const StatsReport& r) {
     single(out, {"sse_events_retained", "gauge", "Events kept in some channel's history."}, r.events_retained);
     single(out, {"sse_history_evictions_total", "counter", "Retained events evicted to make room in the zone."},
            r.history_evictions);
-    single(out, {"sse_slow_disconnects_total", "counter", "Streams closed for falling more than sse_send_buffer behind."},
+    single(out,
+           {"sse_slow_disconnects_total", "counter", "Streams closed for falling more than sse_send_buffer behind."},
            r.slow_disconnects);
     single(out,
            {"sse_streams_ended_out_of_memory_total", "counter",
@@ -148,11 +150,15 @@ std::string stats_prometheus(const StatsReport& r) {
                r.redis_state == "connected" ? 1 : 0);
         single(out, {"sse_redis_reconnects_total", "counter", "Connections to Redis made again after a loss."},
                r.redis_reconnects);
-        single(out, {"sse_redis_queue_events", "gauge", "Events of this node waiting to be sent to Redis."}, r.redis_queue);
-        single(out, {"sse_redis_queue_dropped_total", "counter", "Events dropped from a full queue to Redis (sse_redis_queue)."},
+        single(out, {"sse_redis_queue_events", "gauge", "Events of this node waiting to be sent to Redis."},
+               r.redis_queue);
+        single(out,
+               {"sse_redis_queue_dropped_total", "counter",
+                "Events dropped from a full queue to Redis (sse_redis_queue)."},
                r.redis_queue_dropped);
         single(out, {"sse_redis_channels", "gauge", "Channels this node listens to in Redis."}, r.redis_channels);
-        single(out, {"sse_redis_events_sent_total", "counter", "Events of this node Redis has taken."}, r.redis_events_sent);
+        single(out, {"sse_redis_events_sent_total", "counter", "Events of this node Redis has taken."},
+               r.redis_events_sent);
         single(out, {"sse_redis_events_received_total", "counter", "Events of other nodes taken from Redis."},
                r.redis_events_received);
     }
@@ -162,7 +168,8 @@ std::string stats_prometheus(const StatsReport& r) {
             sample(out, "sse_channel_subscribers", c.subscribers, "channel=\"" + label_value(c.name) + "\"");
         family(out, {"sse_channel_events_published_total", "counter", "Events published to the channel."});
         for (const ChannelReport& c : r.channel_list)
-            sample(out, "sse_channel_events_published_total", c.events_published, "channel=\"" + label_value(c.name) + "\"");
+            sample(out, "sse_channel_events_published_total", c.events_published,
+                   "channel=\"" + label_value(c.name) + "\"");
         family(out, {"sse_channel_events_retained", "gauge", "Events the channel keeps for replay."});
         for (const ChannelReport& c : r.channel_list)
             sample(out, "sse_channel_events_retained", c.retained, "channel=\"" + label_value(c.name) + "\"");

@@ -40,10 +40,14 @@ enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctio
 
 const char* step_name(std::uintptr_t step) {
     switch (step) {
-    case kAuth: return "authentication";
-    case kSelect: return "SELECT";
-    case kSetName: return "CLIENT SETNAME";
-    case kLoadFunctions: return "FUNCTION LOAD (Redis 7 or later is needed)";
+        case kAuth:
+            return "authentication";
+        case kSelect:
+            return "SELECT";
+        case kSetName:
+            return "CLIENT SETNAME";
+        case kLoadFunctions:
+            return "FUNCTION LOAD (Redis 7 or later is needed)";
     }
     return "a command";
 }
@@ -178,15 +182,15 @@ void fail(const std::string& why, const redisAsyncContext* dying, bool already_l
     link->attempts++;
     // Once per outage each: the loss, and why the attempts after it fail (the first of them).
     if (was_ready && !already_logged) {
-        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis connection to %s lost: %s; queueing events and reconnecting",
-                      link->where.c_str(), reason.c_str());
+        ngx_log_error(NGX_LOG_WARN, link->log, 0,
+                      "sse: redis connection to %s lost: %s; queueing events and reconnecting", link->where.c_str(),
+                      reason.c_str());
     } else if (!link->outage_logged && !already_logged) {
         ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying", link->where.c_str(),
                       reason.c_str());
         link->outage_logged = true;
     } else {
-        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", link->where.c_str(),
-                       reason.c_str());
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", link->where.c_str(), reason.c_str());
     }
     set_state(link->ever_ready ? RedisState::kDisconnected : RedisState::kConnecting);
     link->phase = Phase::kBackoff;
@@ -201,8 +205,9 @@ void ready() {
     if (!link->ever_ready) {
         ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis connected to %s", link->where.c_str());
     } else {
-        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis reconnected to %s after %ui attempts; sending %uD queued events",
-                      link->where.c_str(), ngx_uint_t(link->attempts), queued);
+        ngx_log_error(NGX_LOG_NOTICE, link->log, 0,
+                      "sse: redis reconnected to %s after %ui attempts; sending %uD queued events", link->where.c_str(),
+                      ngx_uint_t(link->attempts), queued);
         ngx_atomic_fetch_add(&header()->counters.redis_reconnects, 1);
     }
     link->ever_ready = true;
@@ -337,7 +342,8 @@ void on_command_reply(redisAsyncContext* ac, void* r, void*) {
 
 void request_history(const std::string& channel) {
     link->in_flight++;
-    send(link->cmd, guarded_reply<on_command_reply>, nullptr, {"FCALL", "sse_history", "1", key_of(channel), link->private_channel});
+    send(link->cmd, guarded_reply<on_command_reply>, nullptr,
+         {"FCALL", "sse_history", "1", key_of(channel), link->private_channel});
 }
 
 void subscribe_channel(const std::string& channel);
@@ -405,7 +411,8 @@ void subscribe_channel(const std::string& channel) {
     ChannelSubscription& s = link->channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    send(link->sub, guarded_reply<on_pubsub>, nullptr, {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
+    send(link->sub, guarded_reply<on_pubsub>, nullptr,
+         {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
@@ -535,8 +542,8 @@ void on_disconnected(const redisAsyncContext* ac, int status) noexcept {
 
 redisAsyncContext* open_connection(const char* role, std::string& reason) {
     const RedisAddress& a = link->config->address;
-    redisAsyncContext* ac =
-        a.socket_path.empty() ? redisAsyncConnect(a.host.c_str(), a.port) : redisAsyncConnectUnix(a.socket_path.c_str());
+    redisAsyncContext* ac = a.socket_path.empty() ? redisAsyncConnect(a.host.c_str(), a.port)
+                                                  : redisAsyncConnectUnix(a.socket_path.c_str());
     if (ac == nullptr) {
         reason = "out of memory";
         return nullptr;

@@ -534,38 +534,38 @@ bool Store::synced(const ShmSubscriber* sub) {
 void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan) {
     for (std::uint32_t i = 0; i < sub->nchannels; i++) trim_history_locked(sub->channels[i]);
 
-    std::uint64_t after = 0;  // replay the retained events after this id
+    std::uint64_t after = 0;      // replay the retained events after this id
     std::size_t most_recent = 0;  // or, when non-zero, only this many of the latest
     std::uint64_t newest = hdr_->last_id;
     bool cluster = hdr_->cluster.enabled;
     switch (resume.kind) {
-    case ResumeRequest::kLive:
-        if (resume.replay == 0) return;
-        most_recent = resume.replay;
-        break;
-    case ResumeRequest::kMalformed:
-        plan.reset = ResetReason::kMalformed;
-        break;
-    case ResumeRequest::kAfterId:
-        // With Redis, other nodes' ids run ahead of what this one has seen: an id is only from
-        // the future when its clock part is beyond this node's clock by a margin.
-        if (cluster ? resume.after > std::max(newest, clock_id() + kClockMarginUs * kIdsPerMicrosecond)
-                    : resume.after > newest) {
-            plan.reset = ResetReason::kFuture;
-        } else if (!cluster && resume.after + 1 < hdr_->first_id) {
-            plan.reset = ResetReason::kBeforeRestart;
-        } else {
-            after = resume.after;
-            for (std::uint32_t i = 0; i < sub->nchannels; i++) {
-                const ShmChannel* ch = sub->channels[i];
-                if (ch->lost_through > after) plan.reset = ResetReason::kEvicted;
-                // With Redis, a channel this node has not synced knows nothing from before it
-                // started following it here.
-                if (cluster && !ch->redis_synced && after < ch->live_floor) plan.reset = ResetReason::kEvicted;
+        case ResumeRequest::kLive:
+            if (resume.replay == 0) return;
+            most_recent = resume.replay;
+            break;
+        case ResumeRequest::kMalformed:
+            plan.reset = ResetReason::kMalformed;
+            break;
+        case ResumeRequest::kAfterId:
+            // With Redis, other nodes' ids run ahead of what this one has seen: an id is only from
+            // the future when its clock part is beyond this node's clock by a margin.
+            if (cluster ? resume.after > std::max(newest, clock_id() + kClockMarginUs * kIdsPerMicrosecond)
+                        : resume.after > newest) {
+                plan.reset = ResetReason::kFuture;
+            } else if (!cluster && resume.after + 1 < hdr_->first_id) {
+                plan.reset = ResetReason::kBeforeRestart;
+            } else {
+                after = resume.after;
+                for (std::uint32_t i = 0; i < sub->nchannels; i++) {
+                    const ShmChannel* ch = sub->channels[i];
+                    if (ch->lost_through > after) plan.reset = ResetReason::kEvicted;
+                    // With Redis, a channel this node has not synced knows nothing from before it
+                    // started following it here.
+                    if (cluster && !ch->redis_synced && after < ch->live_floor) plan.reset = ResetReason::kEvicted;
+                }
+                if (plan.reset != ResetReason::kNone) after = 0;
             }
-            if (plan.reset != ResetReason::kNone) after = 0;
-        }
-        break;
+            break;
     }
 
     std::size_t candidates = 0;

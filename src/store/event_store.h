@@ -53,9 +53,9 @@ struct ShmChannel {
     // With Redis: events from other nodes with ids above this are news to this channel's
     // streams (ids are clock-based); set when the channel is created here.
     std::uint64_t live_floor;
-    ngx_queue_t pattern_link;  // in StoreHeader::patterns when the name is a prefix pattern (`blog.*`)
+    ngx_queue_t pattern_link;   // in StoreHeader::patterns when the name is a prefix pattern (`blog.*`)
     std::uint64_t target_mark;  // the publish that last chose it as a target: each event names a channel once
-    unsigned linked : 1;  // findable by name; a closed channel is unlinked at once
+    unsigned linked : 1;        // findable by name; a closed channel is unlinked at once
     // With Redis: this node listens to the channel there and has merged what Redis retains, so
     // its history here is as complete as Redis's.
     unsigned redis_synced : 1;
@@ -171,7 +171,7 @@ struct ClientInfo {
 };
 
 struct WorkerSlot {
-    ngx_pid_t pid;                 // 0: free
+    ngx_pid_t pid;  // 0: free
     // When the process started (see process_start_time): a dead worker's pid taken by a new
     // process does not make the slot look alive.
     std::uint64_t started;
@@ -188,9 +188,9 @@ struct StoreCounters {
     ngx_atomic_t slow_disconnects;
     ngx_atomic_t publishes_refused;  // zone full
     ngx_atomic_t workers_reaped;
-    ngx_atomic_t history_evictions;  // retained events evicted to make room
-    ngx_atomic_t events_replayed;    // frames written to streams from history
-    ngx_atomic_t resets;             // reset events sent
+    ngx_atomic_t history_evictions;        // retained events evicted to make room
+    ngx_atomic_t events_replayed;          // frames written to streams from history
+    ngx_atomic_t resets;                   // reset events sent
     ngx_atomic_t refused_max_subscribers;  // streams refused by sse_max_subscribers
     ngx_atomic_t refused_per_key;          // and by sse_max_subscribers_per_key
     ngx_atomic_t redis_reconnects;         // connections to Redis made again after a loss
@@ -212,12 +212,12 @@ struct ClusterState {
     std::uint64_t origin;     // tells this node's events apart when Redis sends them back
     ngx_queue_t outbound;     // this node's events waiting for Redis, seq order
     std::uint32_t outbound_count;
-    std::uint32_t outbound_limit;  // sse_redis_queue
+    std::uint32_t outbound_limit;         // sse_redis_queue
     std::uint64_t subscriptions_changed;  // bumped when a channel gains its first or loses its last stream
-    ngx_uint_t owner;        // slot + 1 of the worker holding the connections; 0: none
-    ngx_msec_t owner_beat;   // when the owner last said it is alive
-    ngx_atomic_t state;      // RedisState
-    std::uint32_t channels;  // channels subscribed to in Redis
+    ngx_uint_t owner;                     // slot + 1 of the worker holding the connections; 0: none
+    ngx_msec_t owner_beat;                // when the owner last said it is alive
+    ngx_atomic_t state;                   // RedisState
+    std::uint32_t channels;               // channels subscribed to in Redis
     time_t dropped_logged_at;
     std::uint64_t dropped_unlogged;
 };
@@ -244,7 +244,7 @@ struct StoreHeader {
     std::uint32_t channel_count;
     std::uint32_t event_count;
     std::uint32_t retained_count;
-    std::size_t retained_bytes;  // what evicting all history could give back (at most)
+    std::size_t retained_bytes;        // what evicting all history could give back (at most)
     std::uint64_t evictions_unlogged;  // evicted for room since the last log line
     time_t eviction_logged_at;
     std::uint64_t forgotten[kForgottenBuckets];
@@ -280,8 +280,8 @@ enum class SubscribeRefusal { kNone, kZoneFull, kMaxSubscribers, kPerKey };
 // Where a new stream starts.
 struct ResumeRequest {
     enum Kind { kLive, kAfterId, kMalformed } kind = kLive;
-    std::uint64_t after = 0;    // kAfterId
-    std::uint32_t replay = 0;   // kLive: the most recent events to send first (sse_replay)
+    std::uint64_t after = 0;   // kAfterId
+    std::uint32_t replay = 0;  // kLive: the most recent events to send first (sse_replay)
 };
 
 // What a new stream is sent before going live. The events are pinned for the subscriber's
@@ -300,8 +300,8 @@ struct ResumePlan {
 
 // A new stream, as the store is asked to admit it.
 struct SubscribeRequest {
-    ngx_uint_t slot = 0;                   // the worker serving it
-    std::vector<std::string_view> names;   // its channels (with its client and user channels)
+    ngx_uint_t slot = 0;                  // the worker serving it
+    std::vector<std::string_view> names;  // its channels (with its client and user channels)
     SubscribeLimits limits;
     ResumeRequest resume;
     StreamIdentity identity;
@@ -313,9 +313,9 @@ struct SubscribeRequest {
 struct SubscribeOutcome {
     ShmSubscriber* record = nullptr;  // nullptr: refused
     SubscribeRefusal refusal = SubscribeRefusal::kNone;
-    std::uint64_t start_after = 0;    // it takes live events after this place in the delivery order
+    std::uint64_t start_after = 0;  // it takes live events after this place in the delivery order
     ResumePlan plan;
-    bool new_channels = false;        // a channel got its first stream: the Redis owner must be told
+    bool new_channels = false;  // a channel got its first stream: the Redis owner must be told
 };
 
 // An event of this node on its way to Redis, copied out of the zone.

@@ -6,11 +6,11 @@
 
 #include "protocol/channel_list.h"
 #include "protocol/client_text.h"
+#include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "protocol/publish_body.h"
 #include "protocol/resume.h"
 #include "protocol/stats_report.h"
-#include "protocol/event_filter.h"
 #include "protocol/utf8.h"
 
 using namespace sse;
@@ -182,7 +182,13 @@ TEST(ResetFrame, EscapesWhatTheClientSent) {
     EXPECT_EQ(reset_frame("reset", "a\"b\\c\x01", ResetReason::kMalformed),
               "event: reset\ndata: {\"last_event_id\":\"a\\\"b\\\\c\\u0001\",\"reason\":\"malformed\"}\n\n");
     // Invalid UTF-8 becomes U+FFFD; valid UTF-8 passes.
-    EXPECT_NE(reset_frame("reset", "\xff" "1", ResetReason::kMalformed).find("\"\xef\xbf\xbd" "1\""), std::string::npos);
+    EXPECT_NE(reset_frame("reset",
+                          "\xff"
+                          "1",
+                          ResetReason::kMalformed)
+                  .find("\"\xef\xbf\xbd"
+                        "1\""),
+              std::string::npos);
     EXPECT_NE(reset_frame("reset", "\xc3\xa9", ResetReason::kMalformed).find("\"\xc3\xa9\""), std::string::npos);
     // At most 64 bytes of it.
     std::string frame = reset_frame("reset", std::string(100, '7'), ResetReason::kMalformed);
@@ -363,7 +369,10 @@ TEST(ClientText, QuotedEscapesEverythingButPrintableAscii) {
 
 TEST(ClientText, JsonStringIsAlwaysValidJson) {
     EXPECT_EQ(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
-    EXPECT_EQ(json_string("\xff" "a"), "\"\xef\xbf\xbd" "a\"");
+    EXPECT_EQ(json_string("\xff"
+                          "a"),
+              "\"\xef\xbf\xbd"
+              "a\"");
     EXPECT_EQ(json_string("\xc3\xa9"), "\"\xc3\xa9\"");
     EXPECT_EQ(json_string("a\x7f\x7f"), "\"a\\u007f\\u007f\"");
 }

@@ -56,12 +56,11 @@ TEST(RedisUrl, UnixSocket) {
 TEST(RedisUrl, Refusals) {
     RedisAddress a;
     std::string reason;
-    for (const char* bad : {"http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x",
-                            "redis://h/abc", "redis://user@h", "redis://u:%zz@h", "redis://u:%4@h", "unix:relative",
-                            "unix:/s?database=1", "redis://[::1",
-                            // Found by t/fuzz/redis_url_fuzz: junk after ']', a sign, a signed escape.
-                            "redis://[::1]973:6/0", "redis://[::1]x", "redis://h/-0", "unix:/s?db=-0",
-                            "redis://u:%-1@h"}) {
+    for (const char* bad :
+         {"http://x", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x", "redis://h/abc", "redis://user@h",
+          "redis://u:%zz@h", "redis://u:%4@h", "unix:relative", "unix:/s?database=1", "redis://[::1",
+          // Found by t/fuzz/redis_url_fuzz: junk after ']', a sign, a signed escape.
+          "redis://[::1]973:6/0", "redis://[::1]x", "redis://h/-0", "unix:/s?db=-0", "redis://u:%-1@h"}) {
         EXPECT_FALSE(parse_redis_url(bad, a, reason)) << bad;
         EXPECT_FALSE(reason.empty()) << bad;
     }
@@ -102,10 +101,10 @@ TEST(RedisEntry, TimeOutOfRangeIsNoTime) {
 TEST(RedisEntry, Refusals) {
     RedisEntry e;
     std::string reason;
-    for (std::string bad : {std::string("nope"), std::string("[]"), std::string(R"({"d":"x"})"),
-                            std::string(R"({"i":17,"d":"x"})"), std::string(R"({"i":"0","d":"x"})"),
-                            std::string(R"({"i":"12a","d":"x"})"), std::string(R"({"i":"5","d":3})"),
-                            std::string(R"({"i":"5","e":"a\nb","d":"x"})"), std::string("{\"i\":\"5\",\"d\":\"\xff\"}")}) {
+    for (std::string bad :
+         {std::string("nope"), std::string("[]"), std::string(R"({"d":"x"})"), std::string(R"({"i":17,"d":"x"})"),
+          std::string(R"({"i":"0","d":"x"})"), std::string(R"({"i":"12a","d":"x"})"), std::string(R"({"i":"5","d":3})"),
+          std::string(R"({"i":"5","e":"a\nb","d":"x"})"), std::string("{\"i\":\"5\",\"d\":\"\xff\"}")}) {
         EXPECT_FALSE(parse_redis_entry(bad.data(), bad.size(), e, reason)) << bad;
         EXPECT_FALSE(reason.empty());
     }
@@ -160,9 +159,10 @@ TEST(RedisControl, OriginIsAddedToAnObjectOnly) {
 TEST(RedisControl, Refusals) {
     RedisControl c;
     std::string reason;
-    for (std::string bad : {std::string("x"), std::string(R"({"op":"disconnect"})"), std::string(R"({"op":"close"})"),
-                            std::string(R"({"op":"explode","channel":"a"})"), std::string(R"({"op":"close","channel":5})"),
-                            std::string(R"({"op":"disconnect","id":"abc"})")}) {
+    for (std::string bad :
+         {std::string("x"), std::string(R"({"op":"disconnect"})"), std::string(R"({"op":"close"})"),
+          std::string(R"({"op":"explode","channel":"a"})"), std::string(R"({"op":"close","channel":5})"),
+          std::string(R"({"op":"disconnect","id":"abc"})")}) {
         EXPECT_FALSE(parse_redis_control(bad.data(), bad.size(), c, reason)) << bad;
     }
 }
