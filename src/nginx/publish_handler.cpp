@@ -167,9 +167,8 @@ ngx_int_t publish_body(ngx_http_request_t* r, const std::vector<std::string_view
     return send_json(r, NGX_HTTP_ACCEPTED, std::string_view(json, std::size_t(end - reinterpret_cast<u_char*>(json))));
 }
 
-// Evaluates the location's channel list. On a bad list the 400 is sent and false returned,
-// with rc what the handler must finish with.
-// sse_publish_client / sse_publish_user: the channels that reach those clients or users.
+// sse_publish_client / sse_publish_user: the channels that reach those clients or users. On a bad
+// list the 400 is sent and false returned, with rc what the handler must finish with.
 bool target_of_stream(ngx_http_request_t* r, LocConf* conf, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     ngx_str_t value;
     if (ngx_http_complex_value(r, conf->publish, &value) != NGX_OK || !url_decode(r, value)) {
@@ -196,6 +195,7 @@ bool target_of_stream(ngx_http_request_t* r, LocConf* conf, std::vector<std::str
     return true;
 }
 
+// Evaluates the location's channel list (or its targets), as target_of_stream answers.
 bool target_channels(ngx_http_request_t* r, std::vector<std::string_view>& channels, ngx_int_t& rc) {
     auto* conf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_sse_module));
     ngx_str_t text;
