@@ -44,29 +44,35 @@ ChannelReport channel_report(std::string name, const ChannelState& st) {
 
 namespace {
 
-ngx_int_t stats(ngx_http_request_t* r) {
-    WorkerContext* w = worker_context();
-    if (w == nullptr || w->slot < 0) return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no event zone in this worker");
-    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-        return send_text(r, NGX_HTTP_NOT_ALLOWED, "stats are read with GET");
+void add_redis_figures(Store& store, StatsReport& report) {
+    const ClusterState& cs = store.header()->cluster;
+    if (!cs.enabled) return;
+    const StoreCounters& c = store.header()->counters;
+    switch (RedisState(__atomic_load_n(&cs.state, __ATOMIC_ACQUIRE))) {
+        case RedisState::kConnected:
+            report.redis_state = "connected";
+            break;
+        case RedisState::kDisconnected:
+            report.redis_state = "disconnected";
+            break;
+        default:
+            report.redis_state = "connecting";
+            break;
     }
+    report.redis_reconnects = c.redis_reconnects;
+    report.redis_queue = cs.outbound_count;
+    report.redis_queue_dropped = c.redis_queue_dropped;
+    report.redis_channels = cs.channels;
+    report.redis_events_sent = c.redis_events_sent;
+    report.redis_events_received = c.redis_events_received;
+}
 
-    StatsQueryArgs args;
-    ngx_str_t arg;
-    if (query_arg(r, "format", arg)) args.format = to_view(arg);
-    if (query_arg(r, "channels", arg)) {
-        if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        args.channels = to_view(arg);
-    }
-    StatsQuery query;
-    std::string reason;
-    if (!parse_stats_query(args, query, reason)) return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
-    StatsFormat format = query.format.value_or(accepts_prometheus(r) ? StatsFormat::kPrometheus : StatsFormat::kJson);
-
+// The zone's counters and figures, and Redis's when the node uses it.
+StatsReport zone_report(Store& store, ngx_log_t* log) {
     // A worker killed outright leaves its slot behind; reap before counting.
-    w->store.reap_dead_slots(r->connection->log);
-    StoreStats st = w->store.stats();
-    const StoreCounters& c = w->store.header()->counters;
+    store.reap_dead_slots(log);
+    StoreStats st = store.stats();
+    const StoreCounters& c = store.header()->counters;
     StatsReport report;
     report.subscribers = st.subscribers;
     report.users = st.users;
@@ -86,45 +92,50 @@ ngx_int_t stats(ngx_http_request_t* r) {
     report.refused_per_key = c.refused_per_key;
     report.zone_bytes_used = st.bytes_used;
     report.zone_bytes_total = st.bytes_total;
-    report.uptime_seconds = std::uint64_t(ngx_time() - w->store.header()->created_at);
+    report.uptime_seconds = std::uint64_t(ngx_time() - store.header()->created_at);
     for (const auto& [pid, n] : st.per_worker) report.workers.emplace_back(long(pid), n);
-    const ClusterState& cs = w->store.header()->cluster;
-    if (cs.enabled) {
-        switch (RedisState(__atomic_load_n(&cs.state, __ATOMIC_ACQUIRE))) {
-            case RedisState::kConnected:
-                report.redis_state = "connected";
-                break;
-            case RedisState::kDisconnected:
-                report.redis_state = "disconnected";
-                break;
-            default:
-                report.redis_state = "connecting";
-                break;
+    add_redis_figures(store, report);
+    return report;
+}
+
+// channels=all or channels=<list>: the channels' own figures.
+void add_channels(Store& store, const StatsQuery& query, StatsReport& report) {
+    report.per_channel = true;
+    if (query.all_channels) {
+        bool more = false;
+        for (auto& [name, state] : store.channel_states(kMaxListedChannels, more)) {
+            report.channel_list.push_back(channel_report(std::move(name), state));
         }
-        report.redis_reconnects = c.redis_reconnects;
-        report.redis_queue = cs.outbound_count;
-        report.redis_queue_dropped = c.redis_queue_dropped;
-        report.redis_channels = cs.channels;
-        report.redis_events_sent = c.redis_events_sent;
-        report.redis_events_received = c.redis_events_received;
+        report.per_channel_truncated = more;
+        return;
+    }
+    for (std::string_view name : query.channels) {
+        ChannelState state = store.channel_state(name);
+        if (state.found) report.channel_list.push_back(channel_report(std::string(name), state));
+    }
+}
+
+ngx_int_t stats(ngx_http_request_t* r) {
+    WorkerContext* w = worker_context();
+    if (w == nullptr || w->slot < 0) return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "no event zone in this worker");
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        return send_text(r, NGX_HTTP_NOT_ALLOWED, "stats are read with GET");
     }
 
-    if (query.per_channel) {
-        report.per_channel = true;
-        if (query.all_channels) {
-            bool more = false;
-            for (auto& [name, state] : w->store.channel_states(kMaxListedChannels, more)) {
-                report.channel_list.push_back(channel_report(std::move(name), state));
-            }
-            report.per_channel_truncated = more;
-        } else {
-            for (std::string_view name : query.channels) {
-                ChannelState state = w->store.channel_state(name);
-                if (state.found) report.channel_list.push_back(channel_report(std::string(name), state));
-            }
-        }
+    StatsQueryArgs args;
+    ngx_str_t arg;
+    if (query_arg(r, "format", arg)) args.format = to_view(arg);
+    if (query_arg(r, "channels", arg)) {
+        if (!url_decode(r, arg)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        args.channels = to_view(arg);
     }
+    StatsQuery query;
+    std::string reason;
+    if (!parse_stats_query(args, query, reason)) return send_text(r, NGX_HTTP_BAD_REQUEST, reason);
+    StatsFormat format = query.format.value_or(accepts_prometheus(r) ? StatsFormat::kPrometheus : StatsFormat::kJson);
 
+    StatsReport report = zone_report(w->store, r->connection->log);
+    if (query.per_channel) add_channels(w->store, query, report);
     if (format == StatsFormat::kPrometheus) {
         return send_body(r, NGX_HTTP_OK, kPrometheusContentType, stats_prometheus(report));
     }
