@@ -33,14 +33,7 @@ bool read_query(ngx_http_request_t* r, ClientQuery& q, std::string& reason) {
     args.channel = decoded_arg(r, "channel");
     args.after = decoded_arg(r, "after");
     args.limit = decoded_arg(r, "limit");
-    ClientsQuery parsed;
-    if (!parse_clients_query(args, parsed, reason)) return false;
-    q.id = parsed.id;
-    q.user = parsed.user;
-    q.channel = parsed.channel;
-    q.after = parsed.after;
-    q.limit = parsed.limit;
-    return true;
+    return parse_clients_query(args, q, reason);
 }
 
 ngx_int_t clients(ngx_http_request_t* r) {

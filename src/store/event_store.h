@@ -21,6 +21,7 @@ extern "C" {
 #include <string_view>
 #include <vector>
 
+#include "protocol/admin_query.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
 
@@ -150,14 +151,9 @@ struct StreamIdentity {
     std::string_view remote_addr;
 };
 
-// Which streams sse_clients lists or disconnects: all, or those matching every field given.
-struct ClientQuery {
-    std::uint64_t id = 0;
-    std::string_view user;
-    std::string_view channel;
-    std::uint64_t after = 0;  // listing: client ids above this (the page cursor)
-    std::size_t limit = 100;
-};
+// Which streams sse_clients lists or disconnects: all, or those matching every field given
+// (id, user, channel), a page of them (after, limit); as its query arguments say.
+using ClientQuery = ClientsQuery;
 
 struct ClientInfo {
     std::uint64_t client_id = 0;
