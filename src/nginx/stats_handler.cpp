@@ -32,13 +32,8 @@ bool accepts_prometheus(ngx_http_request_t* r) {
 
 ChannelReport channel_report(std::string name, const ChannelState& st) {
     ChannelReport c;
+    static_cast<ChannelFigures&>(c) = st;
     c.name = std::move(name);
-    c.subscribers = st.subscribers;
-    c.events_published = st.events_published;
-    c.last_event_id = st.last_event_id;
-    c.retained = st.retained;
-    c.oldest_id = st.oldest_id;
-    c.newest_id = st.newest_id;
     return c;
 }
 

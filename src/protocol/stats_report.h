@@ -9,14 +9,18 @@
 
 namespace sse {
 
-struct ChannelReport {
-    std::string name;
+// A channel's figures, as the store knows them and the reports show them.
+struct ChannelFigures {
     std::uint64_t subscribers = 0;
     std::uint64_t events_published = 0;
     std::uint64_t last_event_id = 0;  // 0: none yet
     std::uint64_t retained = 0;
     std::uint64_t oldest_id = 0;  // 0: nothing retained
     std::uint64_t newest_id = 0;
+};
+
+struct ChannelReport : ChannelFigures {
+    std::string name;
 };
 
 struct StatsReport {

@@ -24,6 +24,7 @@ extern "C" {
 #include "protocol/admin_query.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
+#include "protocol/stats_report.h"
 
 namespace sse {
 
@@ -342,14 +343,8 @@ struct PublishResult {
     std::uint64_t wake[2] = {0, 0};  // slots to wake
 };
 
-struct ChannelState {
+struct ChannelState : ChannelFigures {
     bool found = false;
-    std::uint32_t subscribers = 0;
-    std::uint64_t last_event_id = 0;
-    std::uint64_t events_published = 0;
-    std::uint32_t retained = 0;
-    std::uint64_t oldest_id = 0;
-    std::uint64_t newest_id = 0;
 };
 
 struct StoreStats {

@@ -210,7 +210,7 @@ TEST(StatsReport, JsonListsChannelsOnlyWhenAsked) {
     EXPECT_EQ(j.find("per_channel"), std::string::npos);
     EXPECT_NE(j.find("\"workers\":[{\"pid\":10,\"subscribers\":2},{\"pid\":11,\"subscribers\":0}]"), std::string::npos);
     r.per_channel = true;
-    r.channel_list.push_back({"a", 2, 3, 7, 0, 0, 0});
+    r.channel_list.push_back({{2, 3, 7, 0, 0, 0}, "a"});
     j = stats_json(r);
     EXPECT_NE(j.find("\"per_channel\":[{\"channel\":\"a\",\"subscribers\":2,\"events_published\":3,"
                      "\"last_event_id\":\"7\",\"retained\":0,\"oldest_id\":null,\"newest_id\":null}],"
@@ -224,7 +224,7 @@ TEST(StatsReport, PrometheusFamiliesHaveHelpTypeAndSamples) {
     r.events_published = 5;
     r.workers = {{10, 1}};
     r.per_channel = true;
-    r.channel_list.push_back({"a", 1, 5, 9, 2, 8, 9});
+    r.channel_list.push_back({{1, 5, 9, 2, 8, 9}, "a"});
     std::string p = stats_prometheus(r);
     EXPECT_NE(p.find("# HELP sse_events_published_total Events published.\n"
                      "# TYPE sse_events_published_total counter\n"
