@@ -349,7 +349,10 @@ void finalize_from_outside(ngx_http_request_t* r, ngx_int_t rc) {
     ngx_http_run_posted_requests(c);
 }
 
-void end_stream(Subscriber* s) {
+// Ends a stream after what it has queued. From its own content handler (`in_handler`) the
+// request is finalized there; from a wake-up or a timer, nginx may only post the finalization,
+// so the posted requests are run too.
+void end_stream(Subscriber* s, bool in_handler = false) {
     if (s->ending) return;
     s->ending = true;
     ngx_http_request_t* r = s->request;
@@ -360,33 +363,23 @@ void end_stream(Subscriber* s) {
     r->keepalive = 0;
     ngx_int_t rc = flush(s);
     if (rc != NGX_ERROR) rc = ngx_http_send_special(r, NGX_HTTP_LAST);
-    finalize_from_outside(r, rc);
+    if (in_handler) {
+        ngx_http_finalize_request(r, rc);
+    } else {
+        finalize_from_outside(r, rc);
+    }
 }
 
-// Ends a stream that could not be given an event; counted, and its client resumes.
-void end_starved_stream(Subscriber* s) {
+// Ends a stream that could not be given what it is owed (an event, or the rest of its replay):
+// counted, and its client resumes from the last event it got.
+void end_starved_stream(Subscriber* s, bool in_handler = false) {
     if (s->ending) return;
     ngx_log_error(NGX_LOG_ERR, s->request->connection->log, 0,
-                  "sse: out of memory for an event's buffer; ending the stream so that its client resumes");
-    ngx_atomic_fetch_add(&worker_context()->store.header()->counters.streams_ended_out_of_memory, 1);
-    end_stream(s);
-}
-
-// Ends, from its own content handler, a stream that got only part of its replay (see
-// open_stream): what was queued is sent first.
-void end_cut_short(Subscriber* s) {
-    ngx_http_request_t* r = s->request;
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "sse: out of memory replaying to a stream; ending it after what was queued so that its client "
-                  "resumes");
+                  "sse: out of memory for what a stream is owed; ending it after what was queued so that its "
+                  "client resumes");
     ngx_atomic_fetch_add(&worker_context()->store.header()->counters.streams_ended_out_of_memory, 1);
     s->starved = true;
-    s->ending = true;
-    unregister(s);
-    r->keepalive = 0;
-    ngx_int_t rc = flush(s);
-    if (rc != NGX_ERROR) rc = ngx_http_send_special(r, NGX_HTTP_LAST);
-    ngx_http_finalize_request(r, rc);
+    end_stream(s, in_handler);
 }
 
 // The frames stay with the request until its pool goes: under HTTP/2 the stream's close waits
@@ -443,13 +436,18 @@ bool send_own_copy(Subscriber* s, const std::string& frame) {
 // whose pins become this worker's holds (so the stream's cleanup releases them whatever
 // happens). False when something could not be queued: every pin of the plan is released
 // then, and the stream must end (its client resumes from the last event it got).
+// Releases the pins a plan still holds on its replay from `next` on.
+void release_plan(const ResumePlan& plan, std::size_t next) {
+    for (; next < plan.replay.size(); next++) unpin_unless_held(plan.replay[next]);
+}
+
 bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_id) {
     for (ShmEvent* ev : plan.unpin) unpin_unless_held(ev);
     ngx_http_request_t* r = s->request;
     StoreCounters& counters = worker_context()->store.header()->counters;
     std::size_t next = 0;  // plan.replay[next...] are still pinned by the plan alone
     auto give_up = [&] {
-        for (; next < plan.replay.size(); next++) unpin_unless_held(plan.replay[next]);
+        release_plan(plan, next);
         return false;
     };
     if (plan.reset != ResetReason::kNone) {
@@ -516,7 +514,6 @@ void finish_sync_wait(Subscriber* s) {
         queued = false;
     }
     if (!queued) {
-        s->starved = true;
         end_starved_stream(s);
         return;
     }
@@ -819,7 +816,7 @@ bool queue_first_bytes(Subscriber* s, StreamRequest& req, SubscribeOutcome& out)
     }
     if (!queued) {
         for (ShmEvent* ev : out.plan.unpin) unpin_unless_held(ev);
-        for (ShmEvent* ev : out.plan.replay) unpin_unless_held(ev);
+        release_plan(out.plan, 0);
         return false;
     }
     return queue_resume(s, out.plan, to_view(req.given_id));
@@ -863,7 +860,7 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     r->write_event_handler = write_handler;
     r->main->count++;
     if (!complete) {
-        end_cut_short(s);
+        end_starved_stream(s, true);
         return NGX_DONE;
     }
     if (flush(s) == NGX_ERROR) {
