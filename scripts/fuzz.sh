@@ -22,7 +22,7 @@ out=build/fuzz
 mkdir -p "$out"
 # _GLIBCXX_ASSERTIONS: a string_view's front() of nothing aborts instead of reading past it.
 flags=(-std=c++17 -g -O1 -fno-sanitize-recover=undefined -D_GLIBCXX_ASSERTIONS -Wall -Wextra -Werror -I src -I t/fuzz)
-core=(src/protocol/*.cpp src/redis/redis_url.cpp src/redis/redis_entry.cpp)
+core=(src/protocol/*.cpp src/redis/redis_url.cpp src/redis/redis_entry.cpp src/redis/resp_reader.cpp)
 
 # The core is compiled once into objects every target links.
 echo "== build the fuzz targets"
@@ -40,7 +40,7 @@ for name in "${targets[@]}"; do
         continue
     fi
     nice -n 10 clang++-14 "${flags[@]}" -fsanitize=fuzzer,address,undefined "t/fuzz/${name}_fuzz.cpp" "${objects[@]}" \
-        -o "$binary"
+        -lhiredis -o "$binary"
 done
 
 failed=()

@@ -174,7 +174,22 @@ refused('sse_connected_event twice', qr/"sse_connected_event" directive is dupli
         at => 'sse_connected_event hello');
 
 # --- Redis --------------------------------------------------------------------------------------
-invalid('sse_redis', 'http://127.0.0.1:6379', 'http://127.0.0.1:6379', 'http', why => qr/redis:\/\/ or unix:/);
+invalid('sse_redis', 'http://127.0.0.1:6379', 'http://127.0.0.1:6379', 'http',
+        why => qr/redis:\/\/, rediss:\/\/, redis-sentinel:\/\/ or unix:/);
+invalid('sse_redis', 'redis-sentinel://127.0.0.1:26379', 'redis-sentinel://127.0.0.1:26379', 'http',
+        why => qr/ends with \/<master-name>/);
+invalid('sse_redis', 'redis-sentinel://:pw@127.0.0.1:26379,/primary', 'redis-sentinel://***@127.0.0.1:26379,/primary',
+        'http', why => qr/names no host/);
+invalid('sse_redis', 'rediss://no-such-host.invalid:6380', 'rediss://no-such-host.invalid:6380', 'http',
+        why => qr/cannot resolve "no-such-host.invalid"/);
+invalid('sse_redis_tls_verify', 'maybe', 'maybe', 'http', why => qr/it must be "on" or "off"/);
+refused('sse_redis_tls_certificate without its key',
+        qr/no "sse_redis_tls_certificate_key" is defined for certificate "\/etc\/ssl\/certs\/x.pem"/,
+        http => "sse_redis rediss://127.0.0.1:6380;\n    sse_redis_tls_certificate /etc/ssl/certs/x.pem;",
+        server => $STREAM);
+refused('sse_redis_tls_trusted_certificate that does not exist', qr/no-such-ca\.pem/,
+        http => "sse_redis rediss://127.0.0.1:6380;\n    sse_redis_tls_trusted_certificate /nonexistent/no-such-ca.pem;",
+        server => $STREAM, no_line => 1);
 invalid('sse_redis', 'unix:redis.sock', 'unix:redis.sock', 'http', why => qr/absolute path/);
 # Credentials are not echoed.
 unlike(invalid('sse_redis', 'redis://:s3cret@127.0.0.1:99999', 'redis://***@127.0.0.1:99999', 'http',
@@ -232,8 +247,13 @@ accepted('good configuration',
         }
 CONF
 accepted('minimal configuration', server => $STREAM);
+accepted('Redis through sentinels', server => $STREAM,
+         http => "sse_redis \"redis-sentinel://:pw\@127.0.0.1:26379,[::1]:26380,127.0.0.1/mymaster?db=1\";");
+accepted('Redis over TLS with the system CAs', server => $STREAM, http => "sse_redis rediss://127.0.0.1:6380;");
+accepted('Redis over TLS with a CA file', server => $STREAM,
+         http => "sse_redis rediss://localhost;\n    sse_redis_tls_trusted_certificate /etc/ssl/certs/ca-certificates.crt;");
 accepted('Redis and client identity settings',
-         http => "sse_redis unix:/run/no-such-redis.sock?db=2;\n    sse_redis_prefix app:;\n    sse_redis_connect_timeout 1s;\n    sse_redis_command_timeout 2s;\n    sse_redis_reconnect 50ms 1s;\n    sse_redis_queue 10000000;\n    sse_redis_sync_timeout 0;\n    sse_connected_event hello;\n    sse_reset_event off;",
+         http => "sse_redis unix:/run/no-such-redis.sock?db=2;\n    sse_redis_prefix app:;\n    sse_redis_connect_timeout 1s;\n    sse_redis_command_timeout 2s;\n    sse_redis_reconnect 50ms 1s;\n    sse_redis_queue 10000000;\n    sse_redis_sync_timeout 0;\n    sse_redis_tls_verify off;\n    sse_redis_tls_server_name redis.internal;\n    sse_connected_event hello;\n    sse_reset_event off;",
          server => <<'CONF');
         location = /events {
             sse_subscribe $arg_topics;

@@ -1,9 +1,7 @@
 // The sse_redis* directives: the Redis address (resolved here, when nginx reads its
 // configuration, so that no worker ever waits on DNS) and the link's tuning. Each value is
 // checked by its directive's setter or post handler, so an error names the directive's line.
-#include <arpa/inet.h>
-#include <netdb.h>
-
+#include <cstring>
 #include <string>
 
 #include "guard.h"
@@ -28,11 +26,12 @@ void delete_config(void* data) noexcept {
 
 // The URL as it may appear in an error log: credentials are not echoed.
 std::string without_credentials(std::string_view url) {
-    constexpr std::string_view kRedis = "redis://";
-    if (url.substr(0, kRedis.size()) != kRedis) return std::string(url);
+    std::size_t scheme = url.find("://");
+    if (scheme == std::string_view::npos) return std::string(url);
+    scheme += 3;
     std::size_t at = url.rfind('@');
-    if (at == std::string_view::npos || at < kRedis.size()) return std::string(url);
-    return std::string(kRedis) + "***" + std::string(url.substr(at));
+    if (at == std::string_view::npos || at < scheme) return std::string(url);
+    return std::string(url.substr(0, scheme)) + "***" + std::string(url.substr(at));
 }
 
 // Refuses sse_redis's URL, naming it without its credentials.
@@ -44,23 +43,28 @@ char* invalid_url(ngx_conf_t* cf, std::string_view url, const std::string& why) 
     return static_cast<char*>(NGX_CONF_ERROR);
 }
 
-// The host as a numeric address: getaddrinfo() blocks, which is fine here and nowhere else.
-char* resolve(ngx_conf_t* cf, std::string_view url, RedisAddress& a) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* found = nullptr;
-    int rc = getaddrinfo(a.host.c_str(), nullptr, &hints, &found);
-    if (rc != 0 || found == nullptr) {
-        return invalid_url(cf, url, "cannot resolve \"" + a.host + "\": " + gai_strerror(rc));
+// A host (or unix socket) as a numeric address: nginx's resolution blocks, which is fine here
+// and nowhere else.
+char* resolve(ngx_conf_t* cf, std::string_view url, const std::string& host, int port, const std::string& socket,
+              RedisServer& out) {
+    std::string text = !socket.empty()                       ? "unix:" + socket
+                       : host.find(':') != std::string::npos ? "[" + host + "]:" + std::to_string(port)
+                                                             : host + ":" + std::to_string(port);
+    ngx_url_t u{};
+    u.url.len = text.size();
+    u.url.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, text.size()));
+    if (u.url.data == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ngx_memcpy(u.url.data, text.data(), text.size());
+    u.default_port = in_port_t(port);
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        std::string why = u.err != nullptr ? u.err : "no address";
+        return invalid_url(cf, url, "cannot resolve \"" + (socket.empty() ? host : socket) + "\": " + why);
     }
-    char text[INET6_ADDRSTRLEN] = {0};
-    const void* addr = found->ai_family == AF_INET6
-                           ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(found->ai_addr)->sin6_addr)
-                           : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr);
-    inet_ntop(found->ai_family, addr, text, sizeof(text));
-    freeaddrinfo(found);
-    a.host = text;
+    if (u.addrs[0].socklen > sizeof(out.sockaddr)) return invalid_url(cf, url, "an address too long");
+    std::memcpy(&out.sockaddr, u.addrs[0].sockaddr, u.addrs[0].socklen);
+    out.socklen = u.addrs[0].socklen;
+    out.display = !socket.empty() ? "unix:" + socket : std::string(to_view(u.addrs[0].name));
+    out.server_name = host;
     return NGX_CONF_OK;
 }
 
@@ -73,6 +77,7 @@ void init_redis_main_conf(MainConf* mcf) {
     mcf->redis_reconnect_max = NGX_CONF_UNSET_MSEC;
     mcf->redis_queue = NGX_CONF_UNSET_UINT;
     mcf->redis_sync_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->redis_tls_verify = NGX_CONF_UNSET;
 }
 
 char* set_redis(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
@@ -92,10 +97,20 @@ char* set_redis(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         std::string reason;
         std::string_view url(reinterpret_cast<const char*>(value[1].data), value[1].len);
         if (!parse_redis_url(url, config->address, reason)) return invalid_url(cf, url, reason);
-        if (config->address.socket_path.empty()) {
-            char* rv = resolve(cf, url, config->address);
+        const RedisAddress& a = config->address;
+        if (a.sentinels.empty()) {
+            config->servers.emplace_back();
+            char* rv = resolve(cf, url, a.host, a.port, a.socket_path, config->servers.back());
             if (rv != NGX_CONF_OK) return rv;
         }
+        for (const RedisHostPort& sentinel : a.sentinels) {
+            config->servers.emplace_back();
+            char* rv = resolve(cf, url, sentinel.host, sentinel.port, "", config->servers.back());
+            if (rv != NGX_CONF_OK) return rv;
+        }
+#if !(NGX_SSL)
+        if (a.tls) return invalid_url(cf, url, "this nginx was built without SSL");
+#endif
         mcf->redis = config;
         return NGX_CONF_OK;
     });
@@ -129,15 +144,67 @@ char* check_redis_prefix(ngx_conf_t* cf, void*, void* data) noexcept {
     });
 }
 
-void finish_redis_config(MainConf* mcf) {
+#if (NGX_SSL)
+
+// rediss://: one client TLS context for the node's connections, as proxy_ssl_* make one for a
+// location's upstream connections.
+char* set_up_tls(ngx_conf_t* cf, const MainConf* mcf, RedisConfig* config) {
+    auto* ssl = static_cast<ngx_ssl_t*>(ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t)));
+    if (ssl == nullptr) return static_cast<char*>(NGX_CONF_ERROR);
+    ssl->log = cf->log;
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3, nullptr) != NGX_OK) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == nullptr) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+    ngx_str_t certificate = mcf->redis_tls_certificate;
+    ngx_str_t key = mcf->redis_tls_certificate_key;
+    if (certificate.len != 0 && key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no \"sse_redis_tls_certificate_key\" is defined for certificate \"%V\"", &certificate);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (key.len != 0 && certificate.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "no \"sse_redis_tls_certificate\" is defined for key \"%V\"", &key);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (certificate.len != 0 && ngx_ssl_certificate(cf, ssl, &certificate, &key, nullptr) != NGX_OK) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    config->tls.verify = mcf->redis_tls_verify != 0;
+    if (config->tls.verify) {
+        ngx_str_t trusted = mcf->redis_tls_trusted_certificate;
+        if (trusted.len != 0) {
+            if (ngx_ssl_trusted_certificate(cf, ssl, &trusted, 9) != NGX_OK) return static_cast<char*>(NGX_CONF_ERROR);
+        } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+            // No sse_redis_tls_trusted_certificate: the system's CAs, as a managed Redis needs.
+            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                          const_cast<char*>("sse_redis: cannot load the system's trusted certificates"));
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+    }
+    config->tls.server_name = std::string(to_view(mcf->redis_tls_server_name));
+    config->tls.ssl = ssl;
+    return NGX_CONF_OK;
+}
+
+#endif
+
+char* finish_redis_config(ngx_conf_t* cf, MainConf* mcf) {
     ngx_conf_init_msec_value(mcf->redis_connect_timeout, kDefaultConnectTimeout);
     ngx_conf_init_msec_value(mcf->redis_command_timeout, kDefaultCommandTimeout);
     ngx_conf_init_msec_value(mcf->redis_reconnect_min, kDefaultReconnectMin);
     ngx_conf_init_msec_value(mcf->redis_reconnect_max, kDefaultReconnectMax);
     ngx_conf_init_uint_value(mcf->redis_queue, kDefaultQueue);
     ngx_conf_init_msec_value(mcf->redis_sync_timeout, kDefaultSyncTimeout);
+    ngx_conf_init_value(mcf->redis_tls_verify, 1);
     RedisConfig* config = mcf->redis;
-    if (config == nullptr) return;
+    if (config == nullptr) return NGX_CONF_OK;
     if (mcf->redis_prefix.data != nullptr) config->prefix = std::string(to_view(mcf->redis_prefix));
     config->connect_timeout = mcf->redis_connect_timeout;
     config->command_timeout = mcf->redis_command_timeout;
@@ -145,6 +212,10 @@ void finish_redis_config(MainConf* mcf) {
     config->reconnect_max = mcf->redis_reconnect_max;
     config->queue = std::uint32_t(mcf->redis_queue);
     config->sync_timeout = mcf->redis_sync_timeout;
+#if (NGX_SSL)
+    if (config->address.tls) return set_up_tls(cf, mcf, config);
+#endif
+    return NGX_CONF_OK;
 }
 
 bool redis_connected(Store& store) {

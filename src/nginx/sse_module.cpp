@@ -121,6 +121,16 @@ ngx_command_t commands[] = {
      offsetof(MainConf, redis_queue), &redis_queue_bounds},
     {ngx_string("sse_redis_sync_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
      offsetof(MainConf, redis_sync_timeout), nullptr},
+    {ngx_string("sse_redis_tls_trusted_certificate"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_trusted_certificate), nullptr},
+    {ngx_string("sse_redis_tls_verify"), NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_verify), nullptr},
+    {ngx_string("sse_redis_tls_server_name"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_server_name), nullptr},
+    {ngx_string("sse_redis_tls_certificate"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_certificate), nullptr},
+    {ngx_string("sse_redis_tls_certificate_key"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_certificate_key), nullptr},
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {
@@ -188,8 +198,8 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
     return guarded(cf->log, "reading the configuration", conf_error(), [&]() -> char* {
         auto* mcf = static_cast<MainConf*>(conf);
         ngx_conf_init_size_value(mcf->shm_size, kDefaultShmSize);
-        finish_redis_config(mcf);
-        if (!mcf->used) return NGX_CONF_OK;
+        char* rv = finish_redis_config(cf, mcf);
+        if (rv != NGX_CONF_OK || !mcf->used) return rv;
         mcf->zone = ngx_shared_memory_add(cf, &zone_name, mcf->shm_size, &ngx_http_sse_module);
         if (mcf->zone == nullptr) return conf_error();
         mcf->zone->init = init_zone;

@@ -34,6 +34,12 @@ struct MainConf {
     ngx_msec_t redis_reconnect_max;
     ngx_uint_t redis_queue;
     ngx_msec_t redis_sync_timeout;
+    // sse_redis_tls_*: for rediss://
+    ngx_str_t redis_tls_trusted_certificate;
+    ngx_flag_t redis_tls_verify;
+    ngx_str_t redis_tls_server_name;
+    ngx_str_t redis_tls_certificate;
+    ngx_str_t redis_tls_certificate_key;
 };
 
 // Refuses the directive's argument number `arg` in nginx's words, naming it:
@@ -45,7 +51,7 @@ char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* set_redis_reconnect(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* check_redis_prefix(ngx_conf_t* cf, void* post, void* data) noexcept;
 void init_redis_main_conf(MainConf* mcf);
-void finish_redis_config(MainConf* mcf);
+char* finish_redis_config(ngx_conf_t* cf, MainConf* mcf);
 // Whether this node's events go to Redis at once ("forwarded") or wait ("queued"); empty
 // without Redis.
 std::string_view redis_publish_state(Store& store);

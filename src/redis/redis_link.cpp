@@ -4,7 +4,6 @@ extern "C" {
 #include <ngx_event.h>
 }
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include <cinttypes>
@@ -17,8 +16,8 @@ extern "C" {
 #include "guard.h"
 #include "protocol/channel_list.h"
 #include "protocol/client_text.h"
+#include "redis/redis_connection.h"
 #include "redis/redis_entry.h"
-#include "redis/redis_event_adapter.h"
 #include "redis/redis_functions.h"
 #include "wakeup/worker_wakeup.h"
 
@@ -29,14 +28,15 @@ namespace {
 constexpr ngx_msec_t kTickInterval = 200;
 constexpr ngx_msec_t kOwnerStaleAfter = 2000;  // a holder that has not beaten for this long is gone
 constexpr ngx_msec_t kIdlePingInterval = 5000;
-constexpr unsigned kMaxInFlight = 1024;  // commands Redis has not answered yet: bounds hiredis's buffers
+constexpr unsigned kMaxInFlight = 1024;  // commands Redis has not answered yet: bounds the write buffer
 constexpr std::size_t kDrainBatch = 256;
 constexpr std::size_t kRecentIds = 4096;
 
-enum class Phase { kIdle, kConnecting, kReady, kBackoff };
+// kDiscovering: asking a sentinel where the primary is (redis-sentinel:// only).
+enum class Phase { kIdle, kDiscovering, kConnecting, kReady, kBackoff };
 
 // Handshake steps, told apart in their replies.
-enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctions };
+enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctions, kRole };
 
 const char* step_name(std::uintptr_t step) {
     switch (step) {
@@ -48,6 +48,8 @@ const char* step_name(std::uintptr_t step) {
             return "CLIENT SETNAME";
         case kLoadFunctions:
             return "FUNCTION LOAD (Redis 7 or later is needed)";
+        case kRole:
+            return "ROLE";
     }
     return "a command";
 }
@@ -57,7 +59,11 @@ struct ChannelSubscription {
     bool resubscribe = false;  // wanted again while its UNSUBSCRIBE was on its way
 };
 
-struct Link {
+struct Link final : RedisConnection::Owner {
+    void connected(RedisConnection&) override {}
+    void pushed(RedisConnection& connection, const redisReply& reply) override;
+    void failed(RedisConnection& connection, const std::string& reason) override;
+
     const RedisConfig* config = nullptr;
     Store* store = nullptr;
     ngx_uint_t slot = 0;
@@ -70,8 +76,13 @@ struct Link {
     bool owner = false;
     bool stopped = false;
     Phase phase = Phase::kIdle;
-    redisAsyncContext* cmd = nullptr;
-    redisAsyncContext* sub = nullptr;
+    RedisConnection* cmd = nullptr;
+    RedisConnection* sub = nullptr;
+    // redis-sentinel://: the sentinel that named the primary, subscribed to +switch-master.
+    RedisConnection* watcher = nullptr;
+    std::size_t next_sentinel = 0;
+    std::size_t sentinels_asked = 0;  // in this discovery
+    RedisServer primary;              // where cmd and sub go
     int handshake_pending = 0;
     ngx_msec_t connect_started = 0;
 
@@ -121,43 +132,24 @@ void wake(const PublishResult& result) {
     if (result.wake[0] != 0 || result.wake[1] != 0) WorkerWakeup::wake(header(), result.wake);
 }
 
-void send(redisAsyncContext* ac, redisCallbackFn* fn, void* privdata, const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    argv.reserve(args.size());
-    lens.reserve(args.size());
-    for (const std::string& a : args) {
-        argv.push_back(a.data());
-        lens.push_back(a.size());
-    }
-    redisAsyncCommandArgv(ac, fn, privdata, int(argv.size()), argv.data(), lens.data());
+bool is_string(const redisReply& r) {
+    return r.type == REDIS_REPLY_STRING || r.type == REDIS_REPLY_STATUS;
 }
 
-void fail(const std::string& reason, const redisAsyncContext* dying, bool already_logged);
+std::string_view text(const redisReply& r) {
+    return std::string_view(r.str, r.len);
+}
+
+void fail(const std::string& reason, bool already_logged = false);
 void pump();
 
-// hiredis calls the reply callbacks from inside its own C code: nothing may be thrown through
-// it. A reply that cannot be handled (no memory) drops the link, and the resync after the
-// reconnect recovers what Redis retains, rather than an event being lost silently.
-template <void (*Handle)(redisAsyncContext*, void*, void*)>
-void guarded_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
-    bool handled = guarded(link != nullptr ? link->log : nullptr, "handling a redis reply", false, [&] {
-        Handle(ac, reply, privdata);
-        return true;
-    });
-    if (handled || link == nullptr || link->stopped) return;
-    if (link->phase != Phase::kReady && link->phase != Phase::kConnecting) return;
-    guarded(link->log, "dropping the redis link", [] { fail("a reply could not be handled", nullptr, true); });
-}
-
-// Drops both connections (hiredis frees `dying` itself) and forgets what they carried.
-void drop_connections(const redisAsyncContext* dying) {
-    redisAsyncContext* contexts[2] = {link->cmd, link->sub};
+// Drops every connection and forgets what they carried.
+void drop_connections() {
+    RedisConnection* connections[3] = {link->cmd, link->sub, link->watcher};
     link->cmd = nullptr;
     link->sub = nullptr;
-    for (redisAsyncContext* ac : contexts) {
-        if (ac != nullptr && ac != dying) redisAsyncFree(ac);  // deferred when inside its callback
-    }
+    link->watcher = nullptr;
+    for (RedisConnection* c : connections) RedisConnection::release(c);
     link->channels.clear();
     link->in_flight = 0;
     link->sent_seq = 0;  // what Redis did not acknowledge is sent again
@@ -174,23 +166,29 @@ ngx_msec_t backoff_delay() {
     return delay / 2 + ngx_msec_t(ngx_random()) % (delay / 2 + 1);
 }
 
-void fail(const std::string& why, const redisAsyncContext* dying, bool already_logged) {
-    // hiredis quotes what a server sent in some of its errors: shown escaped.
+// Where the link is going: the primary once known, else what sse_redis names.
+std::string target() {
+    return link->primary.socklen != 0 ? link->primary.display : link->where;
+}
+
+void fail(const std::string& why, bool already_logged) {
+    // Reasons may quote what a server sent: shown escaped.
     std::string reason = escaped(why);
     bool was_ready = link->phase == Phase::kReady;
-    drop_connections(dying);
+    std::string where = target();
+    drop_connections();
     link->attempts++;
     // Once per outage each: the loss, and why the attempts after it fail (the first of them).
     if (was_ready && !already_logged) {
         ngx_log_error(NGX_LOG_WARN, link->log, 0,
-                      "sse: redis connection to %s lost: %s; queueing events and reconnecting", link->where.c_str(),
+                      "sse: redis connection to %s lost: %s; queueing events and reconnecting", where.c_str(),
                       reason.c_str());
     } else if (!link->outage_logged && !already_logged) {
-        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying", link->where.c_str(),
+        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying", where.c_str(),
                       reason.c_str());
         link->outage_logged = true;
     } else {
-        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", link->where.c_str(), reason.c_str());
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", where.c_str(), reason.c_str());
     }
     set_state(link->ever_ready ? RedisState::kDisconnected : RedisState::kConnecting);
     link->phase = Phase::kBackoff;
@@ -198,15 +196,22 @@ void fail(const std::string& why, const redisAsyncContext* dying, bool already_l
     ngx_add_timer(&link->retry, backoff_delay());
 }
 
+// A reply no command of ours can come back as: the server (or whatever sits between) is not
+// speaking Redis as we do, so the link starts over.
+void unexpected(const char* what) {
+    fail(std::string("an unexpected reply to ") + what);
+}
+
 void ready() {
     link->phase = Phase::kReady;
     if (link->retry.timer_set) ngx_del_timer(&link->retry);
     std::uint32_t queued = link->store->outbound_count();
+    std::string where = target();
     if (!link->ever_ready) {
-        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis connected to %s", link->where.c_str());
+        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis connected to %s", where.c_str());
     } else {
         ngx_log_error(NGX_LOG_NOTICE, link->log, 0,
-                      "sse: redis reconnected to %s after %ui attempts; sending %uD queued events", link->where.c_str(),
+                      "sse: redis reconnected to %s after %ui attempts; sending %uD queued events", where.c_str(),
                       ngx_uint_t(link->attempts), queued);
         ngx_atomic_fetch_add(&header()->counters.redis_reconnects, 1);
     }
@@ -224,18 +229,30 @@ void handshake_done() {
     if (--link->handshake_pending == 0 && link->phase == Phase::kConnecting) ready();
 }
 
-void on_handshake_reply(redisAsyncContext* ac, void* r, void* privdata) {
-    auto* reply = static_cast<redisReply*>(r);
-    if (reply == nullptr || link == nullptr || (ac != link->cmd && ac != link->sub)) return;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        std::uintptr_t step = reinterpret_cast<std::uintptr_t>(privdata);
-        std::string message(reply->str, reply->len);
+void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_t step) {
+    if (reply.type == REDIS_REPLY_ERROR) {
+        std::string message(reply.str, reply.len);
         if (!link->refusal_logged) {
-            ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: redis at %s refused %s: %s", link->where.c_str(),
-                          step_name(step), message.c_str());
+            ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: redis at %s refused %s: %s", target().c_str(),
+                          step_name(step), escaped(message).c_str());
             link->refusal_logged = true;
         }
-        fail(std::string(step_name(step)) + " refused: " + message, nullptr, true);
+        fail(std::string(step_name(step)) + " refused: " + message, true);
+        return;
+    }
+    if (step == kRole) {
+        // A sentinel may name a primary that has just become a replica: never write to one.
+        if (reply.type != REDIS_REPLY_ARRAY || reply.elements == 0 || !is_string(*reply.element[0])) {
+            unexpected("ROLE");
+        } else if (text(*reply.element[0]) != "master") {
+            fail("the server the sentinels named is a " + std::string(text(*reply.element[0])) + ", not the primary");
+        } else {
+            handshake_done();
+        }
+        return;
+    }
+    if (!is_string(reply)) {
+        unexpected(step_name(step));
         return;
     }
     handshake_done();
@@ -245,7 +262,7 @@ void log_bad_entry(const std::string& reason) {
     // Rate-limited: a misbehaving publisher must not flood the log.
     if (ngx_current_msec - link->bad_entry_logged_at < 60000 && link->bad_entry_logged_at != 0) return;
     link->bad_entry_logged_at = ngx_current_msec;
-    ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: ignored a message from redis at %s: %s", link->where.c_str(),
+    ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: ignored a message from redis at %s: %s", target().c_str(),
                   reason.c_str());
 }
 
@@ -332,56 +349,30 @@ void take_control(const char* text, std::size_t len) {
     }
 }
 
-void on_command_reply(redisAsyncContext* ac, void* r, void*) {
-    auto* reply = static_cast<redisReply*>(r);
-    if (reply == nullptr || link == nullptr || ac != link->cmd) return;
+void answered() {
     if (link->in_flight > 0) link->in_flight--;
     link->last_progress = ngx_current_msec;
-    if (reply->type == REDIS_REPLY_ERROR) log_bad_entry("a command failed: " + std::string(reply->str, reply->len));
+}
+
+// PING's PONG and sse_history's count: anything but an error or a string or a number is wrong.
+void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t) {
+    answered();
+    if (reply.type == REDIS_REPLY_ERROR) {
+        log_bad_entry("a command failed: " + escaped(std::string(text(reply))));
+    } else if (!is_string(reply) && reply.type != REDIS_REPLY_INTEGER) {
+        unexpected("a command");
+    }
 }
 
 void request_history(const std::string& channel) {
     link->in_flight++;
-    send(link->cmd, guarded_reply<on_command_reply>, nullptr,
-         {"FCALL", "sse_history", "1", key_of(channel), link->private_channel});
+    link->cmd->send({"FCALL", "sse_history", "1", key_of(channel), link->private_channel}, on_command_reply);
 }
 
 void subscribe_channel(const std::string& channel);
 
-void on_pubsub(redisAsyncContext* ac, void* r, void*) {
-    auto* reply = static_cast<redisReply*>(r);
-    if (reply == nullptr || link == nullptr || ac != link->sub) return;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_STRING) {
-        return;
-    }
-    std::string_view type(reply->element[0]->str, reply->element[0]->len);
-    std::string_view name(reply->element[1]->str, reply->element[1]->len);
-    redisReply* payload = reply->element[2];
-    if (name == link->private_channel || name == link->control_channel) {
-        if (type == "subscribe") {
-            handshake_done();
-        } else if (type == "message" && payload->type == REDIS_REPLY_STRING) {
-            if (name == link->private_channel) {
-                take_history(payload->str, payload->len);
-            } else {
-                take_control(payload->str, payload->len);
-            }
-        }
-        return;
-    }
-    if (type == "message") {
-        if (payload->type == REDIS_REPLY_STRING) take_event(name, payload->str, payload->len);
-        return;
-    }
-    if (type == "pmessage") {  // pattern, channel, message
-        if (reply->elements == 4 && reply->element[2]->type == REDIS_REPLY_STRING &&
-            reply->element[3]->type == REDIS_REPLY_STRING) {
-            take_event(std::string_view(reply->element[2]->str, reply->element[2]->len), reply->element[3]->str,
-                       reply->element[3]->len);
-        }
-        return;
-    }
+// A subscription change confirmed: ["subscribe", name, count] and the like.
+void take_confirmation(std::string_view type, std::string_view name) {
     std::string_view channel;
     if (!channel_of(name, channel)) return;
     auto it = link->channels.find(std::string(channel));
@@ -407,12 +398,63 @@ void on_pubsub(redisAsyncContext* ac, void* r, void*) {
     }
 }
 
+// Everything the subscription connection receives after its handshake. A message of a shape
+// Redis never sends drops the link: whatever sent it cannot be trusted with the rest.
+void on_pubsub(const redisReply& reply) {
+    if (reply.type != REDIS_REPLY_ARRAY || reply.elements < 3 || !is_string(*reply.element[0]) ||
+        !is_string(*reply.element[1])) {
+        fail("an unexpected message on the subscription connection");
+        return;
+    }
+    std::string_view type = text(*reply.element[0]);
+    std::string_view name = text(*reply.element[1]);
+    const redisReply& third = *reply.element[2];
+    bool confirmation = type == "subscribe" || type == "unsubscribe" || type == "psubscribe" || type == "punsubscribe";
+    if (confirmation) {
+        if (reply.elements != 3 || third.type != REDIS_REPLY_INTEGER) {
+            fail("an unexpected subscription confirmation");
+            return;
+        }
+    } else if (type == "message") {
+        if (reply.elements != 3 || !is_string(third)) {
+            fail("an unexpected pub/sub message");
+            return;
+        }
+    } else if (type == "pmessage") {  // pattern, channel, message
+        if (reply.elements != 4 || !is_string(third) || !is_string(*reply.element[3])) {
+            fail("an unexpected pub/sub pattern message");
+            return;
+        }
+    } else {
+        fail("an unexpected message on the subscription connection");
+        return;
+    }
+    if (name == link->private_channel || name == link->control_channel) {
+        if (type == "subscribe") {
+            handshake_done();
+        } else if (type == "message") {
+            if (name == link->private_channel) {
+                take_history(third.str, third.len);
+            } else {
+                take_control(third.str, third.len);
+            }
+        }
+        return;
+    }
+    if (type == "message") {
+        take_event(name, third.str, third.len);
+    } else if (type == "pmessage") {
+        take_event(text(third), reply.element[3]->str, reply.element[3]->len);
+    } else {
+        take_confirmation(type, name);
+    }
+}
+
 void subscribe_channel(const std::string& channel) {
     ChannelSubscription& s = link->channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    send(link->sub, guarded_reply<on_pubsub>, nullptr,
-         {is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)});
+    link->sub->send({is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)}, nullptr);
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
@@ -442,68 +484,64 @@ void reconcile() {
         if (s.state == ChannelSubscription::kSubscribed) header()->cluster.channels--;
         s.state = ChannelSubscription::kUnsubscribing;
         s.resubscribe = false;
-        send(link->sub, guarded_reply<on_pubsub>, nullptr,
-             {is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", key_of(channel)});
+        link->sub->send({is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", key_of(channel)}, nullptr);
         dropped.push_back(channel);
     }
     // From here on this node may miss the channel's events: its history here stops being whole.
     if (!dropped.empty()) link->store->set_synced(dropped, false);
 }
 
-void on_published(redisAsyncContext* ac, void* r, void* privdata) {
-    auto* reply = static_cast<redisReply*>(r);
-    if (reply == nullptr || link == nullptr || ac != link->cmd) return;
-    if (link->in_flight > 0) link->in_flight--;
-    link->last_progress = ngx_current_msec;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        log_bad_entry("publishing failed: " + std::string(reply->str, reply->len));
-    } else {
+// sse_publish answers with the event's id (a string); an error leaves the event unsent, logged.
+void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
+    answered();
+    if (reply.type == REDIS_REPLY_ERROR) {
+        log_bad_entry("publishing failed: " + escaped(std::string(text(reply))));
+    } else if (is_string(reply) || reply.type == REDIS_REPLY_INTEGER) {
         ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
+    } else {
+        unexpected("FCALL sse_publish");
+        return;
     }
-    link->store->outbound_sent(std::uint64_t(reinterpret_cast<std::uintptr_t>(privdata)));
+    link->store->outbound_sent(std::uint64_t(seq));
     pump();
 }
 
-void on_control_sent(redisAsyncContext* ac, void* r, void* privdata) {
-    auto* reply = static_cast<redisReply*>(r);
-    if (reply == nullptr || link == nullptr || ac != link->cmd) return;
-    if (link->in_flight > 0) link->in_flight--;
-    link->last_progress = ngx_current_msec;
-    link->store->outbound_sent(std::uint64_t(reinterpret_cast<std::uintptr_t>(privdata)));
+void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
+    answered();
+    if (reply.type != REDIS_REPLY_INTEGER && reply.type != REDIS_REPLY_ERROR) {
+        unexpected("PUBLISH");
+        return;
+    }
+    link->store->outbound_sent(std::uint64_t(seq));
     pump();
 }
 
 // Sends the node's waiting events, in order, keeping at most kMaxInFlight unanswered.
 void drain() {
     std::vector<OutboundEvent> batch;
-    std::vector<std::string> args;
+    std::vector<std::string_view> args;
     while (link->phase == Phase::kReady && link->in_flight < kMaxInFlight) {
         link->store->outbound_after(link->sent_seq, std::min<std::size_t>(kDrainBatch, kMaxInFlight - link->in_flight),
                                     batch);
         if (batch.empty()) return;
         for (OutboundEvent& o : batch) {
-            args.clear();
+            if (link->in_flight == 0) link->last_progress = ngx_current_msec;
             if (o.control) {
                 std::string message = control_with_origin(o.data, link->origin);
-                if (link->in_flight == 0) link->last_progress = ngx_current_msec;
-                send(link->cmd, guarded_reply<on_control_sent>, reinterpret_cast<void*>(std::uintptr_t(o.seq)),
-                     {"PUBLISH", link->control_channel, message});
-                link->sent_seq = o.seq;
-                link->in_flight++;
-                continue;
+                link->cmd->send({"PUBLISH", link->control_channel, message}, on_control_sent, std::uintptr_t(o.seq));
+            } else {
+                std::vector<std::string> keys;
+                keys.reserve(o.channels.size());
+                for (const std::string& channel : o.channels) keys.push_back(key_of(channel));
+                std::string nkeys = std::to_string(keys.size());
+                std::string limit = std::to_string(o.history_limit);
+                std::string ttl = std::to_string(o.history_ttl);
+                std::string id = std::to_string(o.id);
+                args.assign({"FCALL", "sse_publish", nkeys});
+                args.insert(args.end(), keys.begin(), keys.end());
+                args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
+                link->cmd->send(args, on_published, std::uintptr_t(o.seq));
             }
-            args.emplace_back("FCALL");
-            args.emplace_back("sse_publish");
-            args.push_back(std::to_string(o.channels.size()));
-            for (const std::string& channel : o.channels) args.push_back(key_of(channel));
-            args.push_back(std::move(o.data));
-            args.push_back(std::move(o.name));
-            args.push_back(std::to_string(o.history_limit));
-            args.push_back(std::to_string(o.history_ttl));
-            args.push_back(std::to_string(o.id));
-            args.push_back(link->origin);
-            if (link->in_flight == 0) link->last_progress = ngx_current_msec;
-            send(link->cmd, guarded_reply<on_published>, reinterpret_cast<void*>(std::uintptr_t(o.seq)), args);
             link->sent_seq = o.seq;
             link->in_flight++;
         }
@@ -516,89 +554,183 @@ void pump() {
     drain();
 }
 
-void on_connected_unguarded(const redisAsyncContext* ac, int status) {
-    if (link == nullptr || (ac != link->cmd && ac != link->sub) || status == REDIS_OK) return;
-    std::string reason = ac->errstr != nullptr ? ac->errstr : "connect failed";
-    if (ac == link->cmd) link->cmd = nullptr;
-    if (ac == link->sub) link->sub = nullptr;
-    fail(reason, ac, false);  // hiredis frees the context after this callback
-}
-
-void on_disconnected_unguarded(const redisAsyncContext* ac, int status) {
-    if (link == nullptr || (ac != link->cmd && ac != link->sub)) return;  // one we dropped ourselves
-    std::string reason = ac->err != 0 && ac->errstr != nullptr ? ac->errstr : "closed by the server";
-    if (ac == link->cmd) link->cmd = nullptr;
-    if (ac == link->sub) link->sub = nullptr;
-    fail(reason, ac, false);
-}
-
-void on_connected(const redisAsyncContext* ac, int status) noexcept {
-    guarded(link != nullptr ? link->log : nullptr, "connecting to redis", [&] { on_connected_unguarded(ac, status); });
-}
-
-void on_disconnected(const redisAsyncContext* ac, int status) noexcept {
-    guarded(link != nullptr ? link->log : nullptr, "losing redis", [&] { on_disconnected_unguarded(ac, status); });
-}
-
-redisAsyncContext* open_connection(const char* role, std::string& reason) {
+// Opens one connection to the primary with its handshake queued: it goes out, pipelined, as
+// soon as the socket connects.
+RedisConnection* open_connection(const char* role, bool takes_pushes, std::string& reason) {
     const RedisAddress& a = link->config->address;
-    redisAsyncContext* ac = a.socket_path.empty() ? redisAsyncConnect(a.host.c_str(), a.port)
-                                                  : redisAsyncConnectUnix(a.socket_path.c_str());
-    if (ac == nullptr) {
-        reason = "out of memory";
-        return nullptr;
-    }
-    if (ac->err != 0) {
-        reason = ac->errstr;
-        redisAsyncFree(ac);
-        return nullptr;
-    }
-    if (!attach_to_event_loop(ac, link->log)) {
-        reason = "no free nginx connection (raise worker_connections)";
-        redisAsyncFree(ac);
-        return nullptr;
-    }
-    redisAsyncSetConnectCallback(ac, on_connected);
-    redisAsyncSetDisconnectCallback(ac, on_disconnected);
-    // The handshake goes out at once, pipelined; hiredis sends it when the socket connects.
+    RedisConnection* c = RedisConnection::open(link->primary, link->config->tls, takes_pushes,
+                                               link->config->connect_timeout, link, link->log, reason);
+    if (c == nullptr) return nullptr;
     if (a.has_password) {
         link->handshake_pending++;
         if (a.user.empty()) {
-            send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kAuth), {"AUTH", a.password});
+            c->send({"AUTH", a.password}, on_handshake_reply, kAuth);
         } else {
-            send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kAuth), {"AUTH", a.user, a.password});
+            c->send({"AUTH", a.user, a.password}, on_handshake_reply, kAuth);
         }
     }
     if (a.db != 0) {
         link->handshake_pending++;
-        send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kSelect), {"SELECT", std::to_string(a.db)});
+        c->send({"SELECT", std::to_string(a.db)}, on_handshake_reply, kSelect);
     }
     link->handshake_pending++;
-    send(ac, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kSetName),
-         {"CLIENT", "SETNAME", std::string("sse-") + role + "-" + std::to_string(ngx_pid)});
-    return ac;
+    c->send({"CLIENT", "SETNAME", std::string("sse-") + role + "-" + std::to_string(ngx_pid)}, on_handshake_reply,
+            kSetName);
+    return c;
+}
+
+// Connects to the primary: the address sse_redis names, or the one a sentinel named.
+void connect_to_primary() {
+    link->phase = Phase::kConnecting;
+    std::string reason;
+    link->cmd = open_connection("cmd", false, reason);
+    if (link->cmd != nullptr) link->sub = open_connection("sub", true, reason);
+    if (link->cmd == nullptr || link->sub == nullptr) {
+        fail(reason);
+        return;
+    }
+    if (!link->config->address.master_name.empty()) {
+        link->handshake_pending++;
+        link->cmd->send({"ROLE"}, on_handshake_reply, kRole);
+    }
+    link->handshake_pending += 3;
+    link->cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, on_handshake_reply, kLoadFunctions);
+    link->sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
+}
+
+// --- Sentinel -------------------------------------------------------------------------------
+
+void ask_next_sentinel();
+
+void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
+    RedisServer primary;
+    if (reply.type == REDIS_REPLY_ERROR) {
+        fail("sentinel " + c.server().display +
+             " refused SENTINEL get-master-addr-by-name: " + std::string(text(reply)));
+        return;
+    }
+    if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 2 || !is_string(*reply.element[0]) ||
+        !is_string(*reply.element[1])) {
+        // nil: this sentinel does not monitor that name (yet); another may.
+        if (reply.type == REDIS_REPLY_NIL) {
+            ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: redis sentinel %s does not know the primary %s",
+                          c.server().display.c_str(), quoted_bytes(link->config->address.master_name).c_str());
+            RedisConnection::release(link->watcher);
+            link->watcher = nullptr;
+            ask_next_sentinel();
+            return;
+        }
+        unexpected("SENTINEL get-master-addr-by-name");
+        return;
+    }
+    std::string host(text(*reply.element[0]));
+    int port = 0;
+    std::string_view port_text = text(*reply.element[1]);
+    for (char ch : port_text) port = ch >= '0' && ch <= '9' && port < 65536 ? port * 10 + (ch - '0') : 65536;
+    if (!parse_redis_server(host, port, primary)) {
+        fail("sentinel " + c.server().display + " named the primary " +
+             quoted_bytes(host + ":" + std::string(port_text)) + ", which is not a numeric address and port");
+        return;
+    }
+    if (link->phase == Phase::kReady) {
+        // A watcher opened again while the link is up: the primary must not have moved.
+        if (!primary.same_address(link->primary)) fail("the sentinels now name " + primary.display + " as the primary");
+        return;
+    }
+    link->primary = primary;
+    connect_to_primary();
+}
+
+void take_sentinel_message(const redisReply& reply) {
+    // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
+    if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 3 || !is_string(*reply.element[0]) ||
+        !is_string(*reply.element[2]) || reply.element[2]->type == REDIS_REPLY_ERROR) {
+        if (reply.type == REDIS_REPLY_ARRAY && reply.elements == 3 && is_string(*reply.element[0]) &&
+            text(*reply.element[0]) == "subscribe") {
+            return;
+        }
+        fail("an unexpected message from sentinel " + link->watcher->server().display);
+        return;
+    }
+    if (text(*reply.element[0]) != "message") return;
+    std::string_view m = text(*reply.element[2]);
+    const std::string& name = link->config->address.master_name;
+    if (m.size() <= name.size() || m.substr(0, name.size()) != name || m[name.size()] != ' ') return;
+    if (link->phase == Phase::kReady || link->phase == Phase::kConnecting) {
+        fail("the sentinels switched the primary (" + std::string(m.substr(name.size() + 1)) + ")");
+    }
+}
+
+// Asks the sentinels, one after another, where the primary is; keeps the connection to the one
+// that answers, subscribed to +switch-master.
+void ask_next_sentinel() {
+    const std::vector<RedisServer>& sentinels = link->config->servers;
+    std::string reason;
+    while (link->sentinels_asked < sentinels.size()) {
+        const RedisServer& s = sentinels[link->next_sentinel % sentinels.size()];
+        link->next_sentinel++;
+        link->sentinels_asked++;
+        RedisTls plain;
+        link->watcher = RedisConnection::open(s, plain, true, link->config->connect_timeout, link, link->log, reason);
+        if (link->watcher == nullptr) continue;
+        link->watcher->send({"SENTINEL", "get-master-addr-by-name", link->config->address.master_name},
+                            on_master_address);
+        link->watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
+        return;
+    }
+    if (link->phase != Phase::kReady) fail(reason.empty() ? "no sentinel answered" : "no sentinel answered: " + reason);
+}
+
+void discover_primary() {
+    link->phase = Phase::kDiscovering;
+    link->sentinels_asked = 0;
+    link->primary = RedisServer{};
+    ask_next_sentinel();
+}
+
+void Link::pushed(RedisConnection& connection, const redisReply& reply) {
+    if (&connection == sub) {
+        on_pubsub(reply);
+    } else if (&connection == watcher) {
+        take_sentinel_message(reply);
+    }
+}
+
+void Link::failed(RedisConnection& connection, const std::string& reason) {
+    if (&connection == watcher) {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "sse: redis sentinel %s: %s", connection.server().display.c_str(),
+                      escaped(reason).c_str());
+        RedisConnection::release(watcher);
+        watcher = nullptr;
+        if (phase == Phase::kDiscovering) ask_next_sentinel();
+        // While the link is up, the tick opens a watcher again.
+        return;
+    }
+    if (&connection != cmd && &connection != sub) return;
+    fail(reason);
 }
 
 void connect_now() {
-    link->phase = Phase::kConnecting;
     link->connect_started = ngx_current_msec;
     link->handshake_pending = 0;
-    std::string reason;
-    link->cmd = open_connection("cmd", reason);
-    if (link->cmd != nullptr) link->sub = open_connection("sub", reason);
-    if (link->cmd == nullptr || link->sub == nullptr) {
-        fail(reason, nullptr, false);
-        return;
+    if (link->config->address.master_name.empty()) {
+        link->primary = link->config->servers.front();
+        connect_to_primary();
+    } else {
+        discover_primary();
     }
-    link->handshake_pending += 3;
-    send(link->cmd, guarded_reply<on_handshake_reply>, reinterpret_cast<void*>(kLoadFunctions),
-         {"FUNCTION", "LOAD", "REPLACE", std::string(kRedisFunctionLibrary)});
-    send(link->sub, guarded_reply<on_pubsub>, nullptr, {"SUBSCRIBE", link->private_channel, link->control_channel});
+}
+
+// While the link is up through a sentinel's answer, one sentinel is watched for failovers.
+void watch_sentinels() {
+    if (link->config->address.master_name.empty() || link->watcher != nullptr) return;
+    link->sentinels_asked = 0;
+    ask_next_sentinel();
 }
 
 // Gives up the connections without a word: the role went to another worker, or this one exits.
 void go_idle() {
-    if (link->phase == Phase::kReady || link->phase == Phase::kConnecting) drop_connections(nullptr);
+    if (link->phase != Phase::kIdle && link->phase != Phase::kBackoff) drop_connections();
     if (link->retry.timer_set) ngx_del_timer(&link->retry);
     link->phase = Phase::kIdle;
     link->owner = false;
@@ -609,9 +741,28 @@ void on_retry(ngx_event_t*) noexcept {
     guarded(link->log, "connecting to redis", [] { connect_now(); });
 }
 
+void check_link(ngx_msec_t now) {
+    if ((link->phase == Phase::kConnecting || link->phase == Phase::kDiscovering) &&
+        now - link->connect_started > link->config->connect_timeout) {
+        fail("no answer within sse_redis_connect_timeout");
+    } else if (link->phase == Phase::kReady) {
+        if (link->in_flight > 0 && now - link->last_progress > link->config->command_timeout) {
+            fail("no reply within sse_redis_command_timeout");
+            return;
+        }
+        if (link->in_flight == 0 && now - link->last_progress > kIdlePingInterval) {
+            link->in_flight++;
+            link->last_progress = now;
+            link->cmd->send({"PING"}, on_command_reply);
+        }
+        watch_sentinels();
+        pump();
+    }
+}
+
 void on_tick(ngx_event_t*) noexcept {
     if (link == nullptr || link->stopped) return;
-    try {
+    guarded(link->log, "running the redis link", [] {
         bool owner = link->store->claim_redis(link->slot, ngx_current_msec, kOwnerStaleAfter);
         if (owner && !link->owner) {
             link->owner = true;
@@ -621,25 +772,9 @@ void on_tick(ngx_event_t*) noexcept {
         } else if (!owner && link->owner) {
             go_idle();
         } else if (owner) {
-            ngx_msec_t now = ngx_current_msec;
-            if (link->phase == Phase::kConnecting && now - link->connect_started > link->config->connect_timeout) {
-                fail("no answer within sse_redis_connect_timeout", nullptr, false);
-            } else if (link->phase == Phase::kReady) {
-                if (link->in_flight > 0 && now - link->last_progress > link->config->command_timeout) {
-                    fail("no reply within sse_redis_command_timeout", nullptr, false);
-                } else {
-                    if (link->in_flight == 0 && now - link->last_progress > kIdlePingInterval) {
-                        link->in_flight++;
-                        link->last_progress = now;
-                        send(link->cmd, guarded_reply<on_command_reply>, nullptr, {"PING"});
-                    }
-                    pump();
-                }
-            }
+            check_link(ngx_current_msec);
         }
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: unexpected exception in the redis link");
-    }
+    });
     if (link != nullptr && !link->stopped) ngx_add_timer(&link->tick, kTickInterval);
 }
 
@@ -670,17 +805,13 @@ void RedisLink::start(const RedisConfig* config, Store* store, ngx_uint_t slot, 
 
 void RedisLink::on_wake() {
     if (link == nullptr || !link->owner || link->stopped) return;
-    try {
-        pump();
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: unexpected exception in the redis link");
-    }
+    guarded(link->log, "waking the redis link", [] { pump(); });
 }
 
 void RedisLink::stop() {
     if (link == nullptr || link->stopped) return;
     link->stopped = true;
-    try {
+    guarded(link->log, "stopping the redis link", [] {
         bool was_owner = link->owner;
         go_idle();
         if (link->tick.timer_set) ngx_del_timer(&link->tick);
@@ -688,9 +819,7 @@ void RedisLink::stop() {
             link->store->release_redis(link->slot);
             set_state(RedisState::kConnecting);  // until another worker takes the role
         }
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: unexpected exception stopping the redis link");
-    }
+    });
 }
 
 }  // namespace sse

@@ -16,7 +16,9 @@ extern "C" {
 }
 
 #include <string>
+#include <vector>
 
+#include "redis/redis_connection.h"
 #include "redis/redis_url.h"
 #include "store/event_store.h"
 
@@ -24,6 +26,10 @@ namespace sse {
 
 struct RedisConfig {
     RedisAddress address;
+    // The server sse_redis names, or the sentinels to ask (resolved when nginx reads its
+    // configuration).
+    std::vector<RedisServer> servers;
+    RedisTls tls;
     std::string prefix = "sse:";
     ngx_msec_t connect_timeout = 2000;
     ngx_msec_t command_timeout = 5000;

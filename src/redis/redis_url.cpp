@@ -39,10 +39,74 @@ bool percent_decode(std::string_view in, std::string& out) {
     return true;
 }
 
+// host[:port] or [v6][:port]; the port is left as it was when not written.
+bool parse_host_port(std::string_view hostport, std::string& host, int& port, std::string& reason) {
+    std::size_t colon = hostport.rfind(':');
+    if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
+        std::size_t close = hostport.find(']');
+        if (close == std::string_view::npos) {
+            reason = "an unterminated [IPv6] address";
+            return false;
+        }
+        if (hostport.size() > close + 1 && hostport[close + 1] != ':') {
+            reason = "after an [IPv6] address comes :port or nothing";
+            return false;
+        }
+        host = std::string(hostport.substr(1, close - 1));
+        colon = hostport.size() > close + 1 && hostport[close + 1] == ':' ? close + 1 : std::string_view::npos;
+    } else {
+        host = std::string(hostport.substr(0, colon));
+    }
+    if (host.empty()) {
+        reason = "the address names no host";
+        return false;
+    }
+    if (colon != std::string_view::npos && !parse_number(hostport.substr(colon + 1), 1, 65535, port)) {
+        reason = "the port must be a number from 1 to 65535";
+        return false;
+    }
+    return true;
+}
+
+// After the credentials: host:port[,host:port...]/<master-name>[?db=N]
+bool parse_sentinels(std::string_view rest, RedisAddress& out, std::string& reason) {
+    std::size_t slash = rest.find('/');
+    if (slash == std::string_view::npos) {
+        reason = "a sentinel address ends with /<master-name>, as in redis-sentinel://10.0.0.1:26379/mymaster";
+        return false;
+    }
+    std::string_view hosts = rest.substr(0, slash);
+    std::string_view name = rest.substr(slash + 1);
+    std::size_t q = name.find('?');
+    if (q != std::string_view::npos) {
+        std::string_view query = name.substr(q + 1);
+        name = name.substr(0, q);
+        if (query.substr(0, 3) != "db=" || !parse_number(query.substr(3), 0, 1 << 20, out.db)) {
+            reason = "the only argument of a sentinel address is db=<number>";
+            return false;
+        }
+    }
+    if (name.empty() || name.find_first_of(" /,@?") != std::string_view::npos) {
+        reason = "a sentinel address ends with /<master-name>, as in redis-sentinel://10.0.0.1:26379/mymaster";
+        return false;
+    }
+    out.master_name = std::string(name);
+    for (;;) {
+        std::size_t comma = hosts.find(',');
+        RedisHostPort sentinel;
+        sentinel.port = 26379;
+        if (!parse_host_port(hosts.substr(0, comma), sentinel.host, sentinel.port, reason)) return false;
+        out.sentinels.push_back(std::move(sentinel));
+        if (comma == std::string_view::npos) return true;
+        hosts = hosts.substr(comma + 1);
+    }
+}
+
 }  // namespace
 
 std::string RedisAddress::display() const {
     if (!socket_path.empty()) return "unix:" + socket_path;
+    if (!master_name.empty()) return "sentinel primary \"" + master_name + "\"";
     return host + ":" + std::to_string(port);
 }
 
@@ -50,6 +114,8 @@ bool parse_redis_url(std::string_view url, RedisAddress& out, std::string& reaso
     out = RedisAddress{};
     constexpr std::string_view kUnix = "unix:";
     constexpr std::string_view kRedis = "redis://";
+    constexpr std::string_view kRedisTls = "rediss://";
+    constexpr std::string_view kSentinel = "redis-sentinel://";
     if (url.substr(0, kUnix.size()) == kUnix) {
         std::string_view rest = url.substr(kUnix.size());
         std::size_t q = rest.find('?');
@@ -67,11 +133,21 @@ bool parse_redis_url(std::string_view url, RedisAddress& out, std::string& reaso
         }
         return true;
     }
-    if (url.substr(0, kRedis.size()) != kRedis) {
-        reason = "the address must start with redis:// or unix:";
+    std::string_view rest;
+    bool sentinel = false;
+    if (url.substr(0, kRedis.size()) == kRedis) {
+        rest = url.substr(kRedis.size());
+    } else if (url.substr(0, kRedisTls.size()) == kRedisTls) {
+        rest = url.substr(kRedisTls.size());
+        out.tls = true;
+        out.port = 6379;
+    } else if (url.substr(0, kSentinel.size()) == kSentinel) {
+        rest = url.substr(kSentinel.size());
+        sentinel = true;
+    } else {
+        reason = "the address must start with redis://, rediss://, redis-sentinel:// or unix:";
         return false;
     }
-    std::string_view rest = url.substr(kRedis.size());
     std::size_t at = rest.rfind('@');
     if (at != std::string_view::npos) {
         std::string_view credentials = rest.substr(0, at);
@@ -88,6 +164,7 @@ bool parse_redis_url(std::string_view url, RedisAddress& out, std::string& reaso
         }
         out.has_password = true;
     }
+    if (sentinel) return parse_sentinels(rest, out, reason);
     std::size_t slash = rest.find('/');
     std::string_view hostport = rest.substr(0, slash);
     if (slash != std::string_view::npos) {
@@ -97,30 +174,7 @@ bool parse_redis_url(std::string_view url, RedisAddress& out, std::string& reaso
             return false;
         }
     }
-    std::size_t colon = hostport.rfind(':');
-    if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
-        std::size_t close = hostport.find(']');
-        if (close == std::string_view::npos) {
-            reason = "an unterminated [IPv6] address";
-            return false;
-        }
-        if (hostport.size() > close + 1 && hostport[close + 1] != ':') {
-            reason = "after an [IPv6] address comes :port or nothing";
-            return false;
-        }
-        out.host = std::string(hostport.substr(1, close - 1));
-        colon = hostport.size() > close + 1 && hostport[close + 1] == ':' ? close + 1 : std::string_view::npos;
-    } else {
-        out.host = std::string(hostport.substr(0, colon));
-    }
-    if (out.host.empty()) {
-        reason = "the address names no host";
-        return false;
-    }
-    if (colon != std::string_view::npos && !parse_number(hostport.substr(colon + 1), 1, 65535, out.port)) {
-        reason = "the port must be a number from 1 to 65535";
-        return false;
-    }
+    if (!parse_host_port(hostport, out.host, out.port, reason)) return false;
     return true;
 }
 

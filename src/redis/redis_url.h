@@ -1,22 +1,36 @@
-// The address sse_redis names: redis://[[user]:password@]host[:port][/db] or
-// unix:/path/to/socket[?db=N]. Pure C++, unit-tested in t/unit.
+// The address sse_redis names:
+//   redis://[[user]:password@]host[:port][/db]       one server
+//   rediss://...                                      the same over TLS
+//   unix:/path/to/socket[?db=N]
+//   redis-sentinel://[[user]:password@]host:port[,host:port...]/<master-name>[?db=N]
+// Pure C++, unit-tested in t/unit.
 #pragma once
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sse {
 
+struct RedisHostPort {
+    std::string host;
+    int port = 0;
+};
+
 struct RedisAddress {
-    std::string host;  // empty for a unix socket
+    std::string host;  // empty for a unix socket and for sentinels
     int port = 6379;
+    bool tls = false;  // rediss://
+    // redis-sentinel://: the sentinels to ask, in order, and the name they know the primary by.
+    std::vector<RedisHostPort> sentinels;
+    std::string master_name;
     std::string socket_path;
     std::string user;  // empty: the default user
     std::string password;
     bool has_password = false;
     int db = 0;
 
-    // How the log names it: host:port or unix:path (never the password).
+    // How the log names it: host:port, unix:path or sentinel name (never the password).
     std::string display() const;
 };
 

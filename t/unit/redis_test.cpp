@@ -6,6 +6,7 @@
 #include "protocol/event_frame.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_url.h"
+#include "redis/resp_reader.h"
 
 namespace sse {
 namespace {
@@ -72,6 +73,136 @@ TEST(RedisUrl, Ipv6) {
     ASSERT_TRUE(parse_redis_url("redis://[::1]:6390", a, reason)) << reason;
     EXPECT_EQ(a.host, "::1");
     EXPECT_EQ(a.port, 6390);
+}
+
+TEST(RedisUrl, Tls) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("rediss://:pw@cache.example:6380/1", a, reason)) << reason;
+    EXPECT_TRUE(a.tls);
+    EXPECT_EQ(a.host, "cache.example");
+    EXPECT_EQ(a.port, 6380);
+    EXPECT_EQ(a.db, 1);
+    EXPECT_EQ(a.password, "pw");
+    ASSERT_TRUE(parse_redis_url("redis://cache.example", a, reason)) << reason;
+    EXPECT_FALSE(a.tls);
+}
+
+TEST(RedisUrl, Sentinels) {
+    RedisAddress a;
+    std::string reason;
+    ASSERT_TRUE(parse_redis_url("redis-sentinel://app:pw@10.0.0.1:26379,10.0.0.2,[::1]:26380/mymaster?db=3", a, reason))
+        << reason;
+    ASSERT_EQ(a.sentinels.size(), 3u);
+    EXPECT_EQ(a.sentinels[0].host, "10.0.0.1");
+    EXPECT_EQ(a.sentinels[0].port, 26379);
+    EXPECT_EQ(a.sentinels[1].host, "10.0.0.2");
+    EXPECT_EQ(a.sentinels[1].port, 26379);  // the sentinels' default port
+    EXPECT_EQ(a.sentinels[2].host, "::1");
+    EXPECT_EQ(a.sentinels[2].port, 26380);
+    EXPECT_EQ(a.master_name, "mymaster");
+    EXPECT_EQ(a.db, 3);
+    EXPECT_EQ(a.user, "app");
+    EXPECT_EQ(a.password, "pw");
+    EXPECT_EQ(a.display(), "sentinel primary \"mymaster\"");
+    for (const char* bad :
+         {"redis-sentinel://10.0.0.1:26379", "redis-sentinel://10.0.0.1:26379/", "redis-sentinel://10.0.0.1:26379,/m",
+          "redis-sentinel:///m", "redis-sentinel://10.0.0.1:0/m", "redis-sentinel://10.0.0.1/m?db=x",
+          "redis-sentinel://10.0.0.1/a/b"}) {
+        EXPECT_FALSE(parse_redis_url(bad, a, reason)) << bad;
+        EXPECT_FALSE(reason.empty()) << bad;
+    }
+}
+
+// Feeds `bytes` in pieces of `piece` bytes; returns the replies read, or stops at a refusal.
+struct ReadOutcome {
+    std::vector<RedisReplyPtr> replies;
+    bool broken = false;
+    std::string reason;
+};
+
+ReadOutcome read_all(const std::string& bytes, std::size_t piece = 1 << 20) {
+    ReadOutcome out;
+    RespReader reader;
+    for (std::size_t at = 0; at < bytes.size() && !out.broken; at += piece) {
+        if (!reader.feed(bytes.data() + at, std::min(piece, bytes.size() - at), out.reason)) {
+            out.broken = true;
+            break;
+        }
+        for (;;) {
+            RedisReplyPtr r;
+            RespReader::Result result = reader.next(r, out.reason);
+            if (result == RespReader::Result::kBroken) {
+                out.broken = true;
+                break;
+            }
+            if (result == RespReader::Result::kNeedMore) break;
+            out.replies.push_back(std::move(r));
+        }
+    }
+    return out;
+}
+
+TEST(RespReader, ReadsRepliesInAnyPieces) {
+    const std::string bytes =
+        "+OK\r\n:42\r\n$5\r\nhello\r\n*3\r\n$7\r\nmessage\r\n$5\r\nsse:a\r\n$0\r\n\r\n-ERR no\r\n$-1\r\n";
+    for (std::size_t piece : {std::size_t(1), std::size_t(3), std::size_t(1000)}) {
+        ReadOutcome out = read_all(bytes, piece);
+        ASSERT_FALSE(out.broken) << out.reason;
+        ASSERT_EQ(out.replies.size(), 6u);
+        EXPECT_EQ(out.replies[0]->type, REDIS_REPLY_STATUS);
+        EXPECT_EQ(out.replies[1]->integer, 42);
+        EXPECT_EQ(std::string(out.replies[2]->str, out.replies[2]->len), "hello");
+        ASSERT_EQ(out.replies[3]->elements, 3u);
+        EXPECT_EQ(std::string(out.replies[3]->element[1]->str), "sse:a");
+        EXPECT_EQ(out.replies[4]->type, REDIS_REPLY_ERROR);
+        EXPECT_EQ(out.replies[5]->type, REDIS_REPLY_NIL);
+    }
+}
+
+TEST(RespReader, RefusesAHugeStringAtItsLengthLine) {
+    ReadOutcome out = read_all("$999000000000\r\n");
+    EXPECT_TRUE(out.broken);
+    EXPECT_NE(out.reason.find("bound"), std::string::npos) << out.reason;
+    // Just over the bound, before a byte of it arrives.
+    out = read_all("$" + std::to_string(kMaxRedisStringBytes + 1) + "\r\n");
+    EXPECT_TRUE(out.broken);
+    // At the bound: waits for the rest.
+    out = read_all("$" + std::to_string(kMaxRedisStringBytes) + "\r\nabc");
+    EXPECT_FALSE(out.broken) << out.reason;
+    EXPECT_TRUE(out.replies.empty());
+}
+
+TEST(RespReader, RefusesHugeArraysAndDeepNesting) {
+    ReadOutcome out = read_all("*999000000000\r\n");
+    EXPECT_TRUE(out.broken);
+    out = read_all("*" + std::to_string(kMaxRedisArrayElements + 1) + "\r\n");
+    EXPECT_TRUE(out.broken);
+    EXPECT_NE(out.reason.find("array longer"), std::string::npos) << out.reason;
+    std::string deep;
+    for (int i = 0; i < 10000; i++) deep += "*1\r\n";
+    deep += ":1\r\n";
+    out = read_all(deep);
+    EXPECT_TRUE(out.broken);
+    EXPECT_TRUE(out.replies.empty());
+    // Four deep (CLUSTER SHARDS) is fine.
+    out = read_all("*1\r\n*1\r\n*1\r\n*1\r\n:7\r\n");
+    ASSERT_FALSE(out.broken) << out.reason;
+    ASSERT_EQ(out.replies.size(), 1u);
+}
+
+TEST(RespReader, RefusesGarbageAndEndlessLines) {
+    ReadOutcome out = read_all(std::string("\x00\xff garbage\r\n", 12));
+    EXPECT_TRUE(out.broken);
+    EXPECT_EQ(out.reason.find_first_of("\r\n"), std::string::npos);
+    out = read_all("+" + std::string(70000, 'x'));
+    EXPECT_TRUE(out.broken);
+    EXPECT_NE(out.reason.find("64 KB"), std::string::npos) << out.reason;
+    // Negative lengths other than -1: a refusal or a nil, never a crash.
+    out = read_all("$-5\r\n*-7\r\n+OK\r\n");
+    if (!out.broken) {
+        EXPECT_EQ(out.replies.size(), 3u);
+    }
 }
 
 TEST(RedisEntry, Parses) {
