@@ -491,9 +491,28 @@ void reconcile() {
     if (!dropped.empty()) link->store->set_synced(dropped, false);
 }
 
-// sse_publish answers with the event's id (a string); an error leaves the event unsent, logged.
+// Errors that mean "not here, not now" (a replica, a primary without its replicas, a server
+// still loading, a cluster moving slots) rather than "never".
+bool is_transient(std::string_view error) {
+    for (std::string_view code :
+         {"READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "BUSY"}) {
+        if (error.substr(0, code.size()) == code && (error.size() == code.size() || error[code.size()] == ' ')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// sse_publish answers with the event's id (a string). A transient error keeps the event queued:
+// the link starts over, and it goes again, with those after it, once a primary takes it. Any
+// other error (the function refused its arguments) would come back every time: the event is
+// left unsent and logged.
 void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
+    if (reply.type == REDIS_REPLY_ERROR && is_transient(text(reply))) {
+        fail("it refused an event (" + std::string(text(reply)) + "); it stays queued");
+        return;
+    }
     if (reply.type == REDIS_REPLY_ERROR) {
         log_bad_entry("publishing failed: " + escaped(std::string(text(reply))));
     } else if (is_string(reply) || reply.type == REDIS_REPLY_INTEGER) {
