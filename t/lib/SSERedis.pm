@@ -13,6 +13,8 @@ package SSERedis;
 #   $redis->client_count('sse-');                            # CLIENT LIST entries named sse-*
 #   $redis->numsub('sse:news');                              # PUBSUB NUMSUB's count
 #   $redis->stop; $redis->start;                             # an outage, same port
+#   $redis->crash;                                           # SIGKILL: the machine died
+#   $redis->info('replication')->{role};                     # INFO's fields
 #   my @nodes = $redis->nodes(3, server => $locations);      # 3 started nginx nodes using it
 #   SSERedis::wait_connected($node);                         # stats' redis.state is "connected"
 
@@ -133,6 +135,12 @@ sub port_open {
     return 1;
 }
 
+# What runs this server (SSESentinel's sentinels run the same binary in sentinel mode).
+sub command {
+    my ($self) = @_;
+    return ('redis-server', "$self->{dir}/redis.conf");
+}
+
 # Starts redis-server (again, on the same port after stop) and waits until it answers PING.
 sub start {
     my ($self) = @_;
@@ -144,7 +152,7 @@ sub start {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>>', "$self->{dir}/redis.stdout";
         open STDERR, '>&', \*STDOUT;
-        exec('redis-server', "$self->{dir}/redis.conf") or POSIX::_exit(127);
+        exec($self->command) or POSIX::_exit(127);
     }
     $self->{pid} = $pid;
     my $end = time + 10;
@@ -194,6 +202,18 @@ sub stop {
     return $self;
 }
 
+# SIGKILL, as when its machine dies: nothing flushed, nothing said to clients or replicas. The
+# port is then held (refusing connections) like after stop.
+sub crash {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return;
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    $self->{pid} = undef;
+    $self->hold_port;
+    return $self;
+}
+
 # Runs redis-cli against this server, authenticated as the admin (the default user with
 # requirepass's password) unless auth => [user, pass] or auth => undef is given first as
 # { auth => ... }; returns its output without the trailing newline.
@@ -221,6 +241,17 @@ sub cli {
     close $fh;
     $out =~ s/\n\z//;
     return $out;
+}
+
+# INFO [section...] as {field => value} ("field:value" lines; {} when Redis does not answer).
+sub info {
+    my ($self, @sections) = @_;
+    my %f;
+    for (split /\r?\n/, $self->cli('INFO', @sections)) {
+        my ($k, $v) = /^(\w[\w|]*):(.*)$/ or next;
+        $f{$k} = $v;
+    }
+    return \%f;
 }
 
 # CLIENT LIST entries whose name starts with $prefix (default "sse-").
