@@ -12,6 +12,7 @@ use Time::HiRes qw(time sleep);
 use SSETest;
 use SSERedis;
 use SSEExpect qw(frames reset_frame);
+use JSON::PP ();
 
 my $locations = <<'CONF';
         location = /events {
@@ -27,6 +28,7 @@ my $locations = <<'CONF';
 CONF
 
 my $redis = SSERedis->new;
+my $port = $redis->port;
 my $url = $redis->url(db => 3);
 my @nodes = map {
     SSETest->new(http => "sse_redis $url;\n    sse_redis_prefix app1:;\n    sse_redis_sync_timeout 700ms;",
@@ -65,14 +67,22 @@ from prometheus_client.parser import text_string_to_metric_families
 for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
     for s in fam.samples:
         if s.name.startswith("sse_redis"):
-            print(f"{s.name} {fam.type} {int(s.value)}")
+            labels = "".join(" " + s.labels[k] for k in ("address", "role") if k in s.labels)
+            print(f"{s.name} {fam.type} {int(s.value)}{labels}")
 PY`;
 is($?, 0, 'the Prometheus parser accepts the output');
 is($parsed, join('', map { "$_\n" } 'sse_redis_up gauge 1', 'sse_redis_reconnects_total counter 0',
                  'sse_redis_queue_events gauge 0', 'sse_redis_queue_dropped_total counter 0',
                  'sse_redis_channels gauge 0', 'sse_redis_events_sent_total counter 3',
-                 'sse_redis_events_received_total counter 0'),
+                 'sse_redis_events_received_total counter 0',
+                 "sse_redis_server_up gauge 1 127.0.0.1:$port primary",
+                 "sse_redis_server_reconnects_total counter 0 127.0.0.1:$port primary"),
    'every Redis figure, its type and value, as the parser reads them');
+# The link's servers, in the JSON too.
+my $stats = JSON::PP::decode_json($A->request('GET', '/stats')->{body});
+is_deeply($stats->{redis}{servers},
+          [{address => "127.0.0.1:$port", role => 'primary', state => 'connected', reconnects => 0}],
+          'stats: redis.servers names the one server, its role and state');
 my $promb = $B->request('GET', '/stats?format=prometheus')->{body};
 like($promb, qr/^sse_redis_events_received_total 3$/m, 'B: sse_redis_events_received_total 3');
 

@@ -60,6 +60,18 @@ void add_redis_figures(Store& store, StatsReport& report) {
     report.redis_channels = cs.channels;
     report.redis_events_sent = c.redis_events_sent;
     report.redis_events_received = c.redis_events_received;
+    for (const RedisServerFigures& f : store.redis_servers()) {
+        StatsReport::RedisServer& s = report.redis_servers.emplace_back();
+        s.address = std::string(f.address, strnlen(f.address, sizeof(f.address)));
+        s.role = f.role == RedisRole::kSentinel      ? "sentinel"
+                 : f.role == RedisRole::kClusterNode ? "cluster node"
+                                                     : "primary";
+        s.state = f.state == RedisState::kConnected      ? "connected"
+                  : f.state == RedisState::kConnecting   ? "connecting"
+                  : f.state == RedisState::kDisconnected ? "disconnected"
+                                                         : "standby";
+        s.reconnects = f.reconnects;
+    }
 }
 
 // The zone's counters and figures, and Redis's when the node uses it.

@@ -94,7 +94,14 @@ std::string stats_json(const StatsReport& r) {
          ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
          ",\"channels\":" + std::to_string(r.redis_channels) +
          ",\"events_sent\":" + std::to_string(r.redis_events_sent) +
-         ",\"events_received\":" + std::to_string(r.redis_events_received) + "}";
+         ",\"events_received\":" + std::to_string(r.redis_events_received) + ",\"servers\":[";
+    for (std::size_t i = 0; i < r.redis_servers.size(); i++) {
+        const StatsReport::RedisServer& s = r.redis_servers[i];
+        if (i) j += ",";
+        j += "{\"address\":" + json_string(s.address) + ",\"role\":" + json_string(s.role) +
+             ",\"state\":" + json_string(s.state) + ",\"reconnects\":" + std::to_string(s.reconnects) + "}";
+    }
+    j += "]}";
     if (r.per_channel) {
         j += ",\"per_channel\":[";
         for (std::size_t i = 0; i < r.channel_list.size(); i++) {
@@ -107,6 +114,14 @@ std::string stats_json(const StatsReport& r) {
     j += "}\n";
     return j;
 }
+
+namespace {
+
+std::string server_labels(const StatsReport::RedisServer& s) {
+    return "address=\"" + label_value(s.address) + "\",role=\"" + label_value(s.role) + "\"";
+}
+
+}  // namespace
 
 std::string stats_prometheus(const StatsReport& r) {
     std::string out;
@@ -161,6 +176,16 @@ std::string stats_prometheus(const StatsReport& r) {
                r.redis_events_sent);
         single(out, {"sse_redis_events_received_total", "counter", "Events of other nodes taken from Redis."},
                r.redis_events_received);
+        family(out, {"sse_redis_server_up", "gauge",
+                     "1 while the link's connection to this Redis server (or sentinel) is up."});
+        for (const StatsReport::RedisServer& s : r.redis_servers) {
+            sample(out, "sse_redis_server_up", s.state == "connected" ? 1 : 0, server_labels(s));
+        }
+        family(out, {"sse_redis_server_reconnects_total", "counter",
+                     "Connections to this Redis server (or sentinel) made again after a loss."});
+        for (const StatsReport::RedisServer& s : r.redis_servers) {
+            sample(out, "sse_redis_server_reconnects_total", s.reconnects, server_labels(s));
+        }
     }
     if (r.per_channel) {
         family(out, {"sse_channel_subscribers", "gauge", "Event streams open on the channel."});

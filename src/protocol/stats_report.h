@@ -53,6 +53,13 @@ struct StatsReport {
     std::uint64_t redis_channels = 0;  // subscribed to in Redis
     std::uint64_t redis_events_sent = 0;
     std::uint64_t redis_events_received = 0;
+    struct RedisServer {
+        std::string address;
+        std::string role;   // primary, sentinel, cluster node
+        std::string state;  // connected, connecting, disconnected, standby
+        std::uint64_t reconnects = 0;
+    };
+    std::vector<RedisServer> redis_servers;
 
     bool per_channel = false;  // asked for: the channels below are listed
     bool per_channel_truncated = false;

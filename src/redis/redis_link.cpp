@@ -8,6 +8,7 @@ extern "C" {
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <unordered_map>
 #include <unordered_set>
@@ -83,6 +84,9 @@ struct Link final : RedisConnection::Owner {
     std::size_t next_sentinel = 0;
     std::size_t sentinels_asked = 0;  // in this discovery
     RedisServer primary;              // where cmd and sub go
+    // What sse_stats shows of each server, mirrored into the zone when it changes.
+    std::vector<RedisServerFigures> figures;
+    std::vector<bool> connected_before;  // by figure: a connection now is a reconnect
     int handshake_pending = 0;
     ngx_msec_t connect_started = 0;
 
@@ -132,6 +136,41 @@ void wake(const PublishResult& result) {
     if (result.wake[0] != 0 || result.wake[1] != 0) WorkerWakeup::wake(header(), result.wake);
 }
 
+// Records a server's state for the stats; the zone gets the list when it changed.
+void note_server(const RedisServer& server, RedisRole role, RedisState state) {
+    if (server.socklen == 0) return;
+    std::string address = server.display.substr(0, kMaxRedisAddressShown - 1);
+    std::vector<RedisServerFigures>& figures = link->figures;
+    std::size_t i = 0;
+    while (i < figures.size() && (figures[i].role != role || address != figures[i].address)) i++;
+    if (i == figures.size()) {
+        if (figures.size() == kMaxRedisServersShown) {
+            // Full (primaries a long run of failovers named): the oldest one not in use goes.
+            std::size_t old = 0;
+            while (old < figures.size() && (figures[old].role != role || figures[old].state == RedisState::kConnected))
+                old++;
+            if (old == figures.size()) return;
+            figures.erase(figures.begin() + std::ptrdiff_t(old));
+            link->connected_before.erase(link->connected_before.begin() + std::ptrdiff_t(old));
+            i = figures.size();
+        }
+        RedisServerFigures f{};
+        std::memcpy(f.address, address.c_str(), address.size() + 1);
+        f.role = role;
+        f.state = RedisState::kOff;
+        figures.push_back(f);
+        link->connected_before.push_back(false);
+    }
+    RedisServerFigures& f = figures[i];
+    if (f.state == state) return;
+    if (state == RedisState::kConnected) {
+        if (link->connected_before[i]) f.reconnects++;
+        link->connected_before[i] = true;
+    }
+    f.state = state;
+    link->store->set_redis_servers(figures);
+}
+
 bool is_string(const redisReply& r) {
     return r.type == REDIS_REPLY_STRING || r.type == REDIS_REPLY_STATUS;
 }
@@ -176,6 +215,8 @@ void fail(const std::string& why, bool already_logged) {
     std::string reason = escaped(why);
     bool was_ready = link->phase == Phase::kReady;
     std::string where = target();
+    note_server(link->primary, RedisRole::kPrimary, RedisState::kDisconnected);
+    if (link->watcher != nullptr) note_server(link->watcher->server(), RedisRole::kSentinel, RedisState::kOff);
     drop_connections();
     link->attempts++;
     // Once per outage each: the loss, and why the attempts after it fail (the first of them).
@@ -215,6 +256,7 @@ void ready() {
                       ngx_uint_t(link->attempts), queued);
         ngx_atomic_fetch_add(&header()->counters.redis_reconnects, 1);
     }
+    note_server(link->primary, RedisRole::kPrimary, RedisState::kConnected);
     link->ever_ready = true;
     link->attempts = 0;
     link->outage_logged = false;
@@ -601,6 +643,7 @@ RedisConnection* open_connection(const char* role, bool takes_pushes, std::strin
 // Connects to the primary: the address sse_redis names, or the one a sentinel named.
 void connect_to_primary() {
     link->phase = Phase::kConnecting;
+    note_server(link->primary, RedisRole::kPrimary, RedisState::kConnecting);
     std::string reason;
     link->cmd = open_connection("cmd", false, reason);
     if (link->cmd != nullptr) link->sub = open_connection("sub", true, reason);
@@ -632,6 +675,7 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
         !is_string(*reply.element[1])) {
         // nil: this sentinel does not monitor that name (yet); another may.
         if (reply.type == REDIS_REPLY_NIL) {
+            note_server(c.server(), RedisRole::kSentinel, RedisState::kOff);
             ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: redis sentinel %s does not know the primary %s",
                           c.server().display.c_str(), quoted_bytes(link->config->address.master_name).c_str());
             RedisConnection::release(link->watcher);
@@ -646,6 +690,7 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
     int port = 0;
     std::string_view port_text = text(*reply.element[1]);
     for (char ch : port_text) port = ch >= '0' && ch <= '9' && port < 65536 ? port * 10 + (ch - '0') : 65536;
+    note_server(c.server(), RedisRole::kSentinel, RedisState::kConnected);
     if (!parse_redis_server(host, port, primary)) {
         fail("sentinel " + c.server().display + " named the primary " +
              quoted_bytes(host + ":" + std::string(port_text)) + ", which is not a numeric address and port");
@@ -691,7 +736,11 @@ void ask_next_sentinel() {
         link->sentinels_asked++;
         RedisTls plain;
         link->watcher = RedisConnection::open(s, plain, true, link->config->connect_timeout, link, link->log, reason);
-        if (link->watcher == nullptr) continue;
+        if (link->watcher == nullptr) {
+            note_server(s, RedisRole::kSentinel, RedisState::kDisconnected);
+            continue;
+        }
+        note_server(s, RedisRole::kSentinel, RedisState::kConnecting);
         link->watcher->send({"SENTINEL", "get-master-addr-by-name", link->config->address.master_name},
                             on_master_address);
         link->watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
@@ -719,6 +768,7 @@ void Link::failed(RedisConnection& connection, const std::string& reason) {
     if (&connection == watcher) {
         ngx_log_error(NGX_LOG_INFO, log, 0, "sse: redis sentinel %s: %s", connection.server().display.c_str(),
                       escaped(reason).c_str());
+        note_server(connection.server(), RedisRole::kSentinel, RedisState::kDisconnected);
         RedisConnection::release(watcher);
         watcher = nullptr;
         if (phase == Phase::kDiscovering) ask_next_sentinel();
@@ -779,6 +829,21 @@ void check_link(ngx_msec_t now) {
     }
 }
 
+// The figures the previous holder of the link left (their reconnect counts go on), with every
+// server named in sse_redis listed even before it is used.
+void take_over_figures() {
+    link->figures = link->store->redis_servers();
+    link->connected_before.assign(link->figures.size(), true);
+    bool sentinels = !link->config->address.master_name.empty();
+    for (const RedisServer& s : link->config->servers) {
+        note_server(s, sentinels ? RedisRole::kSentinel : RedisRole::kPrimary, RedisState::kOff);
+    }
+    for (RedisServerFigures& f : link->figures) {
+        if (f.state != RedisState::kOff) f.state = RedisState::kDisconnected;
+    }
+    link->store->set_redis_servers(link->figures);
+}
+
 void on_tick(ngx_event_t*) noexcept {
     if (link == nullptr || link->stopped) return;
     guarded(link->log, "running the redis link", [] {
@@ -787,6 +852,7 @@ void on_tick(ngx_event_t*) noexcept {
             link->owner = true;
             link->ever_ready = false;
             link->attempts = 0;
+            take_over_figures();
             connect_now();
         } else if (!owner && link->owner) {
             go_idle();

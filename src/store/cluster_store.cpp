@@ -166,6 +166,22 @@ bool Store::queue_control(std::string_view json, std::uint64_t wake[2], ngx_log_
     return true;
 }
 
+void Store::set_redis_servers(const std::vector<RedisServerFigures>& servers) {
+    ZoneLock lock(pool_, &deferred_);
+    ClusterState& cs = hdr_->cluster;
+    cs.server_count = std::uint32_t(std::min(servers.size(), kMaxRedisServersShown));
+    std::copy_n(servers.begin(), cs.server_count, cs.servers);
+}
+
+std::vector<RedisServerFigures> Store::redis_servers() {
+    std::vector<RedisServerFigures> out;
+    out.reserve(kMaxRedisServersShown);
+    ZoneLock lock(pool_, &deferred_);
+    const ClusterState& cs = hdr_->cluster;
+    out.assign(cs.servers, cs.servers + std::min<std::size_t>(cs.server_count, kMaxRedisServersShown));
+    return out;
+}
+
 std::uint32_t Store::outbound_count() {
     return __atomic_load_n(&hdr_->cluster.outbound_count, __ATOMIC_ACQUIRE);
 }

@@ -201,6 +201,18 @@ struct StoreCounters {
 
 enum class RedisState : ngx_uint_t { kOff = 0, kConnecting, kConnected, kDisconnected };
 
+// One Redis server the link talks to, as the stats list it. The worker holding the link writes
+// them (under the zone's lock) when one changes; any worker reads them for sse_stats.
+enum class RedisRole : std::uint8_t { kPrimary = 0, kSentinel, kClusterNode };
+constexpr std::size_t kMaxRedisServersShown = 16;
+constexpr std::size_t kMaxRedisAddressShown = 64;
+struct RedisServerFigures {
+    char address[kMaxRedisAddressShown];  // NUL-terminated: host:port or unix:path, cut if longer
+    RedisRole role;
+    RedisState state;  // kOff: known, not in use (a sentinel not asked now)
+    std::uint32_t reconnects;
+};
+
 // This node's part in a Redis cluster. One worker (the owner) holds the connections; the
 // others see its state here and wake it when there is work.
 struct ClusterState {
@@ -217,6 +229,8 @@ struct ClusterState {
     std::uint32_t channels;               // channels subscribed to in Redis
     time_t dropped_logged_at;
     std::uint64_t dropped_unlogged;
+    std::uint32_t server_count;
+    RedisServerFigures servers[kMaxRedisServersShown];
 };
 
 // Ids of channels the zone forgot entirely (freed, closed, or published to with no history),
@@ -446,6 +460,9 @@ public:
     // The worker holding the Redis connections: claims the role when nobody holds it or its
     // holder stopped beating for `stale_after`; the holder's call refreshes its beat.
     bool claim_redis(ngx_uint_t slot, ngx_msec_t now, ngx_msec_t stale_after);
+    // The servers the link talks to (at most kMaxRedisServersShown), as it last wrote them.
+    void set_redis_servers(const std::vector<RedisServerFigures>& servers);
+    std::vector<RedisServerFigures> redis_servers();
     void release_redis(ngx_uint_t slot);
     ngx_uint_t redis_owner_slot();  // kMaxWorkerSlots: none
     // The names of channels with streams on this node.
