@@ -7,6 +7,9 @@ package SSERedis;
 #   my $redis = SSERedis->new;                               # started
 #   my $redis = SSERedis->new(password => 's3cret', users => [[alice => 'pw']]);
 #   my $redis = SSERedis->new(start => 0);                   # port reserved, not started
+#   my $certs = SSERedis::tls_certs();                       # a CA, server and client certificates
+#   my $redis = SSERedis->new(tls => {certs => $certs, auth_clients => 'yes'});   # TLS only
+#   $redis->rediss_url;                                      # rediss://127.0.0.1:PORT
 #   $redis->url;                                             # redis://127.0.0.1:PORT
 #   $redis->url(user => 'alice', password => 'pw');         # redis://alice:pw@127.0.0.1:PORT
 #   $redis->cli('PUBSUB', 'NUMSUB', 'sse:news');             # redis-cli's output, chomped
@@ -90,6 +93,14 @@ sub url {
     return $url;
 }
 
+# rediss://[user:password@]127.0.0.1:PORT[/db]: url()'s options, for a server made with tls.
+sub rediss_url {
+    my ($self, %o) = @_;
+    my $url = $self->url(%o);
+    $url =~ s{^redis://}{rediss://};
+    return $url;
+}
+
 # unix:/path/to/redis.sock[?db=N] (the server listens on one when made with unixsocket => 1).
 sub unix_url {
     my ($self, %o) = @_;
@@ -99,9 +110,12 @@ sub unix_url {
 sub write_conf {
     my ($self) = @_;
     my $d = $self->{dir};
+    # With tls, the port speaks TLS only: the plain port is off (port 0).
+    my $tls = $self->{tls};
+    my $plain_port = $tls ? 0 : $self->{port};
     my $conf = <<"CONF";
 bind 127.0.0.1
-port $self->{port}
+port $plain_port
 protected-mode no
 daemonize no
 save ""
@@ -113,6 +127,11 @@ databases 16
 CONF
     if ($self->{unixsocket}) {
         $conf .= "unixsocket " . $self->socket_path . "\nunixsocketperm 777\n";
+    }
+    if ($tls) {
+        my $c = $tls->{certs} or die "tls needs certs (SSERedis::tls_certs)";
+        $conf .= "tls-port $self->{port}\ntls-cert-file $c->{server_cert}\ntls-key-file $c->{server_key}\n"
+               . "tls-ca-cert-file $c->{ca}\ntls-auth-clients " . ($tls->{auth_clients} // 'no') . "\n";
     }
     $conf .= "requirepass $self->{password}\n" if defined $self->{password};
     # ACL users: [name, password, rules (default: everything)].
@@ -234,7 +253,7 @@ sub cli {
     my $pid = open(my $fh, '-|') // die "fork: $!";
     if (!$pid) {
         open STDERR, '>&', \*STDOUT;
-        exec('redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, @auth, @args) or POSIX::_exit(127);
+        exec('redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, $self->cli_tls, @auth, @args) or POSIX::_exit(127);
     }
     local $/;
     my $out = <$fh> // '';
@@ -252,6 +271,14 @@ sub info {
         $f{$k} = $v;
     }
     return \%f;
+}
+
+# redis-cli's TLS options for a server made with tls: the CA, and the client certificate (which a
+# server with tls-auth-clients yes asks for).
+sub cli_tls {
+    my ($self) = @_;
+    my $c = $self->{tls} && $self->{tls}{certs} or return ();
+    return ('--tls', '--cacert', $c->{ca}, '--cert', $c->{client_cert}, '--key', $c->{client_key});
 }
 
 # CLIENT LIST entries whose name starts with $prefix (default "sse-").
@@ -316,6 +343,56 @@ sub auth_failures {
     }
     $flush->();
     return $n;
+}
+
+# Certificates for TLS tests, made with openssl in a new directory (or $o{dir}), readable by
+# nginx's workers: a CA; a server certificate it signs for localhost and 127.0.0.1 (and the names
+# in $o{server_names}: DNS names or IP addresses); a client certificate it signs (CN sse-node), for
+# mutual TLS; and another CA that signed none of them (a wrong CA). Returns the paths: ca, ca_key,
+# server_cert, server_key, client_cert, client_key, other_ca, dir. Kept with SSE_KEEP=1.
+our @CERT_DIRS;
+
+sub tls_certs {
+    my (%o) = @_;
+    my $d = $o{dir} // tempdir('sse-certs-XXXXXX', TMPDIR => 1, CLEANUP => 0);
+    push @CERT_DIRS, $d unless $o{dir};
+    chmod 0755, $d;
+    my @names = ('localhost', '127.0.0.1', @{ $o{server_names} || [] });
+    my $san = join ',', map { /^[\d.]+$|:/ ? "IP:$_" : "DNS:$_" } @names;
+    my $run = sub {
+        my @cmd = @_;
+        my $pid = open(my $fh, '-|') // die "fork: $!";
+        if (!$pid) {
+            open STDERR, '>&', \*STDOUT;
+            exec(@cmd) or POSIX::_exit(127);
+        }
+        local $/;
+        my $out = <$fh> // '';
+        close $fh;
+        die "@cmd: $out" if $?;
+    };
+    # EC keys: quick to make.
+    my @key = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes');
+    for my $ca ('ca', 'other_ca') {
+        $run->('openssl', 'req', '-x509', @key, '-days', '2', '-subj', "/CN=sse test $ca", '-keyout', "$d/$ca.key",
+               '-out', "$d/$ca.pem", '-addext', 'basicConstraints=critical,CA:TRUE',
+               '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+    }
+    my %ext = (server => "subjectAltName=$san\nextendedKeyUsage=serverAuth\n",
+               client => "extendedKeyUsage=clientAuth\n");
+    my %cn = (server => 'localhost', client => 'sse-node');
+    for my $who ('server', 'client') {
+        open my $fh, '>', "$d/$who.ext" or die $!;
+        print $fh "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n$ext{$who}";
+        close $fh;
+        $run->('openssl', 'req', @key, '-subj', "/CN=$cn{$who}", '-keyout', "$d/$who.key", '-out', "$d/$who.csr");
+        $run->('openssl', 'x509', '-req', '-in', "$d/$who.csr", '-CA', "$d/ca.pem", '-CAkey', "$d/ca.key",
+               '-CAcreateserial', '-days', '2', '-extfile', "$d/$who.ext", '-out', "$d/$who.pem");
+    }
+    chmod 0644, glob "$d/*";
+    return {dir => $d, ca => "$d/ca.pem", ca_key => "$d/ca.key", other_ca => "$d/other_ca.pem",
+            server_cert => "$d/server.pem", server_key => "$d/server.key",
+            client_cert => "$d/client.pem", client_key => "$d/client.key"};
 }
 
 sub log_text {
@@ -412,6 +489,7 @@ sub DESTROY {
 END {
     local ($?, $!, $@);
     for my $r (grep { defined } @ALL) { eval { $r->stop } }
+    File::Path::remove_tree(@CERT_DIRS) if @CERT_DIRS && !$ENV{SSE_KEEP};
 }
 
 1;
