@@ -96,5 +96,18 @@ like($s1->body, qr/\Q$live->[1]\E\z/, 'then live events (first stream)');
 like($s2->body, qr/\Q$live->[1]\E\z/, 'then live events (second stream)');
 $_->close for $s1, $s2;
 
+# --- an event sent again ----------------------------------------------------------------------
+# A node sends again, flagged "resent", what a broken connection may have applied: the function
+# adds and publishes it only if the channel's history does not hold its id yet.
+my @again = ('FCALL', 'sse_publish', 1, 'sse:again', 'twice?', '', 100, 0, '1838870250923657666', 'feedfacefeedface');
+is($redis->cli(@again), '1838870250923657666', 'a node\'s event: the function answers its id');
+is($redis->cli(@again, 1), '1838870250923657666', 'sent again (resent): the same id');
+is($redis->cli('LLEN', 'sse:again'), 1, 'resent: the history holds it once');
+is($redis->cli(@again), '1838870250923657666', 'not flagged: taken as a new event');
+is($redis->cli('LLEN', 'sse:again'), 2, 'so only the flag makes the function look (2 entries now)');
+my @other = ('FCALL', 'sse_publish', 1, 'sse:again', 'new', '', 100, 0, '1838870250923657999', 'feedfacefeedface', 1);
+$redis->cli(@other);
+is($redis->cli('LLEN', 'sse:again'), 3, 'resent with an id the history lacks: added');
+
 $_->finish for @nodes;
 done_testing;

@@ -229,7 +229,15 @@ void RedisConnection::writable() {
         return;
     }
     std::string reason;
-    if (!flush(reason)) fail(reason);
+    if (!flush(reason)) {
+        fail(reason);
+        return;
+    }
+    if (read_wants_write_) {
+        // A read that waited for a TLS message to go out.
+        read_wants_write_ = false;
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
 }
 
 void RedisConnection::became_ready() {
@@ -282,12 +290,47 @@ void RedisConnection::readable() {
     if (!read_replies(reason)) fail(reason);
 }
 
+// Reads what arrived: through nginx for plain TCP; over TLS with SSL_read here, so that what the
+// server's TLS says (an alert such as "certificate required") becomes this connection's one
+// reason rather than a [crit] line of nginx's SSL layer.
+ssize_t RedisConnection::receive(u_char* buffer, std::size_t size, std::string& reason) {
+    ngx_connection_t* c = connection_;
+#if (NGX_SSL)
+    if (c->ssl != nullptr) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl->connection, buffer, int(size));
+        if (n > 0) return n;
+        int error = SSL_get_error(c->ssl->connection, n);
+        if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+            c->read->ready = 0;
+            if (error == SSL_ERROR_WANT_WRITE) {
+                // A TLS message to send first (a key update): the write event reads again.
+                read_wants_write_ = true;
+                ngx_post_event(c->write, &ngx_posted_events);
+            }
+            return NGX_AGAIN;
+        }
+        unsigned long e = ERR_peek_last_error();
+        ERR_clear_error();
+        if (error == SSL_ERROR_ZERO_RETURN || (error == SSL_ERROR_SYSCALL && e == 0 && n == 0)) return 0;
+        const char* why = e != 0 ? ERR_reason_error_string(e) : nullptr;
+        reason = std::string("TLS: ") + (why != nullptr               ? why
+                                         : error == SSL_ERROR_SYSCALL ? std::strerror(errno)
+                                                                      : "error");
+        return NGX_ERROR;
+    }
+#endif
+    ssize_t n = c->recv(c, buffer, size);
+    if (n == NGX_ERROR) reason = std::string("reading failed: ") + std::strerror(ngx_socket_errno);
+    return n;
+}
+
 bool RedisConnection::read_replies(std::string& reason) {
     u_char buffer[kReadChunk];
     for (int reads = 0; reads < kReadsPerEvent; reads++) {
         ngx_connection_t* c = connection_;
         if (c == nullptr) return true;  // closed by the owner while handling a reply
-        ssize_t n = c->recv(c, buffer, sizeof(buffer));
+        ssize_t n = receive(buffer, sizeof(buffer), reason);
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
                 reason = "cannot watch the socket for reading";
@@ -299,10 +342,7 @@ bool RedisConnection::read_replies(std::string& reason) {
             reason = "closed by the server";
             return false;
         }
-        if (n < 0) {
-            reason = "reading failed";
-            return false;
-        }
+        if (n < 0) return false;
         if (!reader_.feed(reinterpret_cast<const char*>(buffer), std::size_t(n), reason)) return false;
         for (;;) {
             RedisReplyPtr reply;

@@ -105,6 +105,7 @@ private:
     void readable();
     void became_ready();
     bool flush(std::string& reason);
+    ssize_t receive(u_char* buffer, std::size_t size, std::string& reason);
     bool read_replies(std::string& reason);
     bool dispatch(const redisReply& reply, std::string& reason);
     void fail(const std::string& reason);
@@ -118,6 +119,7 @@ private:
     ngx_pool_t* pool_ = nullptr;  // for nginx's SSL state
     RespReader reader_;
     bool ready_ = false;  // connected (and TLS done)
+    bool read_wants_write_ = false;
     bool verify_ = false;
     std::string tls_name_;
     std::string out_;  // formatted commands not written yet

@@ -3,6 +3,8 @@
 // pub/sub message in one atomic step, so every node and every reader of the history sees the
 // same events in the same order. Other services publish with the same function:
 //   FCALL sse_publish <n> <prefix><channel>... <data> [<event> [<history> [<ttl-ms>]]]
+// (a node adds <id> <origin> [resent]: "1" when the event may already be there, sent before a
+// connection broke with its acknowledgement on the way; it is then not added or published again)
 // A channel's history is the list at key <prefix><channel>; its messages go to the pub/sub
 // channel of the same name. Each entry is JSON: i (id), o (origin node), t (Redis time, ms),
 // l (the newest id no longer retained when it was added), e (event name), d (data), and c (every
@@ -72,36 +74,48 @@ local function publish(keys, args)
   local id = args[5]
   if id == nil or id == '' then id = redis_id(keys, time) end
   local origin = args[6] or ''
+  -- A node sending again what a lost connection may have applied already: the id is looked for
+  -- in the last entries (a node has at most 1024 events unacknowledged).
+  local resent = args[7] == '1'
+  local needle = '"i":"' .. id .. '"'
   -- An event of several channels names them all, so that a node listening to more than one
   -- of them takes it once.
   local channels = nil
   if #keys > 1 then channels = keys end
   for _, key in ipairs(keys) do
-    local lost = '0'
-    if limit > 0 then
-      local tail = redis.call('LINDEX', key, -1)
-      if tail then lost = cjson.decode(tail).l or '0' end
-      if ttl > 0 then
-        while true do
-          local head = redis.call('LINDEX', key, 0)
-          if not head then break end
-          local h = cjson.decode(head)
-          if h.t + ttl > now_ms then break end
-          redis.call('LPOP', key)
+    local there = false
+    if resent and limit > 0 then
+      for _, e in ipairs(redis.call('LRANGE', key, -4096, -1)) do
+        if string.find(e, needle, 1, true) then there = true break end
+      end
+    end
+    if not there then
+      local lost = '0'
+      if limit > 0 then
+        local tail = redis.call('LINDEX', key, -1)
+        if tail then lost = cjson.decode(tail).l or '0' end
+        if ttl > 0 then
+          while true do
+            local head = redis.call('LINDEX', key, 0)
+            if not head then break end
+            local h = cjson.decode(head)
+            if h.t + ttl > now_ms then break end
+            redis.call('LPOP', key)
+            if at_least(h.i, lost) then lost = h.i end
+          end
+        end
+        while redis.call('LLEN', key) >= limit do
+          local h = cjson.decode(redis.call('LPOP', key))
           if at_least(h.i, lost) then lost = h.i end
         end
       end
-      while redis.call('LLEN', key) >= limit do
-        local h = cjson.decode(redis.call('LPOP', key))
-        if at_least(h.i, lost) then lost = h.i end
+      local entry = cjson.encode({i = id, o = origin, t = now_ms, l = lost, e = name, d = data, c = channels})
+      if limit > 0 then
+        redis.call('RPUSH', key, entry)
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
       end
+      redis.call('PUBLISH', key, entry)
     end
-    local entry = cjson.encode({i = id, o = origin, t = now_ms, l = lost, e = name, d = data, c = channels})
-    if limit > 0 then
-      redis.call('RPUSH', key, entry)
-      if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-    end
-    redis.call('PUBLISH', key, entry)
   end
   return id
 end

@@ -55,9 +55,16 @@ const char* step_name(std::uintptr_t step) {
     return "a command";
 }
 
+// Messages of a channel that arrive between its SUBSCRIBE and its history, held until the
+// history is merged: delivered at once, a newer event would reach streams before the older ones
+// the history brings.
+constexpr std::size_t kMaxHeldMessages = 10000;
+
 struct ChannelSubscription {
     enum State { kSubscribing, kSubscribed, kUnsubscribing } state = kSubscribing;
-    bool resubscribe = false;  // wanted again while its UNSUBSCRIBE was on its way
+    bool resubscribe = false;      // wanted again while its UNSUBSCRIBE was on its way
+    bool history_pending = false;  // subscribed, its history not merged yet
+    std::deque<std::string> held;  // payloads of its messages meanwhile, in arrival order
 };
 
 struct Link final : RedisConnection::Owner {
@@ -95,9 +102,13 @@ struct Link final : RedisConnection::Owner {
     bool outage_logged = false;  // a failed attempt of this outage was logged
     bool refusal_logged = false;
 
-    std::unordered_map<std::string, ChannelSubscription> channels;  // by channel name
+    std::unordered_map<std::string, ChannelSubscription> channels;     // by channel name
+    std::unordered_map<std::uintptr_t, std::string> history_requests;  // FCALL sse_history sent, by number
+    std::uintptr_t last_history_request = 0;
     std::uint64_t seen_changes = UINT64_MAX;
     std::uint64_t sent_seq = 0;
+    // Events up to this seq were sent on a connection that broke: Redis may have applied them.
+    std::uint64_t resend_through = 0;
     unsigned in_flight = 0;
     ngx_msec_t last_progress = 0;
     ngx_msec_t bad_entry_logged_at = 0;
@@ -190,7 +201,9 @@ void drop_connections() {
     link->watcher = nullptr;
     for (RedisConnection* c : connections) RedisConnection::release(c);
     link->channels.clear();
+    link->history_requests.clear();
     link->in_flight = 0;
+    link->resend_through = std::max(link->resend_through, link->sent_seq);
     link->sent_seq = 0;  // what Redis did not acknowledge is sent again
     link->handshake_pending = 0;
     header()->cluster.channels = 0;
@@ -239,8 +252,27 @@ void fail(const std::string& why, bool already_logged) {
 
 // A reply no command of ours can come back as: the server (or whatever sits between) is not
 // speaking Redis as we do, so the link starts over.
-void unexpected(const char* what) {
-    fail(std::string("an unexpected reply to ") + what);
+// An error reply is named by its text (the server says what is wrong); anything else by its type.
+std::string shape_of(const redisReply& r) {
+    switch (r.type) {
+        case REDIS_REPLY_ERROR:
+            return "the error " + quoted_bytes(std::string_view(r.str, r.len));
+        case REDIS_REPLY_STRING:
+            return "a string";
+        case REDIS_REPLY_STATUS:
+            return "a status";
+        case REDIS_REPLY_INTEGER:
+            return "an integer";
+        case REDIS_REPLY_NIL:
+            return "nil";
+        case REDIS_REPLY_ARRAY:
+            return "an array of " + std::to_string(r.elements);
+    }
+    return "a reply of type " + std::to_string(r.type);
+}
+
+void unexpected(const char* what, const redisReply& reply) {
+    fail(std::string("an unexpected reply to ") + what + ": " + shape_of(reply));
 }
 
 void ready() {
@@ -285,7 +317,7 @@ void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_
     if (step == kRole) {
         // A sentinel may name a primary that has just become a replica: never write to one.
         if (reply.type != REDIS_REPLY_ARRAY || reply.elements == 0 || !is_string(*reply.element[0])) {
-            unexpected("ROLE");
+            unexpected("ROLE", reply);
         } else if (text(*reply.element[0]) != "master") {
             fail("the server the sentinels named is a " + std::string(text(*reply.element[0])) + ", not the primary");
         } else {
@@ -294,7 +326,7 @@ void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_
         return;
     }
     if (!is_string(reply)) {
-        unexpected(step_name(step));
+        unexpected(step_name(step), reply);
         return;
     }
     handshake_done();
@@ -308,38 +340,7 @@ void log_bad_entry(const std::string& reason) {
                   reason.c_str());
 }
 
-void take_history(const char* text, std::size_t len) {
-    RedisHistory history;
-    std::string reason;
-    if (!parse_redis_history(text, len, history, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
-    std::string_view channel;
-    if (!channel_of(history.key, channel)) return;
-    auto it = link->channels.find(std::string(channel));
-    if (it == link->channels.end() || it->second.state != ChannelSubscription::kSubscribed) return;
-    std::vector<RemoteEvent> events;
-    events.reserve(history.entries.size());
-    std::uint64_t lost = 0;
-    for (const RedisEntry& e : history.entries) {
-        events.push_back(RemoteEvent{e.id, e.published_ms, e.name, e.data});
-        lost = e.lost;
-    }
-    PublishResult result;
-    link->store->merge_history(channel, events, lost, link->config->history, result, link->log);
-    wake(result);
-}
-
-void take_event(std::string_view key, const char* text, std::size_t len) {
-    std::string_view channel;
-    if (!channel_of(key, channel)) return;
-    RedisEntry entry;
-    std::string reason;
-    if (!parse_redis_entry(text, len, entry, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
+void take_entry(std::string_view channel, const RedisEntry& entry) {
     if (entry.origin == link->origin) return;  // ours, delivered here when published
     std::vector<std::string_view> channels;
     // An event comes once per subscription it matches: once per channel of a multi-channel
@@ -363,6 +364,68 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
     PublishResult result;
     RemoteEvent e{entry.id, entry.published_ms, entry.name, entry.data};
     if (link->store->ingest(channels, e, link->config->history, result, link->log)) wake(result);
+}
+
+// The channel's history is merged (or will not come): what arrived meanwhile follows it, except
+// what the history already held (ids up to its newest).
+void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_t newest_merged) {
+    s.history_pending = false;
+    std::deque<std::string> held;
+    held.swap(s.held);
+    for (const std::string& text : held) {
+        RedisEntry entry;
+        std::string reason;
+        if (!parse_redis_entry(text.data(), text.size(), entry, reason)) {
+            log_bad_entry(reason);
+        } else if (entry.id > newest_merged) {
+            take_entry(channel, entry);
+        }
+    }
+}
+
+void take_history(const char* text, std::size_t len) {
+    RedisHistory history;
+    std::string reason;
+    if (!parse_redis_history(text, len, history, reason)) {
+        log_bad_entry(reason);
+        return;
+    }
+    std::string_view channel;
+    if (!channel_of(history.key, channel)) return;
+    auto it = link->channels.find(std::string(channel));
+    if (it == link->channels.end() || it->second.state != ChannelSubscription::kSubscribed) return;
+    std::vector<RemoteEvent> events;
+    events.reserve(history.entries.size());
+    std::uint64_t lost = 0;
+    std::uint64_t newest = 0;
+    for (const RedisEntry& e : history.entries) {
+        events.push_back(RemoteEvent{e.id, e.published_ms, e.name, e.data});
+        lost = e.lost;
+        newest = std::max(newest, e.id);
+    }
+    PublishResult result;
+    link->store->merge_history(channel, events, lost, link->config->history, result, link->log);
+    wake(result);
+    release_held(it->first, it->second, newest);
+}
+
+void take_event(std::string_view key, const char* text, std::size_t len) {
+    std::string_view channel;
+    if (!channel_of(key, channel)) return;
+    auto it = link->channels.find(std::string(channel));
+    if (it != link->channels.end() && it->second.history_pending) {
+        ChannelSubscription& s = it->second;
+        if (s.held.size() == kMaxHeldMessages) s.held.pop_front();  // the history holds it, unless trimmed
+        s.held.emplace_back(text, len);
+        return;
+    }
+    RedisEntry entry;
+    std::string reason;
+    if (!parse_redis_entry(text, len, entry, reason)) {
+        log_bad_entry(reason);
+        return;
+    }
+    take_entry(channel, entry);
 }
 
 // Another node's request: done here as it was there.
@@ -402,13 +465,36 @@ void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t)
     if (reply.type == REDIS_REPLY_ERROR) {
         log_bad_entry("a command failed: " + escaped(std::string(text(reply))));
     } else if (!is_string(reply) && reply.type != REDIS_REPLY_INTEGER) {
-        unexpected("a command");
+        unexpected("a command", reply);
     }
 }
 
-void request_history(const std::string& channel) {
+// sse_history's count of entries; they come on the subscription connection. An error means
+// they never will: what was held for the channel is delivered as it is.
+void on_history_requested(RedisConnection&, const redisReply& reply, std::uintptr_t request) {
+    answered();
+    auto asked = link->history_requests.find(request);
+    if (asked == link->history_requests.end()) return;
+    std::string channel = std::move(asked->second);
+    link->history_requests.erase(asked);
+    if (reply.type == REDIS_REPLY_INTEGER) return;
+    if (reply.type != REDIS_REPLY_ERROR) {
+        unexpected("FCALL sse_history", reply);
+        return;
+    }
+    log_bad_entry("reading the history of " + quoted_bytes(channel) + " failed: " + escaped(std::string(text(reply))));
+    auto it = link->channels.find(channel);
+    if (it != link->channels.end() && it->second.history_pending) release_held(it->first, it->second, 0);
+}
+
+void request_history(ChannelSubscription& s, const std::string& channel) {
+    s.history_pending = true;
+    s.held.clear();
+    std::uintptr_t request = ++link->last_history_request;
+    link->history_requests[request] = channel;
     link->in_flight++;
-    link->cmd->send({"FCALL", "sse_history", "1", key_of(channel), link->private_channel}, on_command_reply);
+    link->cmd->send({"FCALL", "sse_history", "1", key_of(channel), link->private_channel}, on_history_requested,
+                    request);
 }
 
 void subscribe_channel(const std::string& channel);
@@ -424,7 +510,7 @@ void take_confirmation(std::string_view type, std::string_view name) {
         // after every message published before it and before every one published after.
         it->second.state = ChannelSubscription::kSubscribed;
         header()->cluster.channels++;
-        request_history(it->first);
+        request_history(it->second, it->first);
     } else if (type == "psubscribe" && it->second.state == ChannelSubscription::kSubscribing) {
         // A pattern has no history of its own in Redis: it starts from now (see create_channel).
         it->second.state = ChannelSubscription::kSubscribed;
@@ -445,7 +531,7 @@ void take_confirmation(std::string_view type, std::string_view name) {
 void on_pubsub(const redisReply& reply) {
     if (reply.type != REDIS_REPLY_ARRAY || reply.elements < 3 || !is_string(*reply.element[0]) ||
         !is_string(*reply.element[1])) {
-        fail("an unexpected message on the subscription connection");
+        fail("an unexpected message on the subscription connection: " + shape_of(reply));
         return;
     }
     std::string_view type = text(*reply.element[0]);
@@ -454,21 +540,21 @@ void on_pubsub(const redisReply& reply) {
     bool confirmation = type == "subscribe" || type == "unsubscribe" || type == "psubscribe" || type == "punsubscribe";
     if (confirmation) {
         if (reply.elements != 3 || third.type != REDIS_REPLY_INTEGER) {
-            fail("an unexpected subscription confirmation");
+            fail("an unexpected subscription confirmation: " + shape_of(reply));
             return;
         }
     } else if (type == "message") {
         if (reply.elements != 3 || !is_string(third)) {
-            fail("an unexpected pub/sub message");
+            fail("an unexpected pub/sub message: " + shape_of(reply));
             return;
         }
     } else if (type == "pmessage") {  // pattern, channel, message
         if (reply.elements != 4 || !is_string(third) || !is_string(*reply.element[3])) {
-            fail("an unexpected pub/sub pattern message");
+            fail("an unexpected pub/sub pattern message: " + shape_of(reply));
             return;
         }
     } else {
-        fail("an unexpected message on the subscription connection");
+        fail("an unexpected message on the subscription connection: " + shape_of(reply));
         return;
     }
     if (name == link->private_channel || name == link->control_channel) {
@@ -560,7 +646,7 @@ void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq)
     } else if (is_string(reply) || reply.type == REDIS_REPLY_INTEGER) {
         ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
     } else {
-        unexpected("FCALL sse_publish");
+        unexpected("FCALL sse_publish", reply);
         return;
     }
     link->store->outbound_sent(std::uint64_t(seq));
@@ -570,7 +656,7 @@ void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq)
 void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
     if (reply.type != REDIS_REPLY_INTEGER && reply.type != REDIS_REPLY_ERROR) {
-        unexpected("PUBLISH");
+        unexpected("PUBLISH", reply);
         return;
     }
     link->store->outbound_sent(std::uint64_t(seq));
@@ -601,6 +687,7 @@ void drain() {
                 args.assign({"FCALL", "sse_publish", nkeys});
                 args.insert(args.end(), keys.begin(), keys.end());
                 args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
+                if (o.seq <= link->resend_through) args.push_back("1");
                 link->cmd->send(args, on_published, std::uintptr_t(o.seq));
             }
             link->sent_seq = o.seq;
@@ -683,7 +770,7 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
             ask_next_sentinel();
             return;
         }
-        unexpected("SENTINEL get-master-addr-by-name");
+        unexpected("SENTINEL get-master-addr-by-name", reply);
         return;
     }
     std::string host(text(*reply.element[0]));
@@ -713,7 +800,7 @@ void take_sentinel_message(const redisReply& reply) {
             text(*reply.element[0]) == "subscribe") {
             return;
         }
-        fail("an unexpected message from sentinel " + link->watcher->server().display);
+        fail("an unexpected message from sentinel " + link->watcher->server().display + ": " + shape_of(reply));
         return;
     }
     if (text(*reply.element[0]) != "message") return;

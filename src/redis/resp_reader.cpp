@@ -26,11 +26,11 @@ template <typename Count>
 void* create_capped_array(const redisReadTask* task, Count count) {
     long long n = static_cast<long long>(count);
     if (n < 0 || n > kMaxRedisArrayElements) {
-        array_refusal = "an array longer than the bound (1048576 elements)";
+        array_refusal = "an array too long (over 1048576 elements)";
         return nullptr;
     }
     if (nesting_of(task) >= kMaxRedisNesting) {
-        array_refusal = "arrays nested deeper than the bound (8)";
+        array_refusal = "arrays nested too deep (over 8)";
         return nullptr;
     }
     return default_create_array(task, count);
@@ -106,7 +106,7 @@ RespReader::Result RespReader::next(RedisReplyPtr& out, std::string& reason) {
 // bound is refused at once rather than buffered toward.
 bool RespReader::too_large(std::string& reason) const {
     if (reply_bytes_ > kMaxRedisReplyBytes) {
-        reason = "a reply larger than the bound (513 MB)";
+        reason = "a reply too large (over 513 MB)";
         return true;
     }
     int type = pending_type(reader_);
@@ -117,14 +117,14 @@ bool RespReader::too_large(std::string& reason) const {
         for (std::size_t i = 0; i < available && p[i] >= '0' && p[i] <= '9'; i++) {
             length = length * 10 + unsigned(p[i] - '0');
             if (length > kMaxRedisStringBytes) {
-                reason = "a string longer than the bound (512 MB)";
+                reason = "a string too long (over 512 MB)";
                 return true;
             }
         }
     }
     // A line (a status, an error, a length) with no end in sight.
     if (available > 65536 && type != REDIS_REPLY_STRING && std::memchr(p, '\r', available) == nullptr) {
-        reason = "a reply line longer than 64 KB";
+        reason = "a reply line too long (over 64 KB)";
         return true;
     }
     return false;

@@ -230,6 +230,8 @@ sub drop {
     my ($conn, $why) = @_;
     return unless $CONNS{ $conn->{n} };
     note($conn, $why);
+    # shutdown first: the FIN goes out even if another handle still refers to the socket.
+    shutdown($conn->{sock}, 2);
     close $conn->{sock};
     delete $CONNS{ $conn->{n} };
     delete $_->{ $conn->{n} } for values %SUBSCRIBERS;

@@ -163,7 +163,7 @@ TEST(RespReader, ReadsRepliesInAnyPieces) {
 TEST(RespReader, RefusesAHugeStringAtItsLengthLine) {
     ReadOutcome out = read_all("$999000000000\r\n");
     EXPECT_TRUE(out.broken);
-    EXPECT_NE(out.reason.find("bound"), std::string::npos) << out.reason;
+    EXPECT_NE(out.reason.find("too long"), std::string::npos) << out.reason;
     // Just over the bound, before a byte of it arrives.
     out = read_all("$" + std::to_string(kMaxRedisStringBytes + 1) + "\r\n");
     EXPECT_TRUE(out.broken);
@@ -178,7 +178,7 @@ TEST(RespReader, RefusesHugeArraysAndDeepNesting) {
     EXPECT_TRUE(out.broken);
     out = read_all("*" + std::to_string(kMaxRedisArrayElements + 1) + "\r\n");
     EXPECT_TRUE(out.broken);
-    EXPECT_NE(out.reason.find("array longer"), std::string::npos) << out.reason;
+    EXPECT_NE(out.reason.find("array too long"), std::string::npos) << out.reason;
     std::string deep;
     for (int i = 0; i < 10000; i++) deep += "*1\r\n";
     deep += ":1\r\n";
