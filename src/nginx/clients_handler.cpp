@@ -3,6 +3,7 @@
 //   GET    /clients?channel=orders&limit=50 filtered (channel, user, id), paged (limit, after)
 //   GET    /clients?after=<next>            the next page
 //   DELETE /clients?user=alice              disconnects the matching streams (id, user or channel)
+//   GET    /clients?scope=cluster           every node's streams, through Redis (cluster_clients.cpp)
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,6 +52,11 @@ ngx_int_t clients(ngx_http_request_t* r) {
     }
     // A worker killed outright leaves its slot behind; reap before answering.
     w->store.reap_dead_slots(r->connection->log);
+    std::optional<std::string_view> scope = decoded_arg(r, "scope");
+    if (scope && *scope != "node" && *scope != "cluster") {
+        return send_text(r, NGX_HTTP_BAD_REQUEST, "scope is node (the default) or cluster");
+    }
+    if (scope == "cluster" && r->method != NGX_HTTP_DELETE) return cluster_clients(r, w, q);
 
     if (r->method == NGX_HTTP_DELETE) {
         if (q.id == 0 && q.user.empty() && q.channel.empty()) {
@@ -77,26 +83,7 @@ ngx_int_t clients(ngx_http_request_t* r) {
         return send_json(r, NGX_HTTP_OK, json + "}\n");
     }
 
-    std::size_t total = 0;
-    bool more = false;
-    std::vector<ClientInfo> found = w->store.list_clients(q, total, more);
-    std::vector<ClientReport> reports;
-    reports.reserve(found.size());
-    for (ClientInfo& c : found) {
-        ClientReport rep;
-        rep.client_id = c.client_id;
-        rep.pid = long(c.pid);
-        rep.channels = std::move(c.channels);
-        rep.user = std::move(c.user);
-        rep.remote_addr = std::move(c.remote_addr);
-        rep.connected_at = static_cast<long long>(c.connected_at);
-        rep.events_sent = c.events_sent;
-        rep.bytes_sent = c.bytes_sent;
-        reports.push_back(std::move(rep));
-    }
-    // The next request starts after this page's last client.
-    std::uint64_t next = more ? reports.back().client_id : 0;
-    return send_json(r, NGX_HTTP_OK, clients_json(reports, total, next));
+    return send_json(r, NGX_HTTP_OK, w->store.clients_page_json(q));
 }
 
 }  // namespace

@@ -123,6 +123,8 @@ ngx_int_t send_text(ngx_http_request_t* r, ngx_uint_t status, std::string_view t
 ngx_int_t send_body(ngx_http_request_t* r, ngx_uint_t status, std::string_view type, std::string_view body);
 // Answers with a JSON body.
 ngx_int_t send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view json);
+// sse_clients?scope=cluster (cluster_clients.cpp): answers later, through Redis.
+ngx_int_t cluster_clients(ngx_http_request_t* r, WorkerContext* w, const ClientQuery& q);
 
 std::string_view to_view(const ngx_str_t& s);
 

@@ -119,12 +119,22 @@ bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, s
         return true;
     };
     if (!text_field("o", out.origin) || !text_field("op", out.op) || !text_field("user", out.user) ||
-        !text_field("channel", out.channel) || !id_field(j, "id", out.id, false)) {
+        !text_field("channel", out.channel) || !text_field("reply", out.reply) || !id_field(j, "id", out.id, false) ||
+        !id_field(j, "after", out.after, false)) {
         reason = "a control message has a field of the wrong type";
         return false;
     }
+    auto limit = j.find("limit");
+    if (limit != j.end()) {
+        if (!limit->is_number_unsigned() || limit->get<std::uint64_t>() > 1000) {
+            reason = "a control message has a limit that is not a number from 0 to 1000";
+            return false;
+        }
+        out.limit = limit->get<std::uint64_t>();
+    }
     if (out.op == "disconnect" && (out.id != 0 || !out.user.empty() || !out.channel.empty())) return true;
     if (out.op == "close" && !out.channel.empty()) return true;
+    if (out.op == "list" && !out.reply.empty()) return true;
     reason = "a control message asks for nothing known";
     return false;
 }
@@ -135,6 +145,9 @@ std::string control_json(const RedisControl& c) {
     if (c.id != 0) j["id"] = std::to_string(c.id);
     if (!c.user.empty()) j["user"] = c.user;
     if (!c.channel.empty()) j["channel"] = c.channel;
+    if (!c.reply.empty()) j["reply"] = c.reply;
+    if (c.after != 0) j["after"] = std::to_string(c.after);
+    if (c.limit != 0) j["limit"] = c.limit;
     return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 

@@ -27,12 +27,17 @@ struct RedisHistory {
 // A request one node sends every other through Redis's control channel:
 //   {"o":"<origin>","op":"disconnect","id":"<client id>","user":"..","channel":".."}  (sse_clients DELETE)
 //   {"o":"<origin>","op":"close","channel":".."}                                    (DELETE of a channel)
+//   {"o":"<origin>","op":"list","reply":"<channel>","id":..,"user":..,"channel":..,"after":"<id>","limit":N}
+//                      (sse_clients?scope=cluster: each node publishes its streams to `reply`)
 struct RedisControl {
     std::string origin;
     std::string op;
     std::uint64_t id = 0;
     std::string user;
     std::string channel;
+    std::string reply;
+    std::uint64_t after = 0;
+    std::uint64_t limit = 0;
 };
 
 // False, with a one-line reason, for anything that is not a well-formed entry.

@@ -428,6 +428,29 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
     take_entry(channel, entry);
 }
 
+void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t);
+
+// sse_clients?scope=cluster on another node: this node's page of streams, published to the
+// channel the asking node listens on (only a reply channel under the prefix: a control message
+// cannot make a node publish elsewhere).
+void answer_listing(const RedisControl& control) {
+    std::string reply_prefix = link->config->prefix + "#reply:";
+    if (control.reply.compare(0, reply_prefix.size(), reply_prefix) != 0 || link->phase != Phase::kReady) return;
+    ClientQuery q;
+    q.id = control.id;
+    q.user = control.user;
+    q.channel = control.channel;
+    q.after = control.after;
+    if (control.limit != 0) q.limit = std::size_t(control.limit);
+    std::string page = link->store->clients_page_json(q);  // {"clients":[...],...}\n
+    std::string host(reinterpret_cast<const char*>(ngx_cycle->hostname.data), ngx_cycle->hostname.len);
+    std::string message = "{\"node\":" + json_string(link->origin) + ",\"host\":" + json_string(host) + "," +
+                          page.substr(1, page.size() - 2);
+    if (!message.empty() && message.back() == '\n') message.pop_back();
+    link->in_flight++;
+    link->cmd->send({"PUBLISH", control.reply, message}, on_command_reply);
+}
+
 // Another node's request: done here as it was there.
 void take_control(const char* text, std::size_t len) {
     RedisControl control;
@@ -437,6 +460,10 @@ void take_control(const char* text, std::size_t len) {
         return;
     }
     if (control.origin == link->origin) return;
+    if (control.op == "list") {
+        answer_listing(control);
+        return;
+    }
     if (control.op == "disconnect") {
         ClientQuery q;
         q.id = control.id;

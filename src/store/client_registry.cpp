@@ -29,6 +29,28 @@ bool asked_for(std::string_view channel) {
 
 }  // namespace
 
+std::string Store::clients_page_json(const ClientQuery& q) {
+    std::size_t total = 0;
+    bool more = false;
+    std::vector<ClientInfo> found = list_clients(q, total, more);
+    std::vector<ClientReport> reports;
+    reports.reserve(found.size());
+    for (ClientInfo& c : found) {
+        ClientReport& rep = reports.emplace_back();
+        rep.client_id = c.client_id;
+        rep.pid = long(c.pid);
+        rep.channels = std::move(c.channels);
+        rep.user = std::move(c.user);
+        rep.remote_addr = std::move(c.remote_addr);
+        rep.connected_at = static_cast<long long>(c.connected_at);
+        rep.events_sent = c.events_sent;
+        rep.bytes_sent = c.bytes_sent;
+    }
+    // The next request starts after this page's last client.
+    std::uint64_t next = more ? reports.back().client_id : 0;
+    return clients_json(reports, total, next);
+}
+
 std::vector<ClientInfo> Store::list_clients(const ClientQuery& q, std::size_t& total, bool& more) {
     std::vector<const ShmSubscriber*> found;
     std::vector<ClientInfo> out;

@@ -449,6 +449,8 @@ public:
     // The matching streams of every worker, by client id, one page; `total` counts all matches,
     // `more` says whether some come after the page.
     std::vector<ClientInfo> list_clients(const ClientQuery& query, std::size_t& total, bool& more);
+    // The same page as sse_clients answers it: clients_json() of protocol/stats_report.h.
+    std::string clients_page_json(const ClientQuery& query);
     // Marks the matching streams to be ended by their workers, which `wake` names. Returns how many.
     std::uint32_t disconnect_clients(const ClientQuery& query, std::uint64_t wake[2]);
 

@@ -1,6 +1,7 @@
 // The pure parts of the Redis link: the sse_redis address and what Redis carries.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 #include "protocol/event_frame.h"
@@ -279,6 +280,23 @@ TEST(RedisControl, RoundTrips) {
     json = control_json(c);
     ASSERT_TRUE(parse_redis_control(json.data(), json.size(), back, reason)) << reason;
     EXPECT_EQ(back.channel, "orders");
+    c = RedisControl{};
+    c.op = "list";
+    c.reply = "sse:#reply:00ff:7";
+    c.user = "bob";
+    c.after = 41;
+    c.limit = 50;
+    json = control_json(c);
+    ASSERT_TRUE(parse_redis_control(json.data(), json.size(), back, reason)) << reason;
+    EXPECT_EQ(back.op, "list");
+    EXPECT_EQ(back.reply, "sse:#reply:00ff:7");
+    EXPECT_EQ(back.user, "bob");
+    EXPECT_EQ(back.after, 41u);
+    EXPECT_EQ(back.limit, 50u);
+    for (const char* bad : {R"({"op":"list"})", R"({"op":"list","reply":"r","limit":1001})",
+                            R"({"op":"list","reply":"r","limit":-1})", R"({"op":"list","reply":"r","after":5})"}) {
+        EXPECT_FALSE(parse_redis_control(bad, std::strlen(bad), back, reason)) << bad;
+    }
 }
 
 TEST(RedisControl, OriginIsAddedToAnObjectOnly) {
