@@ -18,6 +18,15 @@ bool id_field(const json& j, const char* key, std::uint64_t& out, bool required)
     return it->is_string() && parse_event_id(it->get_ref<const std::string&>(), out);
 }
 
+// A string field; absent is fine (dst unchanged), any other type is not.
+bool text_field(const json& j, const char* key, std::string& dst) {
+    auto it = j.find(key);
+    if (it == j.end()) return true;
+    if (!it->is_string()) return false;
+    dst = it->get<std::string>();
+    return true;
+}
+
 bool entry_from(const json& j, RedisEntry& out, std::string& reason) {
     out = RedisEntry{};
     if (!j.is_object()) {
@@ -32,14 +41,7 @@ bool entry_from(const json& j, RedisEntry& out, std::string& reason) {
         reason = "an entry has a bad \"l\"";
         return false;
     }
-    auto text = [&](const char* key, std::string& dst) {
-        auto it = j.find(key);
-        if (it == j.end()) return true;
-        if (!it->is_string()) return false;
-        dst = it->get<std::string>();
-        return true;
-    };
-    if (!text("o", out.origin) || !text("e", out.name) || !text("d", out.data)) {
+    if (!text_field(j, "o", out.origin) || !text_field(j, "e", out.name) || !text_field(j, "d", out.data)) {
         reason = "an entry has a field of the wrong type";
         return false;
     }
@@ -111,16 +113,9 @@ bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, s
         reason = "a control message is not a JSON object";
         return false;
     }
-    auto text_field = [&](const char* key, std::string& dst) {
-        auto it = j.find(key);
-        if (it == j.end()) return true;
-        if (!it->is_string()) return false;
-        dst = it->get<std::string>();
-        return true;
-    };
-    if (!text_field("o", out.origin) || !text_field("op", out.op) || !text_field("user", out.user) ||
-        !text_field("channel", out.channel) || !text_field("reply", out.reply) || !id_field(j, "id", out.id, false) ||
-        !id_field(j, "after", out.after, false)) {
+    if (!text_field(j, "o", out.origin) || !text_field(j, "op", out.op) || !text_field(j, "user", out.user) ||
+        !text_field(j, "channel", out.channel) || !text_field(j, "reply", out.reply) ||
+        !id_field(j, "id", out.id, false) || !id_field(j, "after", out.after, false)) {
         reason = "a control message has a field of the wrong type";
         return false;
     }
