@@ -583,14 +583,14 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept {
 void on_shutdown() noexcept {
     if (the_worker == nullptr || the_worker->shutting_down) return;
     the_worker->shutting_down = true;
-    RedisLink::stop();
+    if (the_worker->redis) the_worker->redis->stop();
     end_local_streams();
     WorkerWakeup::stop();
 }
 
 void on_wake() noexcept {
     deliver_to_local_subscribers();
-    RedisLink::on_wake();
+    if (the_worker != nullptr && the_worker->redis) the_worker->redis->on_wake();
 }
 
 // What events of other nodes keep on channels never published to here: the http level's
@@ -629,7 +629,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept {
         the_worker = w;
         if (mcf->redis != nullptr) {
             mcf->redis->history = http_level_history(cycle);
-            RedisLink::start(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
+            w->redis = std::make_unique<RedisLink>(mcf->redis, &w->store, ngx_uint_t(w->slot), cycle->log);
         }
         fault::arm();
         return NGX_OK;
@@ -639,7 +639,7 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept {
 void exit_process(ngx_cycle_t* cycle) noexcept {
     if (the_worker == nullptr) return;
     guarded(cycle->log, "stopping the worker", [&] {
-        RedisLink::stop();
+        the_worker->redis.reset();  // gives the role back first
         WorkerWakeup::stop();
         the_worker->store.release_slot(ngx_uint_t(the_worker->slot));
     });
@@ -654,6 +654,12 @@ char* invalid_value(ngx_conf_t* cf, ngx_uint_t arg, const char* why) {
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid value \"%V\" in \"%V\" directive, %s", &value[arg], &value[0],
                        why);
     return conf_error();
+}
+
+WorkerContext::WorkerContext() = default;
+
+WorkerContext::~WorkerContext() {
+    destroy_local_index(streams);
 }
 
 WorkerContext* worker_context() {

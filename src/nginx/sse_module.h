@@ -8,6 +8,7 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#include <memory>
 #include <string_view>
 
 #include "protocol/stats_report.h"
@@ -18,6 +19,7 @@ extern "C" ngx_module_t ngx_http_sse_module;
 namespace sse {
 
 struct RedisConfig;
+class RedisLink;
 
 struct MainConf {
     ngx_shm_zone_t* zone;       // its data is this MainConf, as ngx_http_limit_req_module keeps its ctx
@@ -94,9 +96,10 @@ struct WorkerContext {
     ngx_int_t slot = -1;
     bool shutting_down = false;
     LocalIndex* streams = create_local_index();
+    std::unique_ptr<RedisLink> redis;  // with sse_redis
 
-    WorkerContext() = default;
-    ~WorkerContext() { destroy_local_index(streams); }
+    WorkerContext();
+    ~WorkerContext();  // in sse_module.cpp, where RedisLink is complete
     WorkerContext(const WorkerContext&) = delete;
     WorkerContext& operator=(const WorkerContext&) = delete;
 };

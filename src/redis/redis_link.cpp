@@ -979,7 +979,9 @@ void on_tick(ngx_event_t*) noexcept {
 
 }  // namespace
 
-void RedisLink::start(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log) {
+// The worker's link: RedisLink's constructor makes it, its destructor frees it. The free functions
+// above reach it here (a worker has one).
+RedisLink::RedisLink(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log) {
     link = new Link();
     link->config = config;
     link->store = store;
@@ -1000,6 +1002,12 @@ void RedisLink::start(const RedisConfig* config, Store* store, ngx_uint_t slot, 
     link->tick.handler = on_tick;
     link->retry.handler = on_retry;
     ngx_add_timer(&link->tick, kTickInterval);
+}
+
+RedisLink::~RedisLink() {
+    stop();
+    delete link;
+    link = nullptr;
 }
 
 void RedisLink::on_wake() {

@@ -40,15 +40,23 @@ struct RedisConfig {
     HistoryPolicy history;  // for events of other nodes on channels never published to here
 };
 
+// One per worker of a node with sse_redis, owned by the worker's context: made in
+// init_process, destroyed in exit_process. Only one worker of the node (whichever claims the
+// role in the zone) holds the connections at a time.
 class RedisLink {
 public:
-    // In every worker of a node with sse_redis: starts the timer that claims the role.
-    static void start(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log);
+    // Starts the timer that claims the role.
+    RedisLink(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log);
+    // Gives the role back, if held, and frees everything.
+    ~RedisLink();
+    RedisLink(const RedisLink&) = delete;
+    RedisLink& operator=(const RedisLink&) = delete;
+
     // The worker was woken: when it holds the link, there may be events to send or channels to
     // subscribe to.
-    static void on_wake();
-    // The worker is retiring (reload, quit) or exiting: hands the role back at once.
-    static void stop();
+    void on_wake();
+    // The worker is retiring (reload, quit): hands the role back at once.
+    void stop();
 };
 
 }  // namespace sse
