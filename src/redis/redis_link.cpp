@@ -37,7 +37,7 @@ constexpr std::size_t kRecentIds = 4096;
 enum class Phase { kIdle, kDiscovering, kConnecting, kReady, kBackoff };
 
 // Handshake steps, told apart in their replies.
-enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctions, kRole };
+enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctions, kRole, kClusterCheck };
 
 const char* step_name(std::uintptr_t step) {
     switch (step) {
@@ -51,6 +51,8 @@ const char* step_name(std::uintptr_t step) {
             return "FUNCTION LOAD (Redis 7 or later is needed)";
         case kRole:
             return "ROLE";
+        case kClusterCheck:
+            return "INFO cluster";
     }
     return "a command";
 }
@@ -303,7 +305,28 @@ void handshake_done() {
     if (--link->handshake_pending == 0 && link->phase == Phase::kConnecting) ready();
 }
 
+// A Redis Cluster node would answer most of our commands with MOVED: said once, plainly, rather
+// than a link that starts over at every event. (A user without INFO rights: no answer, go on.)
+void check_not_cluster(const redisReply& reply) {
+    if (reply.type == REDIS_REPLY_STRING && text(reply).find("cluster_enabled:1") != std::string_view::npos) {
+        if (!link->refusal_logged) {
+            ngx_log_error(NGX_LOG_ERR, link->log, 0,
+                          "sse: redis at %s is a Redis Cluster node, which this version does not support yet "
+                          "(use one Redis, or Sentinel)",
+                          target().c_str());
+            link->refusal_logged = true;
+        }
+        fail("a Redis Cluster node", true);
+        return;
+    }
+    handshake_done();
+}
+
 void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_t step) {
+    if (step == kClusterCheck) {
+        check_not_cluster(reply);
+        return;
+    }
     if (reply.type == REDIS_REPLY_ERROR) {
         std::string message(reply.str, reply.len);
         if (!link->refusal_logged) {
@@ -769,7 +792,8 @@ void connect_to_primary() {
         link->handshake_pending++;
         link->cmd->send({"ROLE"}, on_handshake_reply, kRole);
     }
-    link->handshake_pending += 3;
+    link->handshake_pending += 4;
+    link->cmd->send({"INFO", "cluster"}, on_handshake_reply, kClusterCheck);
     link->cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, on_handshake_reply, kLoadFunctions);
     link->sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
 }

@@ -312,7 +312,7 @@ sub publish {
 sub handshake_command {
     my ($words) = @_;
     my $name = uc($words->[0] // '');
-    return 1 if $name =~ /^(AUTH|SELECT|CLIENT|HELLO|FUNCTION)$/;
+    return 1 if $name =~ /^(AUTH|SELECT|CLIENT|HELLO|FUNCTION|INFO|ROLE)$/;
     return 1 if $name eq 'SUBSCRIBE' && grep { /#/ } @$words[1 .. $#$words];
     return 0;
 }
@@ -368,6 +368,8 @@ sub reply {
         $out = "+OK\r\n";
     } elsif ($name eq 'PING') {
         $out = "+PONG\r\n";
+    } elsif ($name eq 'INFO') {
+        $out = bulk("# Cluster\r\ncluster_enabled:0\r\n");
     } elsif ($name eq 'FUNCTION') {
         $out = bulk('sse');
     } elsif ($name =~ /^(P?)(UN)?SUBSCRIBE$/) {
