@@ -16,6 +16,18 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 source scripts/deps.sh
+
+# The version matrix, checked before anything runs: a missing source release fails the run.
+read -r -a legs <<<"${SSE_NGINX_LEGS:-debian 1.31.4}"
+[ ${#legs[@]} -gt 0 ] || { echo "SSE_NGINX_LEGS names no nginx" >&2; exit 1; }
+declare -A tarball
+for leg in "${legs[@]}"; do
+    [ "$leg" = debian ] && continue
+    [[ "$leg" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SSE_NGINX_LEGS: \"$leg\" is neither debian nor x.y.z" >&2; exit 1; }
+    tarball[$leg]=$(shared_nginx_tarball "$leg") || {
+        echo "the nginx $leg leg cannot run (SSE_NGINX_LEGS=debian leaves it out)" >&2; exit 1; }
+done
+
 ensure_test_deps
 ensure_browser_test_packages "$repo/t/browser"
 
@@ -23,16 +35,6 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-r t/)
-
-# The version matrix, checked before anything runs: a missing source release fails the run.
-read -r -a legs <<<"${SSE_NGINX_LEGS:-debian 1.31.4}"
-declare -A tarball
-for leg in "${legs[@]}"; do
-    [ "$leg" = debian ] && continue
-    [[ "$leg" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SSE_NGINX_LEGS: \"$leg\" is neither debian nor x.y.z" >&2; exit 1; }
-    tarball[$leg]=$(shared_nginx_tarball "$leg") || {
-        echo "the nginx $leg leg cannot run (SSE_NGINX_LEGS=debian runs Debian's nginx only)" >&2; exit 1; }
-done
 
 echo "== formatting"
 # Every C and C++ file as the repo's .clang-format writes it (Debian's clang-format 14).
