@@ -63,6 +63,17 @@ EOF
     rm -rf "${rootfs:?}"
 }
 
+# nginx.org's source release of $nginx_version from ../shared/nginx, next to the repository or
+# next to its main checkout when this is a git worktree.
+shared_tarball() {
+    local common dir
+    common=$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+    for dir in "$repo/../shared/nginx" ${common:+"$(dirname "$common")/../shared/nginx"}; do
+        [ -f "$dir/nginx-$nginx_version.tar.gz" ] && { echo "$dir/nginx-$nginx_version.tar.gz"; return; }
+    done
+    return 1
+}
+
 # The official nginx image when it can be had, else the stand-in (see above).
 make_nginx_base() {
     local image=docker.io/library/nginx:$nginx_version
@@ -71,10 +82,7 @@ make_nginx_base() {
     if pm pull -q "$image" >/dev/null 2>"$work/pull.log"; then return; fi
     echo "cannot pull $image ($(tail -1 "$work/pull.log")): building the stand-in" >&2
     local tarball
-    tarball=$(ls "$repo/../shared/nginx/nginx-$nginx_version.tar.gz" \
-        "$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")/../shared/nginx/nginx-$nginx_version.tar.gz" \
-        2>/dev/null | head -1) || true
-    [ -n "$tarball" ] || { echo "no nginx-$nginx_version.tar.gz in ../shared/nginx" >&2; exit 1; }
+    tarball=$(shared_tarball) || { echo "no nginx-$nginx_version.tar.gz in ../shared/nginx" >&2; exit 1; }
     local ctx="$work/nginx-standin"
     rm -rf "$ctx"
     mkdir -p "$ctx"
@@ -164,7 +172,7 @@ test_image() {
     wait "$curl_pid" && ended=1
     check "$name: an open stream ends cleanly when it stops" "$ended" 1
     check "$name: it stopped with exit code 0" "$(pm inspect --format '{{.State.ExitCode}}' "$c")" 0
-    check "$name: gracefully" "$(pm logs "$c" 2>&1 | grep -q 'gracefully shutting down' && echo yes)" yes
+    check "$name: gracefully, each worker" "$(pm logs "$c" 2>&1 | grep -c 'gracefully shutting down')" 2
 }
 
 step "base images"
@@ -174,6 +182,11 @@ if [ "$which" = all ] || [ "$which" = debian ]; then
 fi
 if [ "$which" = all ] || [ "$which" = nginx ]; then
     make_nginx_base
+    # Dockerfile.nginx downloads the nginx source unless the context has it in dist/ (no network here).
+    if [ ! -f "dist/nginx-$nginx_version.tar.gz" ] && tarball=$(shared_tarball); then
+        mkdir -p dist
+        cp "$tarball" dist/
+    fi
     test_image nginx Dockerfile.nginx --build-arg NGINX_IMAGE="docker.io/library/nginx:$nginx_version"
 fi
 pm images --filter reference=localhost/ngx-http-sse
