@@ -64,7 +64,7 @@ if (defined $deb) {
     $deb = Cwd::abs_path($deb);    # apt takes a file for a package name unless it has a slash
 } else {
     if (!`sh -c 'command -v dpkg-buildpackage'`) {
-        run_logged("$dir/apt.log", 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev debhelper');
+        run_logged("$dir/apt.log", 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev debhelper');
         plan skip_all => "dpkg-buildpackage is not installed and apt could not install it (see $dir/apt.log)"
             unless `sh -c 'command -v dpkg-buildpackage'`;
     }
