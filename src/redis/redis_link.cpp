@@ -363,6 +363,16 @@ void log_bad_entry(const std::string& reason) {
                   reason.c_str());
 }
 
+// Parses what Redis brought with `parse`; false (logged, at most once a minute) if it is not one.
+template <typename Message>
+bool parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), const char* text, std::size_t len,
+            Message& out) {
+    std::string reason;
+    if (parse(text, len, out, reason)) return true;
+    log_bad_entry(reason);
+    return false;
+}
+
 void take_entry(std::string_view channel, const RedisEntry& entry) {
     if (entry.origin == link->origin) return;  // ours, delivered here when published
     std::vector<std::string_view> channels;
@@ -397,10 +407,7 @@ void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_
     held.swap(s.held);
     for (const std::string& text : held) {
         RedisEntry entry;
-        std::string reason;
-        if (!parse_redis_entry(text.data(), text.size(), entry, reason)) {
-            log_bad_entry(reason);
-        } else if (entry.id > newest_merged) {
+        if (parsed(parse_redis_entry, text.data(), text.size(), entry) && entry.id > newest_merged) {
             take_entry(channel, entry);
         }
     }
@@ -408,11 +415,7 @@ void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_
 
 void take_history(const char* text, std::size_t len) {
     RedisHistory history;
-    std::string reason;
-    if (!parse_redis_history(text, len, history, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
+    if (!parsed(parse_redis_history, text, len, history)) return;
     std::string_view channel;
     if (!channel_of(history.key, channel)) return;
     auto it = link->channels.find(std::string(channel));
@@ -443,12 +446,7 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
         return;
     }
     RedisEntry entry;
-    std::string reason;
-    if (!parse_redis_entry(text, len, entry, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
-    take_entry(channel, entry);
+    if (parsed(parse_redis_entry, text, len, entry)) take_entry(channel, entry);
 }
 
 void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t);
@@ -477,11 +475,7 @@ void answer_listing(const RedisControl& control) {
 // Another node's request: done here as it was there.
 void take_control(const char* text, std::size_t len) {
     RedisControl control;
-    std::string reason;
-    if (!parse_redis_control(text, len, control, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
+    if (!parsed(parse_redis_control, text, len, control)) return;
     if (control.origin == link->origin) return;
     if (control.op == "list") {
         answer_listing(control);
