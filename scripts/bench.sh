@@ -561,12 +561,18 @@ s6_start() {  # variant
 }
 
 s6_stop() {  # variant
-    local v=$1 s node dir=$out/redis
+    local v=$1 s n c node dir=$out/redis
     [ "$v" = s6tls ] && dir=$out/redis-tls
     for s in "${active[@]}"; do
         node=$s
         [ "$v" = s6tls ] && node=$s-tls
         stop_server "$node-a"; stop_server "$node-b"
+        # check_log only shows alert, crit and emerg; a node's Redis link failing shows lower.
+        for n in "$node-a" "$node-b"; do
+            [ -f "$out/$n/logs/error.log" ] || continue
+            c=$(grep -cE '\[(warn|error)\]' "$out/$n/logs/error.log") || true
+            [ "${c:-0}" = 0 ] || echo "[$n] note: $c line(s) at warn or error in its error.log, the first: $(grep -m1 -E '\[(warn|error)\]' "$out/$n/logs/error.log")" >&2
+        done
     done
     # What the servers left in Redis and the commands they used (both servers share this Redis).
     if [ -n "${redis_pid[$v]:-}" ]; then
@@ -686,19 +692,33 @@ row_added() {  # label key [variant]; no ratio unless both differences are posit
     printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
 }
 
-row_tls() {  # label part key: each server's plain and TLS figures, and TLS / plain
-    local s p t cells=()
+# s6tls beside s6: each server's plain and TLS pairs run one after the other in every repetition,
+# so the ratio within a repetition (TLS / plain of the same repetition) is the steadier figure on
+# a machine whose load moves; the median of those ratios is given beside the ratio of the medians.
+paired() {  # server part key
+    jq -s --arg s "$1" --arg p "$2" --arg k "$3" '
+        (map(select(.server == $s and .scenario == "s6-\($p)" and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $plain
+        | [.[] | select(.server == $s and .scenario == "s6tls-\($p)" and (.[$k] | type) == "number")
+            | select(($plain[.rep | tostring] // 0) != 0) | .[$k] / $plain[.rep | tostring]] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+row_tls() {  # label part key: each server's plain and TLS figures, TLS / plain, and paired
+    local s p t q cells=()
     for s in ours nchan; do
-        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median)
-        cells+=("$(fmt "$p")" "$(fmt "$t")" "$(ratio "$t" "$p")")
+        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median) q=$(paired "$s" "$2" "$3")
+        cells+=("$(fmt "$p")" "$(fmt "$t")" "$(ratio "$t" "$p")" "$(ratio "$q" 1)")
     done
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${cells[@]}"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${cells[@]}"
 }
 
 tls_table() {
-    printf '\n%s\n\n' "s6 over TLS beside plain s6 (the same run; TLS / plain: above 1 is slower for latency and CPU, below 1 is slower for rates)"
-    echo "| metric | ours plain | ours TLS | ours TLS / plain | nchan plain | nchan TLS | nchan TLS / plain |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    printf '\n%s\n\n' "s6 over TLS beside plain s6, in the same run. TLS / plain: the ratio of the medians; paired: the median of each repetition's TLS / plain. Above 1 is slower for latency and CPU, below 1 is slower for rates."
+    echo "| metric | ours plain | ours TLS | ours TLS / plain | ours paired | nchan plain | nchan TLS | nchan TLS / plain | nchan paired |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     row_tls "same node: latency p50 (ms)" same latency_ms_p50
     row_tls "same node: latency p99 (ms)" same latency_ms_p99
     row_tls "cross-node: latency p50 (ms)" cross latency_ms_p50
