@@ -278,10 +278,10 @@ make_tls_certs() {
 }
 
 rcli() {  # variant redis-cli-args...: redis-cli to that variant's redis-server
-    local v=$1 tls=()
+    local v=$1 tls_opts=()
     shift
-    [ "$v" = s6tls ] && tls=(--tls --cacert "$tls_dir/ca.pem")
-    redis-cli -h 127.0.0.1 -p "${redis_port[$v]}" "${tls[@]}" "$@"
+    [ "$v" = s6tls ] && tls_opts=(--tls --cacert "$tls_dir/ca.pem")
+    redis-cli -h 127.0.0.1 -p "${redis_port[$v]}" "${tls_opts[@]}" "$@"
 }
 
 # s6's redis-server: on a free loopback port, nothing persisted, in build/bench/redis/; s6tls's
