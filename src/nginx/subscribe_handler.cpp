@@ -860,6 +860,16 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
     r->main->count++;
+    // A client that closed its side while its request was being read: that (edge-triggered)
+    // event came before this handler was set, and no other will come. Without this check the
+    // stream would stay open until something is written to it (never, with sse_heartbeat off).
+    bool http2 = false;
+#if (NGX_HTTP_V2)
+    http2 = r->stream != nullptr;
+#endif
+    if (!http2 && r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+    }
     if (!complete) {
         end_starved_stream(s, true);
         return NGX_DONE;
