@@ -7,7 +7,8 @@
 // every event it is sent:
 //   GET /sub?channels=C       a stream: the module's response head (chunked), then the chunk
 //                             "5\r\n:ok\n\n\r\n"
-//   GET /replay?channels=C    the same, with the channel's last 100 events after the preamble
+//   GET /replay?channels=C    the same head, then one chunk: ":ok\n\n" and the channel's last 100
+//                             events
 //   POST /pub?channel=C       (or /pubr) the body becomes the event "id: <id>\ndata: <line>\n...\n",
 //                             appended to the channel; answered 202 at once with
 //                             {"id":"<id>","events":1,"subscribers":<n>}\n, before any delivery
@@ -23,7 +24,9 @@
 // on its own when it falls behind). With frames_per_write F > 1, a channel's frames are instead
 // released to its streams F at a time (on average: the threshold alternates between floor(F)
 // and ceil(F)), or when the oldest has waited hold_ms: the bench sets F to the factor ours
-// measured in the same repetition, so that both pay for the same number of writes.
+// measured in the same repetition, so that both pay for the same number of writes. A writev here
+// takes up to 512 frames; nginx's takes 64 iovecs (NGX_IOVS_PREALLOCATE), so a chunk of more than
+// about 60 frames (a replay of 100) costs ours two writes and the floor one.
 //
 // Build: g++ -std=c++17 -O2 -Wall -Wextra -o floor floor.cpp
 
@@ -131,7 +134,9 @@ std::string event_frame(uint64_t id, std::string_view data) {
     return f;
 }
 
-constexpr std::string_view kPreamble = "5\r\n:ok\n\n\r\n";
+// Opens a stream's first chunk: alone ("5\r\n:ok\n\n\r\n"), or before a replay's frames in the same
+// chunk, as ours writes it.
+constexpr std::string_view kPreamble = ":ok\n\n";
 constexpr size_t kReplay = 100;     // events a /replay stream is sent first (sse_replay 100)
 constexpr size_t kMaxFrames = 512;  // frames in one writev (IOV_MAX is 1024)
 
@@ -151,9 +156,10 @@ enum class Kind : uint8_t { request, stream };
 
 struct Stream {
     Channel* channel = nullptr;
-    size_t index = 0;  // in channel->streams
-    size_t next = 0;   // the next frame of the channel this stream has not taken
-    std::string rest;  // bytes of a partial write, sent before anything else
+    size_t index = 0;       // in channel->streams
+    size_t next = 0;        // the next frame of the channel this stream has not taken
+    std::string rest;       // bytes of a partial write, sent before anything else
+    bool preamble = false;  // kPreamble still to open the stream's first chunk
     bool blocked = false;
 };
 
@@ -388,9 +394,9 @@ private:
         c.in = "HTTP/1.1 200 OK\r\nServer: floor\r\nDate: " + http_date() +
                "\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n"
                "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\r\n";
-        c.in += kPreamble;
-        s.rest = std::move(c.in);  // the head goes out first, in the same writev as a replay
+        s.rest = std::move(c.in);  // the head goes out first, in the same writev as the first chunk
         c.in = std::string();
+        s.preamble = true;
         write_stream(c);
     }
 
@@ -468,8 +474,8 @@ private:
     void write_stream(Conn& c) {
         Stream& s = c.stream;
         Channel& ch = *s.channel;
-        while (!s.blocked && (!s.rest.empty() || s.next < ch.released)) {
-            iovec iov[kMaxFrames + 3];
+        while (!s.blocked && (!s.rest.empty() || s.preamble || s.next < ch.released)) {
+            iovec iov[kMaxFrames + 4];
             size_t n = 0, bytes = 0;
             if (!s.rest.empty()) {
                 iov[n++] = {s.rest.data(), s.rest.size()};
@@ -477,11 +483,12 @@ private:
             }
             const size_t frames = std::min(ch.released - s.next, kMaxFrames);
             char size_line[24];
-            if (frames) {
-                size_t payload = 0;
+            if (frames || s.preamble) {
+                size_t payload = s.preamble ? kPreamble.size() : 0;
                 for (size_t k = 0; k < frames; ++k) payload += ch.frames[s.next + k].size();
                 int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", payload);
                 iov[n++] = {size_line, size_t(len)};
+                if (s.preamble) iov[n++] = {const_cast<char*>(kPreamble.data()), kPreamble.size()};
                 for (size_t k = 0; k < frames; ++k) {
                     std::string& f = ch.frames[s.next + k];
                     iov[n++] = {f.data(), f.size()};
@@ -501,6 +508,7 @@ private:
                 return;
             }
             s.next += frames;
+            s.preamble = false;
             frames_written_ += frames;
             if (size_t(w) < bytes) {
                 // Keep the unsent tail; it goes first once the socket is writable again.
