@@ -847,6 +847,23 @@ tls_table() {
     row_tls "throughput: CPU µs per delivery (nodes + redis-server)" tput server_cpu_us_per_delivery
 }
 
+# Ours / floor within each repetition (the floor runs right after ours), then the median: steadier
+# than the ratio of the medians when the machine's load moves during a run.
+paired_floor() {  # scenario key
+    jq -s --arg sc "$1" --arg k "$2" '
+        (map(select(.server == "floor" and .scenario == $sc and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $floor
+        | [.[] | select(.server == "ours" and .scenario == $sc and (.[$k] | type) == "number")
+            | select(($floor[.rep | tostring] // 0) != 0) | .[$k] / $floor[.rep | tostring]] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+row_paired_floor() {  # label scenario key: only the ours / floor cell
+    printf '| %s | — | — | — | — | %s |\n' "$1" "$(ratio "$(paired_floor "$2" "$3")" 1)"
+}
+
 table_head() {  # title [floor: 1 for a table with the floor's column]
     printf '\n%s\n\n' "$1"
     floor_cols=${2:-0}
@@ -883,6 +900,9 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
                 row "frames per write" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per delivery (publish window), ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
@@ -893,6 +913,9 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "seconds until every subscriber had its replay" "$sc" window_s median
                 row "worker CPU µs per replayed event" "$sc" server_cpu_us_per_delivery median
                 row "frames per write (a stream's head and replay)" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per replayed event, ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
