@@ -23,9 +23,17 @@
 #         repetition, and a table sets TLS beside plain.
 # s1 to s6tls run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
+# The floor (issue 13): in s1 to s5 a bare writer (bench/floor.cpp: one process, epoll, no nginx)
+# runs beside both, right after ours in every repetition, on the same sockets with the same bytes:
+# the cost of the socket writes alone. In s3 and s4 it publishes at the rate ours achieved in that
+# repetition and is told to coalesce as ours did (frames per write, from the write syscalls in
+# /proc/<pid>/io), so that the two pay for the same number of writes; in s1, s2 and s5 it writes
+# whatever is due after every turn of its event loop.
+#
 #   scripts/bench.sh                   full run (about 5 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
-#   BENCH_ONLY=nchan|ours              one server only
+#   BENCH_ONLY=nchan|ours|floor        one server only
+#   BENCH_FLOOR=0                      leave the floor out
 #   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 and s6tls only when named:
 #                                      BENCH_SCENARIOS=s6, BENCH_SCENARIOS="s6 s6tls")
 #   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
@@ -84,15 +92,19 @@ fi
 : "${S6_SETTLE:=1}"
 scenarios=${BENCH_SCENARIOS:-idle s1 s2 s3 s4 s5}
 servers=(ours nchan)
+with_floor=${BENCH_FLOOR:-1}
 case "${BENCH_ONLY:-}" in
     "") ;;
-    ours | nchan) servers=("$BENCH_ONLY") ;;
-    *) echo "BENCH_ONLY must be ours or nchan" >&2; exit 2 ;;
+    ours | nchan) servers=("$BENCH_ONLY") with_floor=0 ;;
+    floor) servers=() with_floor=1 ;;
+    *) echo "BENCH_ONLY must be ours, nchan or floor" >&2; exit 2 ;;
 esac
 
 # --- load generator -------------------------------------------------------------------------
 g++ -std=c++17 -O2 -Wall -Wextra -pthread -o "$out/loadgen" bench/loadgen.cpp
 loadgen="$out/loadgen"
+g++ -std=c++17 -O2 -Wall -Wextra -o "$out/floor-writer" bench/floor.cpp
+floor="$out/floor-writer"  # not build/bench/floor: that is its prefix, like ours' and nchan's
 "$loadgen" --self-test
 
 # 10,000 streams need 10,000 descriptors in the load generator and in whichever worker accepts
@@ -209,7 +221,10 @@ http {
 EOF
 }
 
-workers() { ps --ppid "${master[$1]}" -o pid= | tr -d ' ' | paste -sd, -; }
+workers() {
+    if [ "$1" = floor ]; then echo "${master[floor]}"; return; fi  # one process: the floor itself
+    ps --ppid "${master[$1]}" -o pid= | tr -d ' ' | paste -sd, -
+}
 
 start_server() {  # server-or-node [redis port [tls]]; returns non-zero (with a message) if it cannot start
     local s=$1 dir p
@@ -238,6 +253,12 @@ start_server() {  # server-or-node [redis port [tls]]; returns non-zero (with a 
 stop_server() {
     local s=$1 m=${master[$1]:-}
     [ -n "$m" ] || return 0
+    if [ "$s" = floor ]; then
+        kill -TERM "$m" 2>/dev/null || true
+        wait "$m" 2>/dev/null || true
+        unset "master[$s]"
+        return 0
+    fi
     kill -QUIT "$m" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$m" 2>/dev/null; then kill -TERM "$m" 2>/dev/null || true; sleep 1; fi
@@ -248,6 +269,32 @@ alive() {  # pid: running (a child of ours that exited stays a zombie until wait
     local st
     st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
     [ "${st:0:1}" != Z ]
+}
+
+# The floor: build/bench/floor-writer on a free loopback port, its stderr in build/bench/floor/logs/.
+start_floor() {
+    local dir="$out/floor" p pid
+    rm -rf "$dir"
+    mkdir -p "$dir/logs"
+    p=$(free_port) || { echo "no free port" >&2; return 1; }
+    "$floor" --port "$p" </dev/null >"$dir/logs/error.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+        alive "$pid" || { echo "[floor] exited at start:" >&2; cat "$dir/logs/error.log" >&2; return 1; }
+        sleep 0.1
+    done
+    prefix[floor]=$dir port[floor]=$p master[floor]=$pid
+    echo "[floor] pid $pid, port $p" >&2
+}
+
+floor_get() {  # path: the body of the floor's answer (it closes after /stats and /set)
+    local reply
+    exec 3<>"/dev/tcp/127.0.0.1/${port[floor]}" || return 1
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
+    reply=$(cat <&3)
+    exec 3<&-
+    printf '%s\n' "${reply##*$'\r\n\r\n'}"
 }
 
 # s6's certificates (s6tls): a CA and a server certificate for 127.0.0.1 (EC keys, quick to
@@ -402,6 +449,7 @@ run_idle() {
 
 run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
+    local fpw=0 ours_line floor0=null floor1=null
     local extra=() sub_node=$1 pub_node=$1 nodes v=${2%%-*} np=$1
     # s6 and s6tls run the same parts (same, cross, tput, warmup) on their own pair of nodes.
     [ "$v" = s6tls ] && np=$s-tls
@@ -428,6 +476,21 @@ run_load() {  # server scenario rep
             pids0=$(workers "$np-a"),$(workers "$np-b"),${redis_pid[$v]} ;;
         *) pids0=$(workers "$s") ;;
     esac
+    if [ "$s" = floor ]; then
+        # In s3 and s4 (closed loop) the floor publishes at the rate ours achieved in this
+        # repetition (ours runs just before it) and releases frames as many at a time as ours put
+        # in one write; without ours' figures, as fast as it goes, writing whatever is due.
+        if [ "$rate" = 0 ] && [ "$sc" != s5 ]; then
+            ours_line=$(jq -c --arg sc "$sc" --argjson rep "$rep" \
+                'select(.server == "ours" and .scenario == $sc and .rep == $rep)' "$results" | tail -1)
+            if [ -n "$ours_line" ]; then
+                rate=$(jq '.publish_rate // 0' <<<"$ours_line")
+                fpw=$(jq '.frames_per_write // 0' <<<"$ours_line")
+            fi
+        fi
+        floor_get "/set?frames_per_write=$fpw" >/dev/null || { echo "[floor] does not answer" >&2; return 1; }
+        floor0=$(floor_get /stats) || floor0=null
+    fi
     cpu0=$(cpu_ticks "$pids0")
     # The run itself is bounded by its --timeout (connecting, then deliveries after the last
     # publish); `timeout` is only a backstop (SIGTERM makes loadgen report what it has).
@@ -450,6 +513,25 @@ run_load() {  # server scenario rep
         echo "[$s] $sc rep $rep: no result from loadgen (see $out/$sub_node/loadgen.err)" >&2
         for n in "${nodes[@]}"; do check_log "$n"; done
         return 1
+    fi
+    # Frames per write: deliveries over the write syscalls that carried them. syscw counts every
+    # write() and writev() (nginx writes sockets with writev), not send(); take away the publish
+    # answers (one writev each) and ours' eventfd wake-ups (each write() to one is drained by one
+    # read(), and nothing else of ours or nginx's calls read(): syscr). The floor reads with
+    # recv(), answers with one write() and has no wake-ups. In s5 the window holds no publishes
+    # but every stream's head, written with its replay. nchan's inter-worker messages are not
+    # accounted for this way: its figure is recorded, not tabled.
+    line=$(jq -c '. + (if (.server_syscw | type) == "number" then
+            (.server_syscw - .server_syscr - (if .mode == "run" then .published_ok + .publish_failed else 0 end)) as $w
+            | {stream_writes: $w, frames_per_write: (if $w > 0 then .delivered / $w else null end)}
+        else {} end)' <<<"$line")
+    if [ "$s" = floor ]; then
+        # The floor's own count of its stream writes, over the whole run: a check on the above.
+        floor1=$(floor_get /stats) || floor1=null
+        line=$(jq -c --argjson a "$floor0" --argjson b "$floor1" --argjson f "$fpw" --arg r "$rate" \
+            '. + {floor_frames_per_write_asked: $f, floor_rate_asked: ($r | tonumber)}
+               + (if $a != null and $b != null then {floor_counted: {stream_writes: ($b.stream_writes - $a.stream_writes),
+                    frames_written: ($b.frames_written - $a.frames_written)}} else {} end)' <<<"$line")
     fi
     if [ "$s" = ours ] && [[ $sc == s6-* || $sc == s6tls-* ]]; then
         # Our nodes' Redis figures (cumulative): an event dropped from a full outbound queue
@@ -521,7 +603,18 @@ for s in "${servers[@]}"; do
         stop_server "$s"
     fi
 done
-[ ${#active[@]} -gt 0 ] || { echo "no server to benchmark" >&2; exit 1; }
+# The floor is in s1 to s5 only (not in idle, s6 or s6tls), and is not in active.
+floor_up=0
+if [ "$with_floor" = 1 ]; then
+    for sc in $scenarios; do
+        case $sc in s1 | s2 | s3 | s4 | s5) floor_up=1 ;; esac
+    done
+    if [ $floor_up = 1 ] && ! start_floor; then
+        echo "[floor] SKIPPED: it does not start" >&2
+        floor_up=0
+    fi
+fi
+[ ${#active[@]} -gt 0 ] || [ $floor_up = 1 ] || { echo "no server to benchmark" >&2; exit 1; }
 
 # s6 and s6tls: a redis-server each, and two nodes per server using it (s6: ours-a, ours-b,
 # nchan-a, nchan-b; s6tls: ours-tls-a, ours-tls-b, nchan-tls-a, nchan-tls-b). The nodes of every
@@ -598,6 +691,17 @@ for sc in $scenarios; do
                 order=("${active[@]}")
                 # The servers take turns going first, so that neither always runs on a warmer machine.
                 if [ $((rep % 2)) = 0 ] && [ ${#active[@]} = 2 ]; then order=("${active[1]}" "${active[0]}"); fi
+                if [ $floor_up = 1 ]; then
+                    # The floor right after ours: in s3 and s4 it takes ours' rate and frames per
+                    # write of this repetition (last when ours does not run).
+                    with=()
+                    for s in "${order[@]}"; do
+                        with+=("$s")
+                        [ "$s" = ours ] && with+=(floor)
+                    done
+                    [[ " ${with[*]} " == *" floor "* ]] || with+=(floor)
+                    order=("${with[@]}")
+                fi
                 for s in "${order[@]}"; do run_load "$s" "$sc" "$rep" || failures=$((failures + 1)); done
             done ;;
         s6 | s6tls)
@@ -635,6 +739,7 @@ for sc in $scenarios; do
     esac
 done
 for s in "${active[@]}"; do stop_server "$s"; done
+if [ $floor_up = 1 ]; then stop_server floor; fi
 
 # --- table -------------------------------------------------------------------------------------
 # One row per metric: the median over the repetitions (the worst for the correctness counts),
@@ -678,11 +783,21 @@ ratio() {
         printf (r < 0.1 ? "%.3f\n" : "%.2f\n"), r }'
 }
 
-row() {  # label scenario key how; counts (how = max) get no ratio
-    local o n r="—"
-    o=$(metric ours "$2" "$3" "$4") n=$(metric nchan "$2" "$3" "$4")
+# In the tables of s1 to s5 (floor_cols=1, set by table_head) the floor has a column, and ours /
+# floor stands beside ours / nchan.
+floor_cols=0
+row() {  # label scenario key how [servers: which of ours, nchan, floor have the figure]; counts (how = max) get no ratio
+    local o=null n=null f=null r="—" rf="—" have=${5:-ours nchan floor}
+    [[ " $have " == *" ours "* ]] && o=$(metric ours "$2" "$3" "$4")
+    [[ " $have " == *" nchan "* ]] && n=$(metric nchan "$2" "$3" "$4")
     [ "$4" = max ] || r=$(ratio "$o" "$n")
-    printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
+    if [ "$floor_cols" = 1 ]; then
+        [[ " $have " == *" floor "* ]] && f=$(metric floor "$2" "$3" "$4")
+        [ "$4" = max ] || rf=$(ratio "$o" "$f")
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(fmt "$f")" "$r" "$rf"
+    else
+        printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
+    fi
 }
 
 row_added() {  # label key [variant]; no ratio unless both differences are positive
@@ -732,22 +847,49 @@ tls_table() {
     row_tls "throughput: CPU µs per delivery (nodes + redis-server)" tput server_cpu_us_per_delivery
 }
 
-table_head() {
+# Ours / floor within each repetition (the floor runs right after ours), then the median: steadier
+# than the ratio of the medians when the machine's load moves during a run.
+paired_floor() {  # scenario key
+    jq -s --arg sc "$1" --arg k "$2" '
+        (map(select(.server == "floor" and .scenario == $sc and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $floor
+        | [.[] | select(.server == "ours" and .scenario == $sc and (.[$k] | type) == "number")
+            | select(($floor[.rep | tostring] // 0) != 0) | .[$k] / $floor[.rep | tostring]] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+row_paired_floor() {  # label scenario key: only the ours / floor cell
+    printf '| %s | — | — | — | — | %s |\n' "$1" "$(ratio "$(paired_floor "$2" "$3")" 1)"
+}
+
+table_head() {  # title [floor: 1 for a table with the floor's column]
     printf '\n%s\n\n' "$1"
-    echo "| metric | ours | nchan | ours / nchan |"
-    echo "|---|---:|---:|---:|"
+    floor_cols=${2:-0}
+    if [ "$floor_cols" = 1 ]; then
+        echo "| metric | ours | nchan | floor | ours / nchan | ours / floor |"
+        echo "|---|---:|---:|---:|---:|---:|"
+    else
+        echo "| metric | ours | nchan | ours / nchan |"
+        echo "|---|---:|---:|---:|"
+    fi
 }
 
 {
     echo "Medians of $BENCH_REPS run(s); for lost, duplicated and out of order the worst run."
+    if [ $floor_up = 1 ]; then
+        echo
+        echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes; its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
+    fi
     for sc in $scenarios; do
         case $sc in
             s1 | s2 | s3 | s4)
                 case $sc in
-                    s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" ;;
-                    s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" ;;
-                    s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop" ;;
-                    s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers" ;;
+                    s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" $floor_up ;;
+                    s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" $floor_up ;;
+                    s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
+                    s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                 esac
                 row "delivered events/s" "$sc" delivered_per_s median
                 row "latency p50 (ms)" "$sc" latency_ms_p50 median
@@ -757,15 +899,23 @@ table_head() {
                 row "publishes/s achieved" "$sc" publish_rate median
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
+                row "frames per write" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per delivery (publish window), ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
                 ;;
             s5)
-                table_head "s5 (reconnect storm): $S5_EVENTS events published, then $S5_SUBS subscribers connect and each is sent all $S5_EVENTS from history"
+                table_head "s5 (reconnect storm): $S5_EVENTS events published, then $S5_SUBS subscribers connect and each is sent all $S5_EVENTS from history" $floor_up
                 row "replayed events/s" "$sc" delivered_per_s median
                 row "seconds until every subscriber had its replay" "$sc" window_s median
                 row "worker CPU µs per replayed event" "$sc" server_cpu_us_per_delivery median
+                row "frames per write (a stream's head and replay)" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per replayed event, ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
