@@ -100,6 +100,7 @@ struct Link final : RedisConnection::Owner {
     ngx_msec_t connect_started = 0;
 
     unsigned attempts = 0;  // failed attempts since the link was last ready
+    unsigned refusals = 0;  // events refused in a row (an error reply), across reconnects
     bool ever_ready = false;
     bool outage_logged = false;  // a failed attempt of this outage was logged
     bool refusal_logged = false;
@@ -214,7 +215,8 @@ void drop_connections() {
 
 ngx_msec_t backoff_delay() {
     ngx_msec_t delay = link->config->reconnect_min;
-    for (unsigned i = 1; i < link->attempts && delay < link->config->reconnect_max; i++) delay *= 2;
+    unsigned steps = std::max(link->attempts, link->refusals);
+    for (unsigned i = 1; i < steps && delay < link->config->reconnect_max; i++) delay *= 2;
     if (delay > link->config->reconnect_max) delay = link->config->reconnect_max;
     // Jitter: nodes that lost Redis together do not all come back in the same millisecond.
     return delay / 2 + ngx_msec_t(ngx_random()) % (delay / 2 + 1);
@@ -663,43 +665,40 @@ void reconcile() {
     if (!dropped.empty()) link->store->set_synced(dropped, false);
 }
 
-// Errors that mean "not here, not now" (a replica, a primary without its replicas, a server
-// still loading, a cluster moving slots) rather than "never".
-bool is_transient(std::string_view error) {
-    for (std::string_view code :
-         {"READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "BUSY"}) {
-        if (error.substr(0, code.size()) == code && (error.size() == code.size() || error[code.size()] == ' ')) {
-            return true;
-        }
-    }
-    return false;
+// An error in reply to an event is never taken as its acknowledgement: what sse_publish can
+// answer with well-formed arguments means "not here, not now" (READONLY from a replica,
+// NOREPLICAS, OOM, LOADING, BUSY, a function flushed meanwhile). The event stays queued and the
+// link starts over; while the same event keeps being refused the retries back off as after a
+// failed connection, rather than at every reconnect.
+void refused(const redisReply& reply, const char* what) {
+    link->refusals++;
+    fail(std::string("it refused ") + what + " (" + std::string(text(reply)) + "); it stays queued");
 }
 
-// sse_publish answers with the event's id (a string). A transient error keeps the event queued:
-// the link starts over, and it goes again, with those after it, once a primary takes it. Any
-// other error (the function refused its arguments) would come back every time: the event is
-// left unsent and logged.
+// sse_publish answers with the event's id (a string).
 void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
-    if (reply.type == REDIS_REPLY_ERROR && is_transient(text(reply))) {
-        fail("it refused an event (" + std::string(text(reply)) + "); it stays queued");
+    if (reply.type == REDIS_REPLY_ERROR) {
+        refused(reply, "an event");
         return;
     }
-    if (reply.type == REDIS_REPLY_ERROR) {
-        log_bad_entry("publishing failed: " + escaped(std::string(text(reply))));
-    } else if (is_string(reply) || reply.type == REDIS_REPLY_INTEGER) {
-        ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
-    } else {
+    if (!is_string(reply) && reply.type != REDIS_REPLY_INTEGER) {
         unexpected("FCALL sse_publish", reply);
         return;
     }
+    link->refusals = 0;
+    ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
     link->store->outbound_sent(std::uint64_t(seq));
     pump();
 }
 
 void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
-    if (reply.type != REDIS_REPLY_INTEGER && reply.type != REDIS_REPLY_ERROR) {
+    if (reply.type == REDIS_REPLY_ERROR) {
+        refused(reply, "a request for every node");
+        return;
+    }
+    if (reply.type != REDIS_REPLY_INTEGER) {
         unexpected("PUBLISH", reply);
         return;
     }
