@@ -114,7 +114,8 @@ void usage() {
         "  --connect-window W   subscribers connecting at once (default 256)\n"
         "  --src-addrs K        bind subscribers to 127.0.0.1..127.0.0.K (default 1: no bind)\n"
         "  --settle S           seconds between all connected and the first publish (default 0)\n"
-        "  --cpu-pids P1,P2     sample these processes' CPU time around the publish window\n"
+        "  --cpu-pids P1,P2     sample these processes' CPU time and read/write syscalls around the\n"
+        "                       publish window\n"
         "  --label L            copied into the JSON result\n"
         "loadgen --self-test    checks the stream and response parsers, then exits\n",
         stderr);
@@ -253,6 +254,35 @@ long long cpu_ticks_sum(const std::vector<int>& pids) {
         long long t = cpu_ticks(pid);
         if (t < 0) return -1;
         sum += t;
+    }
+    return sum;
+}
+
+// Read and write syscalls of processes, from /proc/<pid>/io: syscw counts write() and writev()
+// (whatever they return), not send() or sendmsg(); syscr counts read(), not recv(). nginx writes
+// its sockets with writev, so the write syscalls tell how many writes carried the deliveries
+// (scripts/bench.sh works out frames per write from them). -1 when unreadable.
+struct SyscallCounts {
+    long long reads = -1, writes = -1;
+};
+
+SyscallCounts syscall_counts(const std::vector<int>& pids) {
+    SyscallCounts sum{0, 0};
+    for (int pid : pids) {
+        char path[64];
+        std::snprintf(path, sizeof path, "/proc/%d/io", pid);
+        FILE* f = std::fopen(path, "r");
+        if (!f) return {};
+        char line[128];
+        long long r = -1, w = -1;
+        while (std::fgets(line, sizeof line, f)) {
+            std::sscanf(line, "syscr: %lld", &r);
+            std::sscanf(line, "syscw: %lld", &w);
+        }
+        std::fclose(f);
+        if (r < 0 || w < 0) return {};
+        sum.reads += r;
+        sum.writes += w;
     }
     return sum;
 }
@@ -1388,6 +1418,13 @@ void cpu_fields(JsonLine& j, long long cpu_before, long long cpu_after, long del
     j.num("server_cpu_us_per_delivery", delivered ? cpu_s * 1e6 / double(delivered) : -1, 3);
 }
 
+// The server's read and write syscalls over the same window.
+void syscall_fields(JsonLine& j, const SyscallCounts& before, const SyscallCounts& after) {
+    if (before.writes < 0 || after.writes < 0) return;
+    j.num("server_syscr", after.reads - before.reads);
+    j.num("server_syscw", after.writes - before.writes);
+}
+
 // --replay: publishes every event, then connects the subscribers and waits until each has every
 // event of its channel, sent from the server's history as the stream opens. The window runs from
 // the first connect to the last delivery; the server's CPU is sampled over it.
@@ -1405,6 +1442,7 @@ int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& 
     }
 
     const long long cpu_before = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const SyscallCounts sys_before = o.cpu_pids.empty() ? SyscallCounts{} : syscall_counts(o.cpu_pids);
     const double self_cpu_before = self_cpu_s();
     std::string error;
     bool ok = subs.connect_all(error);  // deliveries are counted while connecting
@@ -1418,6 +1456,7 @@ int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& 
         subs.poll(10);
     }
     const long long cpu_after = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const SyscallCounts sys_after = o.cpu_pids.empty() ? SyscallCounts{} : syscall_counts(o.cpu_pids);
     const Tally& t = subs.tally();
     const int64_t window_end = t.last_delivery ? t.last_delivery : now_ns();
     const double window_s = double(window_end - subs.connect_started()) / 1e9;
@@ -1429,6 +1468,7 @@ int run_replay(const Options& o, const sockaddr_in& pub_dst, const std::string& 
     j.num("publish_failed", (long long)(o.events - published_ok));
     delivery_fields(j, expected, lost, t, window_s);
     cpu_fields(j, cpu_before, cpu_after, t.delivered);
+    syscall_fields(j, sys_before, sys_after);
     j.num("loadgen_cpu_s", self_cpu_s() - self_cpu_before, 2);
     j.boolean("timed_out", timed_out);
     if (!ok)
@@ -1507,6 +1547,7 @@ int main(int argc, char** argv) {
 
     const int64_t run_start = now_ns();
     const long long cpu_before = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const SyscallCounts sys_before = o.cpu_pids.empty() ? SyscallCounts{} : syscall_counts(o.cpu_pids);
     const double self_cpu_before = self_cpu_s();
 
     // Publish from a thread of its own; the main thread keeps reading the streams meanwhile.
@@ -1548,6 +1589,7 @@ int main(int argc, char** argv) {
     }
     const int64_t run_end = now_ns();
     const long long cpu_after = o.cpu_pids.empty() ? -1 : cpu_ticks_sum(o.cpu_pids);
+    const SyscallCounts sys_after = o.cpu_pids.empty() ? SyscallCounts{} : syscall_counts(o.cpu_pids);
     const double self_cpu = self_cpu_s() - self_cpu_before;
 
     const Tally& t = subs.tally();
@@ -1574,6 +1616,7 @@ int main(int argc, char** argv) {
     j.num("publish_ms_p99", percentile_ms(resp, 0.99));
     j.num("publish_reconnects", (long long)pub.reconnects);
     cpu_fields(j, cpu_before, cpu_after, t.delivered);
+    syscall_fields(j, sys_before, sys_after);
     // The load generator shares the machine with the server: its own share tells whether it,
     // rather than the server, was the limit.
     j.num("loadgen_cpu_s", self_cpu, 2);

@@ -16,16 +16,31 @@
 #         nchan_redis_server). Latency with 100 subscribers at 200 events/s, subscribers on the
 #         publishing node A (baseline) and on node B (crossing); then delivered events/s with 1,000
 #         subscribers on B and closed-loop publishing on A. Not in the default list (opt-in).
-# s1 to s6 run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
+#   s6tls s6 through a TLS-only redis-server (ours: sse_redis rediss:// with
+#         sse_redis_tls_trusted_certificate; nchan: nchan_redis_server rediss:// with nchan_redis_ssl
+#         on), certificates made once with openssl in build/bench/tls/. Opt-in like s6. Named
+#         with s6 (BENCH_SCENARIOS="s6 s6tls"), both run in one loop, taking turns in every
+#         repetition, and a table sets TLS beside plain.
+# s1 to s6tls run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
+#
+# The floor (issue 13): in s1 to s5 a bare writer (bench/floor.cpp: one process, epoll, no nginx)
+# runs beside both, right after ours in every repetition, on the same sockets with the same bytes:
+# the cost of the socket writes alone. In s3 and s4 it publishes at the rate ours achieved in that
+# repetition and is told to coalesce as ours did (frames per write, from the write syscalls in
+# /proc/<pid>/io), so that the two pay for the same number of writes; in s1, s2 and s5 it writes
+# whatever is due after every turn of its event loop.
 #
 #   scripts/bench.sh                   full run (about 5 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
-#   BENCH_ONLY=nchan|ours              one server only
-#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 only when named: BENCH_SCENARIOS=s6)
-#   BENCH_REPS=5                       repetitions of s1 to s6 (default 3)
+#   BENCH_ONLY=nchan|ours|floor        one server only
+#   BENCH_FLOOR=0                      leave the floor out
+#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 and s6tls only when named:
+#                                      BENCH_SCENARIOS=s6, BENCH_SCENARIOS="s6 s6tls")
+#   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
 #   S6_SUBS, S6_EVENTS, S6_RATE, S6_TPUT_SUBS, S6_TPUT_CHANNELS, S6_TPUT_EVENTS, S6_SETTLE   s6's
+#                                      (and s6tls's)
 #
 # Output: a Markdown table on stdout (also build/bench/summary.md), every loadgen result as one
 # JSON line in build/bench/results.json, server logs under build/bench/<server>/.
@@ -77,15 +92,19 @@ fi
 : "${S6_SETTLE:=1}"
 scenarios=${BENCH_SCENARIOS:-idle s1 s2 s3 s4 s5}
 servers=(ours nchan)
+with_floor=${BENCH_FLOOR:-1}
 case "${BENCH_ONLY:-}" in
     "") ;;
-    ours | nchan) servers=("$BENCH_ONLY") ;;
-    *) echo "BENCH_ONLY must be ours or nchan" >&2; exit 2 ;;
+    ours | nchan) servers=("$BENCH_ONLY") with_floor=0 ;;
+    floor) servers=() with_floor=1 ;;
+    *) echo "BENCH_ONLY must be ours, nchan or floor" >&2; exit 2 ;;
 esac
 
 # --- load generator -------------------------------------------------------------------------
 g++ -std=c++17 -O2 -Wall -Wextra -pthread -o "$out/loadgen" bench/loadgen.cpp
 loadgen="$out/loadgen"
+g++ -std=c++17 -O2 -Wall -Wextra -o "$out/floor-writer" bench/floor.cpp
+floor="$out/floor-writer"  # not build/bench/floor: that is its prefix, like ours' and nchan's
 "$loadgen" --self-test
 
 # 10,000 streams need 10,000 descriptors in the load generator and in whichever worker accepts
@@ -102,12 +121,13 @@ fi
 
 # --- servers ----------------------------------------------------------------------------------
 declare -A prefix port master
+# One redis-server per s6 variant: redis_pid[s6] (plain TCP), redis_pid[s6tls] (TLS only).
+declare -A redis_pid redis_port
 loadgen_pid=
-redis_pid= redis_port=
 cleanup() {
     [ -n "$loadgen_pid" ] && kill -TERM "$loadgen_pid" 2>/dev/null || true
     for s in "${!master[@]}"; do stop_server "$s"; done
-    stop_redis
+    for v in "${!redis_pid[@]}"; do stop_redis "$v"; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM  # through the EXIT trap: no nginx left running
@@ -122,14 +142,20 @@ free_port() {
     return 1
 }
 
-write_conf() {  # server-or-node dir port [redis port]
-    # A node of s6 is named <server>-a or <server>-b and gets the Redis port: its http{} then
-    # uses that redis-server (ours: sse_redis; nchan: an upstream with nchan_redis_server, passed
-    # to every publish and subscribe location, nchan storing in Redis: distributed mode).
-    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} load locations redis= pass= stats=
+write_conf() {  # server-or-node dir port [redis port [tls]]
+    # A node of s6 is named <server>-a or <server>-b (s6tls: <server>-tls-a, -b) and gets the
+    # Redis port: its http{} then uses that redis-server (ours: sse_redis; nchan: an upstream
+    # with nchan_redis_server, passed to every publish and subscribe location, nchan storing in
+    # Redis: distributed mode). With tls = 1 it connects over TLS, checking the server's
+    # certificate against the bench's CA.
+    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} tls=${5:-0} load locations redis= pass= stats=
     if [ "$s" = ours ]; then
         load="load_module $out/ngx_http_sse_module.so;"
-        if [ -n "$rp" ]; then
+        if [ -n "$rp" ] && [ "$tls" = 1 ]; then
+            redis="sse_redis rediss://127.0.0.1:$rp;
+    sse_redis_tls_trusted_certificate $tls_dir/ca.pem;"
+            stats="location = /stats { sse_stats; }"
+        elif [ -n "$rp" ]; then
             redis="sse_redis redis://127.0.0.1:$rp;"
             stats="location = /stats { sse_stats; }"
         fi
@@ -145,7 +171,17 @@ write_conf() {  # server-or-node dir port [redis port]
     }"
     else
         load="load_module /usr/lib/nginx/modules/ngx_nchan_module.so;"
-        if [ -n "$rp" ]; then
+        if [ -n "$rp" ] && [ "$tls" = 1 ]; then
+            # nchan_redis_ssl_verify_certificate is left at its default (on): nchan 1.3.6 refuses
+            # the directive itself, whatever its value ("directive is duplicate").
+            redis="upstream nchan_redis {
+        nchan_redis_server rediss://127.0.0.1:$rp;
+        nchan_redis_ssl on;
+        nchan_redis_ssl_trusted_certificate $tls_dir/ca.pem;
+        nchan_redis_storage_mode distributed;
+    }"
+            pass=" nchan_redis_pass nchan_redis;"
+        elif [ -n "$rp" ]; then
             redis="upstream nchan_redis {
         nchan_redis_server redis://127.0.0.1:$rp;
         nchan_redis_storage_mode distributed;
@@ -185,15 +221,18 @@ http {
 EOF
 }
 
-workers() { ps --ppid "${master[$1]}" -o pid= | tr -d ' ' | paste -sd, -; }
+workers() {
+    if [ "$1" = floor ]; then echo "${master[floor]}"; return; fi  # one process: the floor itself
+    ps --ppid "${master[$1]}" -o pid= | tr -d ' ' | paste -sd, -
+}
 
-start_server() {  # server-or-node [redis port]; returns non-zero (with a message) if it cannot start
+start_server() {  # server-or-node [redis port [tls]]; returns non-zero (with a message) if it cannot start
     local s=$1 dir p
     dir="$out/$s"
     rm -rf "$dir"
     mkdir -p "$dir/logs" "$dir/tmp"
     p=$(free_port) || { echo "no free port" >&2; return 1; }
-    write_conf "$s" "$dir" "$p" "${2:-}"
+    write_conf "$s" "$dir" "$p" "${2:-}" "${3:-0}"
     if ! nginx -p "$dir/" -c "$dir/nginx.conf" -t -q 2>"$dir/logs/configtest.log"; then
         echo "[$s] nginx -t failed:" >&2; cat "$dir/logs/configtest.log" >&2; return 1
     fi
@@ -214,6 +253,12 @@ start_server() {  # server-or-node [redis port]; returns non-zero (with a messag
 stop_server() {
     local s=$1 m=${master[$1]:-}
     [ -n "$m" ] || return 0
+    if [ "$s" = floor ]; then
+        kill -TERM "$m" 2>/dev/null || true
+        wait "$m" 2>/dev/null || true
+        unset "master[$s]"
+        return 0
+    fi
     kill -QUIT "$m" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$m" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$m" 2>/dev/null; then kill -TERM "$m" 2>/dev/null || true; sleep 1; fi
@@ -226,32 +271,103 @@ alive() {  # pid: running (a child of ours that exited stays a zombie until wait
     [ "${st:0:1}" != Z ]
 }
 
-# s6's redis-server: on a free loopback port, nothing persisted, in build/bench/redis/.
-start_redis() {
-    local dir="$out/redis"
+# The floor: build/bench/floor-writer on a free loopback port, its stderr in build/bench/floor/logs/.
+start_floor() {
+    local dir="$out/floor" p pid
     rm -rf "$dir"
-    mkdir -p "$dir"
-    redis_port=$(free_port) || { echo "no free port for redis-server" >&2; return 1; }
-    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --protected-mode no \
-        --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/redis.stdout" 2>&1 &
-    redis_pid=$!
-    for _ in $(seq 100); do
-        [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
-        alive "$redis_pid" || { echo "redis-server exited at start:" >&2; tail -5 "$dir/redis.log" >&2; redis_pid=; return 1; }
+    mkdir -p "$dir/logs"
+    p=$(free_port) || { echo "no free port" >&2; return 1; }
+    "$floor" --port "$p" </dev/null >"$dir/logs/error.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+        alive "$pid" || { echo "[floor] exited at start:" >&2; cat "$dir/logs/error.log" >&2; return 1; }
         sleep 0.1
     done
-    [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] || { echo "redis-server does not answer" >&2; return 1; }
-    echo "[redis] $(redis-server --version | cut -d' ' -f1-3), pid $redis_pid, port $redis_port" >&2
+    prefix[floor]=$dir port[floor]=$p master[floor]=$pid
+    echo "[floor] pid $pid, port $p" >&2
 }
 
-stop_redis() {
-    [ -n "$redis_pid" ] || return 0
-    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-    for _ in $(seq 50); do alive "$redis_pid" || break; sleep 0.1; done
-    if alive "$redis_pid"; then kill -TERM "$redis_pid" 2>/dev/null || true; sleep 1; fi
-    if alive "$redis_pid"; then kill -KILL "$redis_pid" 2>/dev/null || true; fi
-    wait "$redis_pid" 2>/dev/null || true
-    redis_pid=
+floor_get() {  # path: the body of the floor's answer (it closes after /stats and /set)
+    local reply
+    exec 3<>"/dev/tcp/127.0.0.1/${port[floor]}" || return 1
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
+    reply=$(cat <&3)
+    exec 3<&-
+    printf '%s\n' "${reply##*$'\r\n\r\n'}"
+}
+
+# s6's certificates (s6tls): a CA and a server certificate for 127.0.0.1 (EC keys, quick to
+# make), made once in build/bench/tls/ and reused while they have a day left.
+tls_dir="$out/tls"
+make_tls_certs() {
+    local d=$tls_dir
+    if [ -s "$d/ca.pem" ] && [ -s "$d/server.key" ] &&
+        openssl x509 -checkend 86400 -noout -in "$d/server.pem" >/dev/null 2>&1; then
+        return 0
+    fi
+    rm -rf "$d"
+    mkdir -p "$d"
+    local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    {
+        openssl req -x509 "${key[@]}" -days 365 -subj "/CN=sse bench CA" -keyout "$d/ca.key" -out "$d/ca.pem" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+        openssl req "${key[@]}" -subj /CN=localhost -keyout "$d/server.key" -out "$d/server.csr" &&
+        openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 365 \
+            -extfile "$d/server.ext" -out "$d/server.pem"
+    } >"$d/openssl.log" 2>&1 || { echo "openssl failed:" >&2; cat "$d/openssl.log" >&2; rm -rf "$d"; return 1; }
+    # nchan loads the CA in its workers, which run as nobody.
+    chmod 0755 "$d"
+    chmod 0644 "$d/ca.pem" "$d/server.pem"
+    echo "[tls] made a CA and a server certificate in $d" >&2
+}
+
+rcli() {  # variant redis-cli-args...: redis-cli to that variant's redis-server
+    local v=$1 tls_opts=()
+    shift
+    [ "$v" = s6tls ] && tls_opts=(--tls --cacert "$tls_dir/ca.pem")
+    redis-cli -h 127.0.0.1 -p "${redis_port[$v]}" "${tls_opts[@]}" "$@"
+}
+
+# s6's redis-server: on a free loopback port, nothing persisted, in build/bench/redis/; s6tls's
+# listens for TLS only (--port 0), in build/bench/redis-tls/, and asks no client certificate.
+start_redis() {  # variant (s6 or s6tls)
+    local v=$1 dir p listen
+    dir="$out/redis"
+    [ "$v" = s6tls ] && dir="$out/redis-tls"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    p=$(free_port) || { echo "no free port for redis-server" >&2; return 1; }
+    redis_port[$v]=$p
+    listen=(--port "$p")
+    if [ "$v" = s6tls ]; then
+        make_tls_certs || return 1
+        listen=(--port 0 --tls-port "$p" --tls-cert-file "$tls_dir/server.pem" --tls-key-file "$tls_dir/server.key"
+            --tls-ca-cert-file "$tls_dir/ca.pem" --tls-auth-clients no)
+    fi
+    redis-server --bind 127.0.0.1 "${listen[@]}" --save '' --appendonly no --protected-mode no \
+        --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/redis.stdout" 2>&1 &
+    redis_pid[$v]=$!
+    for _ in $(seq 100); do
+        [ "$(rcli "$v" ping 2>/dev/null)" = PONG ] && break
+        alive "${redis_pid[$v]}" || { echo "redis-server exited at start:" >&2; tail -5 "$dir/redis.log" >&2; unset "redis_pid[$v]"; return 1; }
+        sleep 0.1
+    done
+    [ "$(rcli "$v" ping 2>/dev/null)" = PONG ] || { echo "redis-server ($v) does not answer" >&2; return 1; }
+    echo "[redis $v] $(redis-server --version | cut -d' ' -f1-3), pid ${redis_pid[$v]}, port $p$([ "$v" = s6tls ] && echo ' (TLS only)')" >&2
+}
+
+stop_redis() {  # variant
+    local v=$1 pid=${redis_pid[$1]:-}
+    [ -n "$pid" ] || return 0
+    rcli "$v" shutdown nosave >/dev/null 2>&1 || true
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; sleep 1; fi
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || true
+    unset "redis_pid[$v]"
 }
 
 # Problems worth knowing about in a server's error.log since the last check.
@@ -333,8 +449,11 @@ run_idle() {
 
 run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
-    local extra=() sub_node=$1 pub_node=$1 nodes
-    case $sc in
+    local fpw=0 ours_line floor0=null floor1=null
+    local extra=() sub_node=$1 pub_node=$1 nodes v=${2%%-*} np=$1
+    # s6 and s6tls run the same parts (same, cross, tput, warmup) on their own pair of nodes.
+    [ "$v" = s6tls ] && np=$s-tls
+    case ${sc/#s6tls-/s6-} in
         s1) subs=$S1_SUBS channels=1 events=$S1_EVENTS rate=$S1_RATE conns=1 ;;
         s2) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 ;;
         s3) subs=$S3_SUBS channels=1 events=$S3_EVENTS rate=0 conns=1 ;;
@@ -342,21 +461,36 @@ run_load() {  # server scenario rep
         s5) subs=$S5_SUBS channels=1 events=$S5_EVENTS rate=0 conns=1
             extra=(--replay --sub-path '/replay?channels={ch}' --pub-path '/pubr?channel={ch}') ;;
         # s6: published on node A; read on A (the same-node baseline) or on B (across Redis).
-        s6-same) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$s-a pub_node=$s-a ;;
-        s6-cross) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$s-b pub_node=$s-a ;;
+        s6-same) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$np-a pub_node=$np-a ;;
+        s6-cross) subs=$S6_SUBS channels=1 events=$S6_EVENTS rate=$S6_RATE conns=1 sub_node=$np-b pub_node=$np-a ;;
         s6-tput) subs=$S6_TPUT_SUBS channels=$S6_TPUT_CHANNELS events=$S6_TPUT_EVENTS rate=0 conns=2
-            sub_node=$s-b pub_node=$s-a ;;
-        s6-warmup) subs=10 channels=1 events=20 rate=100 conns=1 sub_node=$s-b pub_node=$s-a ;;
+            sub_node=$np-b pub_node=$np-a ;;
+        s6-warmup) subs=10 channels=1 events=20 rate=100 conns=1 sub_node=$np-b pub_node=$np-a ;;
     esac
     nodes=("$sub_node")
     [ "$pub_node" = "$sub_node" ] || nodes+=("$pub_node")
     case $sc in
         # Both nodes' workers and redis-server count as the server's CPU, whichever node the
         # streams are on (the other node's share is small, but it is part of the path).
-        s6-*) extra=(--settle "$S6_SETTLE") nodes=("$s-a" "$s-b")
-            pids0=$(workers "$s-a"),$(workers "$s-b"),$redis_pid ;;
+        s6-* | s6tls-*) extra=(--settle "$S6_SETTLE") nodes=("$np-a" "$np-b")
+            pids0=$(workers "$np-a"),$(workers "$np-b"),${redis_pid[$v]} ;;
         *) pids0=$(workers "$s") ;;
     esac
+    if [ "$s" = floor ]; then
+        # In s3 and s4 (closed loop) the floor publishes at the rate ours achieved in this
+        # repetition (ours runs just before it) and releases frames as many at a time as ours put
+        # in one write; without ours' figures, as fast as it goes, writing whatever is due.
+        if [ "$rate" = 0 ] && [ "$sc" != s5 ]; then
+            ours_line=$(jq -c --arg sc "$sc" --argjson rep "$rep" \
+                'select(.server == "ours" and .scenario == $sc and .rep == $rep)' "$results" | tail -1)
+            if [ -n "$ours_line" ]; then
+                rate=$(jq '.publish_rate // 0' <<<"$ours_line")
+                fpw=$(jq '.frames_per_write // 0' <<<"$ours_line")
+            fi
+        fi
+        floor_get "/set?frames_per_write=$fpw" >/dev/null || { echo "[floor] does not answer" >&2; return 1; }
+        floor0=$(floor_get /stats) || floor0=null
+    fi
     cpu0=$(cpu_ticks "$pids0")
     # The run itself is bounded by its --timeout (connecting, then deliveries after the last
     # publish); `timeout` is only a backstop (SIGTERM makes loadgen report what it has).
@@ -372,7 +506,7 @@ run_load() {  # server scenario rep
     line=$(grep '^{' "$out/$sub_node/run.out" | tail -1) || true
     cpu1=$(cpu_ticks "$pids0")
     case $sc in
-        s6-*) pids1=$(workers "$s-a"),$(workers "$s-b"),$redis_pid ;;
+        s6-* | s6tls-*) pids1=$(workers "$np-a"),$(workers "$np-b"),${redis_pid[$v]} ;;
         *) pids1=$(workers "$s") ;;
     esac
     if [ -z "$line" ]; then
@@ -380,12 +514,31 @@ run_load() {  # server scenario rep
         for n in "${nodes[@]}"; do check_log "$n"; done
         return 1
     fi
-    if [ "$s" = ours ] && [[ $sc == s6-* ]]; then
+    # Frames per write: deliveries over the write syscalls that carried them. syscw counts every
+    # write() and writev() (nginx writes sockets with writev), not send(); take away the publish
+    # answers (one writev each) and ours' eventfd wake-ups (each write() to one is drained by one
+    # read(), and nothing else of ours or nginx's calls read(): syscr). The floor reads with
+    # recv(), answers with one write() and has no wake-ups. In s5 the window holds no publishes
+    # but every stream's head, written with its replay. nchan's inter-worker messages are not
+    # accounted for this way: its figure is recorded, not tabled.
+    line=$(jq -c '. + (if (.server_syscw | type) == "number" then
+            (.server_syscw - .server_syscr - (if .mode == "run" then .published_ok + .publish_failed else 0 end)) as $w
+            | {stream_writes: $w, frames_per_write: (if $w > 0 then .delivered / $w else null end)}
+        else {} end)' <<<"$line")
+    if [ "$s" = floor ]; then
+        # The floor's own count of its stream writes, over the whole run: a check on the above.
+        floor1=$(floor_get /stats) || floor1=null
+        line=$(jq -c --argjson a "$floor0" --argjson b "$floor1" --argjson f "$fpw" --arg r "$rate" \
+            '. + {floor_frames_per_write_asked: $f, floor_rate_asked: ($r | tonumber)}
+               + (if $a != null and $b != null then {floor_counted: {stream_writes: ($b.stream_writes - $a.stream_writes),
+                    frames_written: ($b.frames_written - $a.frames_written)}} else {} end)' <<<"$line")
+    fi
+    if [ "$s" = ours ] && [[ $sc == s6-* || $sc == s6tls-* ]]; then
         # Our nodes' Redis figures (cumulative): an event dropped from a full outbound queue
         # would show here, and a node's link state other than "connected" too.
         local st_a st_b
-        st_a=$(curl -sf "http://127.0.0.1:${port[$s-a]}/stats" | jq -c .redis) || st_a=null
-        st_b=$(curl -sf "http://127.0.0.1:${port[$s-b]}/stats" | jq -c .redis) || st_b=null
+        st_a=$(curl -sf "http://127.0.0.1:${port[$np-a]}/stats" | jq -c .redis) || st_a=null
+        st_b=$(curl -sf "http://127.0.0.1:${port[$np-b]}/stats" | jq -c .redis) || st_b=null
         line=$(jq -c --argjson a "$st_a" --argjson b "$st_b" \
             '. + {redis_a: $a, redis_b: $b, redis_queue_dropped: (($a.queue_dropped // 0) + ($b.queue_dropped // 0))}' <<<"$line")
     fi
@@ -395,12 +548,12 @@ run_load() {  # server scenario rep
         '. + {server_cpu_s_whole_run: ($c / $hz),
               server_cpu_us_per_delivery_whole_run: (if .delivered > 0 then ($c / $hz * 1e6 / .delivered * 1000 | round) / 1000 else null end),
               workers_restarted: ($p0 != $p1)}' <<<"$line")
-    [ "$sc" = s6-warmup ] || record "$s" "$sc" "$rep" "$line"
+    [[ $sc == *-warmup ]] || record "$s" "$sc" "$rep" "$line"
     jq -r --arg s "$s" '"[\($s)] \(.label): delivered \(.delivered)/\(.expected), lost \(.lost), " +
         "\(.delivered_per_s)/s, latency p50 \(.latency_ms_p50) ms p99 \(.latency_ms_p99) ms, " +
         "publish p50 \(.publish_ms_p50) ms p99 \(.publish_ms_p99) ms" +
         (if .error then ", error: \(.error)" else "" end) + (if .timed_out then " (timed out)" else "" end)' <<<"$line" >&2
-    if [ "$sc" = s6-warmup ] && [ "$(jq .lost <<<"$line")" != 0 ]; then
+    if [[ $sc == *-warmup ]] && [ "$(jq .lost <<<"$line")" != 0 ]; then
         echo "[$s] WARNING: the warm-up lost events between the nodes: is Redis reachable from both?" >&2
     fi
     [ "$pids0" = "$pids1" ] || echo "[$s] WARNING: worker processes changed during the run ($pids0 -> $pids1)" >&2
@@ -414,13 +567,17 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     echo "note: load average is $load; other work on this machine skews the figures" >&2
 fi
 
-# The single-node servers are needed by every scenario but s6, which starts its own nodes.
-need_single=0 need_s6=0
+# The single-node servers are needed by every scenario but s6 and s6tls, which start their own
+# nodes.
+need_single=0 s6_variants=()
 for sc in $scenarios; do
-    if [ "$sc" = s6 ]; then need_s6=1; else need_single=1; fi
+    case $sc in
+        s6 | s6tls) s6_variants+=("$sc") ;;
+        *) need_single=1 ;;
+    esac
 done
-if [ $need_s6 = 1 ]; then
-    apt_install redis-server redis-tools curl
+if [ ${#s6_variants[@]} -gt 0 ]; then
+    apt_install redis-server redis-tools curl openssl
 fi
 
 active=()
@@ -446,22 +603,39 @@ for s in "${servers[@]}"; do
         stop_server "$s"
     fi
 done
-[ ${#active[@]} -gt 0 ] || { echo "no server to benchmark" >&2; exit 1; }
+# The floor is in s1 to s5 only (not in idle, s6 or s6tls), and is not in active.
+floor_up=0
+if [ "$with_floor" = 1 ]; then
+    for sc in $scenarios; do
+        case $sc in s1 | s2 | s3 | s4 | s5) floor_up=1 ;; esac
+    done
+    if [ $floor_up = 1 ] && ! start_floor; then
+        echo "[floor] SKIPPED: it does not start" >&2
+        floor_up=0
+    fi
+fi
+[ ${#active[@]} -gt 0 ] || [ $floor_up = 1 ] || { echo "no server to benchmark" >&2; exit 1; }
 
-# s6: one redis-server, and two nodes per server using it (ours-a, ours-b, nchan-a, nchan-b).
-s6_active=()
-s6_start() {
-    start_redis || return 1
-    local s n state
+# s6 and s6tls: a redis-server each, and two nodes per server using it (s6: ours-a, ours-b,
+# nchan-a, nchan-b; s6tls: ours-tls-a, ours-tls-b, nchan-tls-a, nchan-tls-b). The nodes of every
+# variant named are up together, so that plain and TLS take turns within each repetition: a change
+# in the machine's load during the run then touches both alike.
+declare -A s6_up  # "variant/server" -> 1 once its two nodes run and have passed the warm-up
+s6_start() {  # variant
+    local v=$1 s n node state tls=0 started=0
+    [ "$v" = s6tls ] && tls=1
+    start_redis "$v" || return 1
     for s in "${active[@]}"; do
-        if ! start_server "$s-a" "$redis_port" || ! start_server "$s-b" "$redis_port"; then
-            echo "[$s] s6 SKIPPED: its two nodes did not both start" >&2
-            stop_server "$s-a"; stop_server "$s-b"
+        node=$s
+        [ "$v" = s6tls ] && node=$s-tls
+        if ! start_server "$node-a" "${redis_port[$v]}" "$tls" || ! start_server "$node-b" "${redis_port[$v]}" "$tls"; then
+            echo "[$s] $v SKIPPED: its two nodes did not both start" >&2
+            stop_server "$node-a"; stop_server "$node-b"
             failures=$((failures + 1))
             continue
         fi
         if [ "$s" = ours ]; then
-            for n in "$s-a" "$s-b"; do
+            for n in "$node-a" "$node-b"; do
                 for _ in $(seq 100); do
                     state=$(curl -sf "http://127.0.0.1:${port[$n]}/stats" | jq -r .redis.state) || state=
                     [ "$state" = connected ] && break
@@ -472,28 +646,40 @@ s6_start() {
         fi
         # A small run across the nodes, not recorded: both nodes have their Redis connections
         # up, and an event published on A reaches B.
-        run_load "$s" s6-warmup 0 || true
-        s6_active+=("$s")
+        run_load "$s" "$v-warmup" 0 || true
+        s6_up[$v/$s]=1
+        started=$((started + 1))
     done
-    [ ${#s6_active[@]} -gt 0 ]
+    [ $started -gt 0 ]
 }
 
-s6_stop() {
-    local s
-    for s in "${s6_active[@]}"; do stop_server "$s-a"; stop_server "$s-b"; done
+s6_stop() {  # variant
+    local v=$1 s n c node dir=$out/redis
+    [ "$v" = s6tls ] && dir=$out/redis-tls
+    for s in "${active[@]}"; do
+        node=$s
+        [ "$v" = s6tls ] && node=$s-tls
+        stop_server "$node-a"; stop_server "$node-b"
+        # check_log only shows alert, crit and emerg; a node's Redis link failing shows lower.
+        for n in "$node-a" "$node-b"; do
+            [ -f "$out/$n/logs/error.log" ] || continue
+            c=$(grep -cE '\[(warn|error)\]' "$out/$n/logs/error.log") || true
+            [ "${c:-0}" = 0 ] || echo "[$n] note: $c line(s) at warn or error in its error.log, the first: $(grep -m1 -E '\[(warn|error)\]' "$out/$n/logs/error.log")" >&2
+        done
+    done
     # What the servers left in Redis and the commands they used (both servers share this Redis).
-    if [ -n "$redis_pid" ]; then
+    if [ -n "${redis_pid[$v]:-}" ]; then
         {
-            echo "dbsize: $(redis-cli -p "$redis_port" dbsize)"
-            echo "keys (a sample):"; redis-cli -p "$redis_port" --scan | head -20
-            redis-cli -p "$redis_port" info commandstats
-        } >"$out/redis/after.txt" 2>&1 || true
+            echo "dbsize: $(rcli "$v" dbsize)"
+            echo "keys (a sample):"; rcli "$v" --scan | head -20
+            rcli "$v" info commandstats
+        } >"$dir/after.txt" 2>&1 || true
     fi
-    stop_redis
+    stop_redis "$v"
 }
 
 for sc in $scenarios; do
-    case $sc in idle | s1 | s2 | s3 | s4 | s5 | s6) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
+    case $sc in idle | s1 | s2 | s3 | s4 | s5 | s6 | s6tls) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
 done
 failures=0
 for sc in $scenarios; do
@@ -505,29 +691,55 @@ for sc in $scenarios; do
                 order=("${active[@]}")
                 # The servers take turns going first, so that neither always runs on a warmer machine.
                 if [ $((rep % 2)) = 0 ] && [ ${#active[@]} = 2 ]; then order=("${active[1]}" "${active[0]}"); fi
+                if [ $floor_up = 1 ]; then
+                    # The floor right after ours: in s3 and s4 it takes ours' rate and frames per
+                    # write of this repetition (last when ours does not run).
+                    with=()
+                    for s in "${order[@]}"; do
+                        with+=("$s")
+                        [ "$s" = ours ] && with+=(floor)
+                    done
+                    [[ " ${with[*]} " == *" floor "* ]] || with+=(floor)
+                    order=("${with[@]}")
+                fi
                 for s in "${order[@]}"; do run_load "$s" "$sc" "$rep" || failures=$((failures + 1)); done
             done ;;
-        s6)
-            if ! s6_start; then
-                echo "s6 SKIPPED: redis-server or the nodes did not start" >&2
-                failures=$((failures + 1))
-                s6_stop
-                continue
-            fi
+        s6 | s6tls)
+            # Every s6 variant named runs here, at the place of the first one in the list.
+            [ "${s6_done:-0}" = 1 ] && continue
+            s6_done=1
+            for v in "${s6_variants[@]}"; do
+                if ! s6_start "$v"; then
+                    echo "$v SKIPPED: redis-server or the nodes did not start" >&2
+                    failures=$((failures + 1))
+                fi
+            done
+            # Server by server, each one's variants next to each other in time.
+            pairs=()
+            for s in "${active[@]}"; do
+                for v in "${s6_variants[@]}"; do [ -n "${s6_up[$v/$s]:-}" ] && pairs+=("$v/$s"); done
+            done
             for rep in $(seq "$BENCH_REPS"); do
-                order=("${s6_active[@]}")
-                if [ $((rep % 2)) = 0 ] && [ ${#s6_active[@]} = 2 ]; then order=("${s6_active[1]}" "${s6_active[0]}"); fi
-                for s in "${order[@]}"; do
+                order=("${pairs[@]}")
+                # Every other repetition in the reverse order, so that no server or variant
+                # always runs on a warmer machine.
+                if [ $((rep % 2)) = 0 ]; then
+                    order=()
+                    for ((i = ${#pairs[@]} - 1; i >= 0; i--)); do order+=("${pairs[i]}"); done
+                fi
+                for pair in "${order[@]}"; do
+                    v=${pair%/*} s=${pair#*/}
                     # Same-node and cross-node take turns going first too.
-                    parts=(s6-same s6-cross s6-tput)
-                    [ $((rep % 2)) = 0 ] && parts=(s6-cross s6-same s6-tput)
-                    for part in "${parts[@]}"; do run_load "$s" "$part" "$rep" || failures=$((failures + 1)); done
+                    parts=(same cross tput)
+                    [ $((rep % 2)) = 0 ] && parts=(cross same tput)
+                    for part in "${parts[@]}"; do run_load "$s" "$v-$part" "$rep" || failures=$((failures + 1)); done
                 done
             done
-            s6_stop ;;
+            for v in "${s6_variants[@]}"; do s6_stop "$v"; done ;;
     esac
 done
 for s in "${active[@]}"; do stop_server "$s"; done
+if [ $floor_up = 1 ]; then stop_server floor; fi
 
 # --- table -------------------------------------------------------------------------------------
 # One row per metric: the median over the repetitions (the worst for the correctness counts),
@@ -543,11 +755,11 @@ metric() {  # server scenario key how(median|max)
 
 # s6: the latency crossing nodes adds, per repetition (cross-node minus same-node of the same
 # repetition), then the median of those differences.
-added() {  # server key
-    jq -s --arg s "$1" --arg k "$2" '
-        (map(select(.server == $s and .scenario == "s6-same" and (.[$k] | type) == "number"))
+added() {  # server key [variant: s6 (default) or s6tls]
+    jq -s --arg s "$1" --arg k "$2" --arg v "${3:-s6}" '
+        (map(select(.server == $s and .scenario == "\($v)-same" and (.[$k] | type) == "number"))
             | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $same
-        | [.[] | select(.server == $s and .scenario == "s6-cross" and (.[$k] | type) == "number")
+        | [.[] | select(.server == $s and .scenario == "\($v)-cross" and (.[$k] | type) == "number")
             | select($same[.rep | tostring] != null) | .[$k] - $same[.rep | tostring]] | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
@@ -571,36 +783,113 @@ ratio() {
         printf (r < 0.1 ? "%.3f\n" : "%.2f\n"), r }'
 }
 
-row() {  # label scenario key how; counts (how = max) get no ratio
-    local o n r="—"
-    o=$(metric ours "$2" "$3" "$4") n=$(metric nchan "$2" "$3" "$4")
+# In the tables of s1 to s5 (floor_cols=1, set by table_head) the floor has a column, and ours /
+# floor stands beside ours / nchan.
+floor_cols=0
+row() {  # label scenario key how [servers: which of ours, nchan, floor have the figure]; counts (how = max) get no ratio
+    local o=null n=null f=null r="—" rf="—" have=${5:-ours nchan floor}
+    [[ " $have " == *" ours "* ]] && o=$(metric ours "$2" "$3" "$4")
+    [[ " $have " == *" nchan "* ]] && n=$(metric nchan "$2" "$3" "$4")
     [ "$4" = max ] || r=$(ratio "$o" "$n")
-    printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
+    if [ "$floor_cols" = 1 ]; then
+        [[ " $have " == *" floor "* ]] && f=$(metric floor "$2" "$3" "$4")
+        [ "$4" = max ] || rf=$(ratio "$o" "$f")
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(fmt "$f")" "$r" "$rf"
+    else
+        printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
+    fi
 }
 
-row_added() {  # label key; no ratio unless both differences are positive
+row_added() {  # label key [variant]; no ratio unless both differences are positive
     local o n r="—"
-    o=$(added ours "$2") n=$(added nchan "$2")
+    o=$(added ours "$2" "${3:-s6}") n=$(added nchan "$2" "${3:-s6}")
     if awk -v a="$o" -v b="$n" 'BEGIN { exit !(a != "null" && b != "null" && a > 0 && b > 0) }'; then r=$(ratio "$o" "$n"); fi
     printf '| %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$r"
 }
 
-table_head() {
+# s6tls beside s6: each server's plain and TLS pairs run one after the other in every repetition,
+# so the ratio within a repetition (TLS / plain of the same repetition) is the steadier figure on
+# a machine whose load moves; the median of those ratios is given beside the ratio of the medians.
+paired() {  # server part key
+    jq -s --arg s "$1" --arg p "$2" --arg k "$3" '
+        (map(select(.server == $s and .scenario == "s6-\($p)" and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $plain
+        | [.[] | select(.server == $s and .scenario == "s6tls-\($p)" and (.[$k] | type) == "number")
+            | select(($plain[.rep | tostring] // 0) != 0) | .[$k] / $plain[.rep | tostring]] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+row_tls() {  # label part key: each server's plain and TLS figures, TLS / plain, and paired
+    local s p t q cells=()
+    for s in ours nchan; do
+        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median) q=$(paired "$s" "$2" "$3")
+        cells+=("$(fmt "$p")" "$(fmt "$t")" "$(ratio "$t" "$p")" "$(ratio "$q" 1)")
+    done
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${cells[@]}"
+}
+
+tls_table() {
+    printf '\n%s\n\n' "s6 over TLS beside plain s6, in the same run. TLS / plain: the ratio of the medians; paired: the median of each repetition's TLS / plain. Above 1 is slower for latency and CPU, below 1 is slower for rates."
+    echo "| metric | ours plain | ours TLS | ours TLS / plain | ours paired | nchan plain | nchan TLS | nchan TLS / plain | nchan paired |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    row_tls "same node: latency p50 (ms)" same latency_ms_p50
+    row_tls "same node: latency p99 (ms)" same latency_ms_p99
+    row_tls "cross-node: latency p50 (ms)" cross latency_ms_p50
+    row_tls "cross-node: latency p99 (ms)" cross latency_ms_p99
+    row_tls "cross-node: publish response p50 (ms)" cross publish_ms_p50
+    row_tls "cross-node: publish response p99 (ms)" cross publish_ms_p99
+    row_tls "throughput: delivered events/s at B" tput delivered_per_s
+    row_tls "throughput: publishes/s achieved on A" tput publish_rate
+    row_tls "throughput: latency p50 (ms)" tput latency_ms_p50
+    row_tls "throughput: latency p99 (ms)" tput latency_ms_p99
+    row_tls "throughput: CPU µs per delivery (nodes + redis-server)" tput server_cpu_us_per_delivery
+}
+
+# Ours / floor within each repetition (the floor runs right after ours), then the median: steadier
+# than the ratio of the medians when the machine's load moves during a run.
+paired_floor() {  # scenario key
+    jq -s --arg sc "$1" --arg k "$2" '
+        (map(select(.server == "floor" and .scenario == $sc and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $floor
+        | [.[] | select(.server == "ours" and .scenario == $sc and (.[$k] | type) == "number")
+            | select(($floor[.rep | tostring] // 0) != 0) | .[$k] / $floor[.rep | tostring]] | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+row_paired_floor() {  # label scenario key: only the ours / floor cell
+    printf '| %s | — | — | — | — | %s |\n' "$1" "$(ratio "$(paired_floor "$2" "$3")" 1)"
+}
+
+table_head() {  # title [floor: 1 for a table with the floor's column]
     printf '\n%s\n\n' "$1"
-    echo "| metric | ours | nchan | ours / nchan |"
-    echo "|---|---:|---:|---:|"
+    floor_cols=${2:-0}
+    if [ "$floor_cols" = 1 ]; then
+        echo "| metric | ours | nchan | floor | ours / nchan | ours / floor |"
+        echo "|---|---:|---:|---:|---:|---:|"
+    else
+        echo "| metric | ours | nchan | ours / nchan |"
+        echo "|---|---:|---:|---:|"
+    fi
 }
 
 {
     echo "Medians of $BENCH_REPS run(s); for lost, duplicated and out of order the worst run."
+    if [ $floor_up = 1 ]; then
+        echo
+        echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes; its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
+    fi
     for sc in $scenarios; do
         case $sc in
             s1 | s2 | s3 | s4)
                 case $sc in
-                    s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" ;;
-                    s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" ;;
-                    s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop" ;;
-                    s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers" ;;
+                    s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" $floor_up ;;
+                    s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" $floor_up ;;
+                    s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
+                    s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                 esac
                 row "delivered events/s" "$sc" delivered_per_s median
                 row "latency p50 (ms)" "$sc" latency_ms_p50 median
@@ -610,42 +899,58 @@ table_head() {
                 row "publishes/s achieved" "$sc" publish_rate median
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
+                row "frames per write" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per delivery (publish window), ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
                 ;;
             s5)
-                table_head "s5 (reconnect storm): $S5_EVENTS events published, then $S5_SUBS subscribers connect and each is sent all $S5_EVENTS from history"
+                table_head "s5 (reconnect storm): $S5_EVENTS events published, then $S5_SUBS subscribers connect and each is sent all $S5_EVENTS from history" $floor_up
                 row "replayed events/s" "$sc" delivered_per_s median
                 row "seconds until every subscriber had its replay" "$sc" window_s median
                 row "worker CPU µs per replayed event" "$sc" server_cpu_us_per_delivery median
+                row "frames per write (a stream's head and replay)" "$sc" frames_per_write median "ours floor"
+                if [ $floor_up = 1 ]; then
+                    row_paired_floor "worker CPU µs per replayed event, ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
                 ;;
-            s6)
-                table_head "s6 (cross-node through one Redis): two nodes per server; latency with $S6_SUBS subscribers on 1 channel, $S6_EVENTS events at $S6_RATE/s published on node A; throughput with $S6_TPUT_SUBS subscribers over $S6_TPUT_CHANNELS channels on node B, $S6_TPUT_EVENTS events published on A in a closed loop, 2 publishers"
-                row "same node (subscribers on A): latency p50 (ms)" s6-same latency_ms_p50 median
-                row "same node (subscribers on A): latency p99 (ms)" s6-same latency_ms_p99 median
-                row "cross-node (subscribers on B): latency p50 (ms)" s6-cross latency_ms_p50 median
-                row "cross-node (subscribers on B): latency p99 (ms)" s6-cross latency_ms_p99 median
-                row_added "added by crossing nodes, p50 (ms)" latency_ms_p50
-                row_added "added by crossing nodes, p99 (ms)" latency_ms_p99
-                row "cross-node: publish response p50 (ms)" s6-cross publish_ms_p50 median
-                row "cross-node: publish response p99 (ms)" s6-cross publish_ms_p99 median
-                row "cross-node: publishes/s achieved (of $S6_RATE)" s6-cross publish_rate median
-                row "cross-node throughput: delivered events/s at B" s6-tput delivered_per_s median
-                row "cross-node throughput: publishes/s achieved on A" s6-tput publish_rate median
-                row "cross-node throughput: latency p50 (ms)" s6-tput latency_ms_p50 median
-                row "cross-node throughput: latency p99 (ms)" s6-tput latency_ms_p99 median
-                row "cross-node throughput: CPU µs per delivery (both nodes' workers + redis-server)" s6-tput server_cpu_us_per_delivery median
+            s6 | s6tls)
+                if [ "$sc" = s6 ]; then
+                    table_head "s6 (cross-node through one Redis): two nodes per server; latency with $S6_SUBS subscribers on 1 channel, $S6_EVENTS events at $S6_RATE/s published on node A; throughput with $S6_TPUT_SUBS subscribers over $S6_TPUT_CHANNELS channels on node B, $S6_TPUT_EVENTS events published on A in a closed loop, 2 publishers"
+                else
+                    table_head "s6tls (s6 through a TLS-only Redis): the same sizes, the nodes connecting with rediss:// (ours checks the server's certificate; nchan 1.3.6 does not, see BENCHMARKS.md)"
+                fi
+                row "same node (subscribers on A): latency p50 (ms)" "$sc-same" latency_ms_p50 median
+                row "same node (subscribers on A): latency p99 (ms)" "$sc-same" latency_ms_p99 median
+                row "cross-node (subscribers on B): latency p50 (ms)" "$sc-cross" latency_ms_p50 median
+                row "cross-node (subscribers on B): latency p99 (ms)" "$sc-cross" latency_ms_p99 median
+                row_added "added by crossing nodes, p50 (ms)" latency_ms_p50 "$sc"
+                row_added "added by crossing nodes, p99 (ms)" latency_ms_p99 "$sc"
+                row "cross-node: publish response p50 (ms)" "$sc-cross" publish_ms_p50 median
+                row "cross-node: publish response p99 (ms)" "$sc-cross" publish_ms_p99 median
+                row "cross-node: publishes/s achieved (of $S6_RATE)" "$sc-cross" publish_rate median
+                row "cross-node throughput: delivered events/s at B" "$sc-tput" delivered_per_s median
+                row "cross-node throughput: publishes/s achieved on A" "$sc-tput" publish_rate median
+                row "cross-node throughput: latency p50 (ms)" "$sc-tput" latency_ms_p50 median
+                row "cross-node throughput: latency p99 (ms)" "$sc-tput" latency_ms_p99 median
+                row "cross-node throughput: CPU µs per delivery (both nodes' workers + redis-server)" "$sc-tput" server_cpu_us_per_delivery median
                 for part in same cross tput; do
-                    row "$part: publishes refused or unanswered" "s6-$part" publish_failed max
-                    row "$part: lost" "s6-$part" lost max
-                    row "$part: duplicated" "s6-$part" duplicated max
-                    row "$part: out of order" "s6-$part" out_of_order max
+                    row "$part: publishes refused or unanswered" "$sc-$part" publish_failed max
+                    row "$part: lost" "$sc-$part" lost max
+                    row "$part: duplicated" "$sc-$part" duplicated max
+                    row "$part: out of order" "$sc-$part" out_of_order max
                 done
-                row "ours: events dropped from the Redis outbound queue (both nodes, whole scenario)" s6-tput redis_queue_dropped max
+                row "ours: events dropped from the Redis outbound queue (both nodes, whole scenario)" "$sc-tput" redis_queue_dropped max
+                # With both variants in the run: TLS beside plain, for each server.
+                if [ "$sc" = s6tls ] && [[ " $scenarios " == *" s6 "* ]]; then
+                    tls_table
+                fi
                 ;;
             idle)
                 table_head "idle: memory with $IDLE_SUBS idle subscribers"

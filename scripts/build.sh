@@ -8,6 +8,8 @@
 #   SANITIZE=1         -> build/asan/ngx_http_sse_module.so (ASan + UBSan, with debug info)
 #   FAULT_INJECTION=1  -> build/fault/...: the module's allocations fail at the rate
 #                         SSE_FAULT_RATE (with SANITIZE=1: build/asan/fault/), with debug info
+#   SSE_BUILD_DIR=dir  -> dir/ngx_http_sse_module.so (dir/asan/... with SANITIZE=1) instead of
+#                         build/: a module for another nginx beside the default one
 # The plain build is stripped of debug info; the unstripped one stays in build/nginx-src/objs/.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,12 +18,12 @@ cd "$repo"
 source scripts/deps.sh
 ensure_build_deps
 
-out=build
+out=${SSE_BUILD_DIR:-build}
 cc_opt="-O2 -g"
 ld_opt=""
 strip_debug=1
 if [ "${SANITIZE:-0}" = 1 ]; then
-    out=build/asan
+    out=$out/asan
     cc_opt="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
     ld_opt="-fsanitize=address,undefined"
     strip_debug=0
@@ -36,13 +38,14 @@ if [ "${FAULT_INJECTION:-0}" = 1 ]; then
 fi
 cc_opt="$cc_opt -fPIC${SSE_CC_OPT:+ $SSE_CC_OPT}"
 ld_opt="$ld_opt${SSE_LD_OPT:+ $SSE_LD_OPT}"
+case "$out" in /*) ;; *) out="$repo/$out" ;; esac
 cc=${CC:-cc}
 command -v "$cc" >/dev/null || { echo "CC=$cc: no such compiler" >&2; exit 1; }
 
 src=${NGINX_SRC:-/usr/share/nginx/src}
 [ -e "$src" ] || { echo "NGINX_SRC=$src: not found" >&2; exit 1; }
 src=$(realpath "$src")
-tree="$repo/$out/nginx-src"
+tree="$out/nginx-src"
 mkdir -p "$out"
 
 # The source's identity: where it is, its version, and what would change under the same name.
@@ -111,15 +114,15 @@ if [ ! -f "$tree/objs/Makefile" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" 
     rm -rf "$tree/objs" "$stamp"
     (cd "$tree" && CC="$cc" $configure "${flags[@]}" \
         --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" \
-        --add-dynamic-module="$repo" >"$repo/$out/configure.log" 2>&1) || {
-        tail -30 "$repo/$out/configure.log"; exit 1; }
+        --add-dynamic-module="$repo" >"$out/configure.log" 2>&1) || {
+        tail -30 "$out/configure.log"; exit 1; }
     echo "$want" >"$stamp"
 fi
 
-make -C "$tree" -f objs/Makefile modules -j"$(nproc)" >"$repo/$out/make.log" 2>&1 || {
-    grep -E "error|warning" -A3 "$repo/$out/make.log" | head -60; exit 1; }
+make -C "$tree" -f objs/Makefile modules -j"$(nproc)" >"$out/make.log" 2>&1 || {
+    grep -E "error|warning" -A3 "$out/make.log" | head -60; exit 1; }
 # Replaced, not overwritten: an nginx still running the old module keeps its copy intact.
 cp "$tree/objs/ngx_http_sse_module.so" "$out/.ngx_http_sse_module.so.new"
 [ "$strip_debug" = 0 ] || strip --strip-debug "$out/.ngx_http_sse_module.so.new"
 mv -f "$out/.ngx_http_sse_module.so.new" "$out/ngx_http_sse_module.so"
-echo "built $out/ngx_http_sse_module.so for nginx $version ($cc)"
+echo "built ${out#"$repo"/}/ngx_http_sse_module.so for nginx $version ($cc)"

@@ -46,3 +46,29 @@ ensure_browser_test_packages() {
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
     fi
 }
+
+# The nginx source releases in ../shared/nginx: beside the repository, or beside its main
+# checkout when this is a git worktree. Prints the directories that exist, nearest first.
+shared_nginx_dirs() {
+    local repo dirs common d
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    dirs=("$repo/../shared/nginx")
+    common=$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+    [ -n "$common" ] && dirs+=("$(dirname "$common")/../shared/nginx")
+    for d in "${dirs[@]}"; do
+        [ -d "$d" ] && realpath "$d"
+    done
+    return 0
+}
+
+# The path of nginx-<version>.tar.gz in ../shared/nginx, or a loud failure.
+shared_nginx_tarball() {
+    local version="$1" dirs d
+    mapfile -t dirs < <(shared_nginx_dirs)
+    for d in "${dirs[@]}"; do
+        [ -f "$d/nginx-$version.tar.gz" ] && { echo "$d/nginx-$version.tar.gz"; return 0; }
+    done
+    echo "nginx-$version.tar.gz not found in ../shared/nginx (beside the repository or its main checkout;" \
+        "CI copies shared/ there)" >&2
+    return 1
+}

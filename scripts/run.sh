@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the product: builds the module when needed and starts nginx in the foreground with
 # conf/nginx.conf, serving a demo page at http://127.0.0.1:8080/ . Ctrl-C stops it.
-#   SSE_LISTEN=0.0.0.0:8080 scripts/run.sh   (the Dockerfile listens on every address)
+#   SSE_LISTEN=0.0.0.0:8080 scripts/run.sh   (listens on every address)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"

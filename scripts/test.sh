@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The test command: builds the module, runs the core's unit tests and fuzz targets, then the t/
-# suite against real nginx processes, first with the release build, then with an
-# AddressSanitizer + UndefinedBehaviorSanitizer build, then t/57 against a build whose
-# allocations fail at random. Exits non-zero on any failure.
+# suite against real nginx processes: with the release build against each nginx of the version
+# matrix (Debian's 1.22.1, and 1.31.4 built from ../shared/nginx), then with an
+# AddressSanitizer + UndefinedBehaviorSanitizer build (Debian's nginx), then t/57 against a
+# build whose allocations fail at random. Exits non-zero on any failure.
+#   SSE_NGINX_LEGS="debian 1.31.4"  the nginx versions of the release pass (the default): debian
+#                          is Debian's packaged nginx, x.y.z is built from
+#                          ../shared/nginx/nginx-x.y.z.tar.gz (scripts/build-nginx.sh), which
+#                          must be there; SSE_NGINX_LEGS=debian runs Debian's only
 #   SSE_SKIP_SANITIZERS=1  runs the release pass only (quicker while developing); it also skips
 #                          the allocation-failure pass (t/57 against FAULT_INJECTION=1 SANITIZE=1)
 #   SSE_FUZZ_SECONDS=60    fuzzes each parser that long (default 5)
@@ -11,6 +16,18 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 source scripts/deps.sh
+
+# The version matrix, checked before anything runs: a missing source release fails the run.
+read -r -a legs <<<"${SSE_NGINX_LEGS:-debian 1.31.4}"
+[ ${#legs[@]} -gt 0 ] || { echo "SSE_NGINX_LEGS names no nginx" >&2; exit 1; }
+declare -A tarball
+for leg in "${legs[@]}"; do
+    [ "$leg" = debian ] && continue
+    [[ "$leg" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "SSE_NGINX_LEGS: \"$leg\" is neither debian nor x.y.z" >&2; exit 1; }
+    tarball[$leg]=$(shared_nginx_tarball "$leg") || {
+        echo "the nginx $leg leg cannot run (SSE_NGINX_LEGS=debian leaves it out)" >&2; exit 1; }
+done
+
 ensure_test_deps
 ensure_browser_test_packages "$repo/t/browser"
 
@@ -35,9 +52,22 @@ scripts/fuzz.sh "${SSE_FUZZ_SECONDS:-5}"
 echo "== build"
 scripts/build.sh
 
-echo "== t/ against the release build"
-# Bounded: a test that hangs fails the run instead of holding CI.
-timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+for leg in "${legs[@]}"; do
+    start=$SECONDS
+    if [ "$leg" = debian ]; then
+        echo "== t/ against the release build, Debian's $(nginx -v 2>&1 | sed 's/.*: //')"
+        # Bounded: a test that hangs fails the run instead of holding CI.
+        timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+    else
+        echo "== build nginx $leg and the module for it"
+        nginx_bin=$(scripts/build-nginx.sh "${tarball[$leg]}" | tail -1)
+        SSE_BUILD_DIR="build/nginx-$leg/module" NGINX_SRC="${tarball[$leg]}" scripts/build.sh
+        echo "== t/ against the release build, nginx/$leg built from ${tarball[$leg]}"
+        SSE_NGINX="$nginx_bin" SSE_MODULE="$repo/build/nginx-$leg/module/ngx_http_sse_module.so" \
+            timeout "${SSE_PROVE_TIMEOUT:-900}" prove -j"${SSE_TEST_JOBS:-2}" "${tests[@]}"
+    fi
+    echo "== nginx $leg: $((SECONDS - start)) s"
+done
 
 if [ "${SSE_SKIP_SANITIZERS:-0}" != 1 ]; then
     echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer"

@@ -11,11 +11,10 @@ apt_install g++ make libgtest-dev nlohmann-json3-dev
 mkdir -p build/unit
 
 # The nginx sources: ../shared/nginx next to the repository, or next to its main checkout
-# when this is a git worktree.
+# when this is a git worktree (shared_nginx_dirs, scripts/deps.sh).
 find_tarball() {
-    local dirs=("$repo/../shared/nginx") common
-    common=$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
-    [ -n "$common" ] && dirs+=("$(dirname "$common")/../shared/nginx")
+    local dirs d
+    mapfile -t dirs < <(shared_nginx_dirs)
     for d in "${dirs[@]}"; do
         [ -f "$d/nginx-1.30.4.tar.gz" ] && { echo "$d/nginx-1.30.4.tar.gz"; return; }
     done

@@ -234,6 +234,16 @@ void count_sent(Subscriber* s, const ShmEvent* ev) {
     __atomic_store_n(&s->record->bytes_sent, s->record->bytes_sent + ev->frame_len, __ATOMIC_RELAXED);
 }
 
+// Queues one event's frame on the stream, the frame pointing at the event's bytes in the zone,
+// which `hold` keeps there until the frame is written.
+void give_event(Subscriber* s, EventHold* hold, Frame* f, const ShmEvent* ev) {
+    hold->frames++;
+    f->hold = hold;
+    fill_frame(f, ev->frame, ev->frame_len);
+    append_new(s, f);
+    count_sent(s, ev);
+}
+
 // A channel got its first stream or lost its last: the worker holding the Redis link must
 // listen to it there, or stop.
 void wake_redis_owner(Store& store) {
@@ -257,25 +267,20 @@ void mark_closing(Subscriber* s) {
     ngx_queue_insert_tail(&local->closing, &s->closing_link);
 }
 
+// Takes a stream's link out of its queue if the flag says it is in one.
+void leave_queue(bool& in_queue, ngx_queue_t* link) {
+    if (!in_queue) return;
+    ngx_queue_remove(link);
+    in_queue = false;
+}
+
 // Takes the stream out of everything that would give it more to send: the local index and its
 // record in the zone. Safe at any step of its opening, and more than once.
 void unregister(Subscriber* s) {
-    if (s->dirty) {
-        ngx_queue_remove(&s->dirty_link);
-        s->dirty = false;
-    }
-    if (s->closing) {
-        ngx_queue_remove(&s->closing_link);
-        s->closing = false;
-    }
-    if (s->awaiting_sync) {
-        ngx_queue_remove(&s->sync_link);
-        s->awaiting_sync = false;
-    }
-    if (s->in_all) {
-        ngx_queue_remove(&s->all_link);
-        s->in_all = false;
-    }
+    leave_queue(s->dirty, &s->dirty_link);
+    leave_queue(s->closing, &s->closing_link);
+    leave_queue(s->awaiting_sync, &s->sync_link);
+    leave_queue(s->in_all, &s->all_link);
     for (std::size_t i = 0; i < s->linked; i++) {
         ngx_queue_remove(&s->memberships[i].link);
         auto it = local->channels.find(s->memberships[i].channel);
@@ -486,12 +491,8 @@ bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
             return give_up();
         }
         if (f == nullptr) return give_up();
-        hold->frames++;
-        f->hold = hold;
-        fill_frame(f, ev->frame, ev->frame_len);
-        append_new(s, f);
+        give_event(s, hold, f, ev);
         replayed++;
-        count_sent(s, ev);
     }
     s->replay_end = s->new_bytes;
     if (replayed) ngx_atomic_fetch_add(&counters.events_replayed, replayed);
@@ -859,6 +860,16 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
     r->main->count++;
+    // A client that closed its side while its request was being read: that (edge-triggered)
+    // event came before this handler was set, and no other will come. Without this check the
+    // stream would stay open until something is written to it (never, with sse_heartbeat off).
+    bool http2 = false;
+#if (NGX_HTTP_V2)
+    http2 = r->stream != nullptr;
+#endif
+    if (!http2 && r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+    }
     if (!complete) {
         end_starved_stream(s, true);
         return NGX_DONE;
@@ -1012,12 +1023,8 @@ void deliver_event(ShmEvent* ev, ngx_uint_t slot, StoreCounters& counters, bool&
                 mark_closing(s);
                 continue;
             }
-            hold->frames++;
-            f->hold = hold;
-            fill_frame(f, ev->frame, ev->frame_len);
-            append_new(s, f);
+            give_event(s, hold, f, ev);
             delivered++;
-            count_sent(s, ev);
             mark_dirty(s);
         }
     }

@@ -83,13 +83,18 @@ bool parse_redis_entry(const char* text, std::size_t len, RedisEntry& out, std::
     return entry_from(j, out, reason);
 }
 
+// The text as a JSON object; false, with "<what> is not a JSON object", for anything else.
+bool json_object(const char* text, std::size_t len, const char* what, json& j, std::string& reason) {
+    j = json::parse(text, text + len, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) return true;
+    reason = std::string(what) + " is not a JSON object";
+    return false;
+}
+
 bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, std::string& reason) {
     out = RedisHistory{};
-    json j = json::parse(text, text + len, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-        reason = "a history is not a JSON object";
-        return false;
-    }
+    json j;
+    if (!json_object(text, len, "a history", j, reason)) return false;
     auto k = j.find("k");
     auto e = j.find("e");
     if (k == j.end() || !k->is_string() || e == j.end() || !e->is_array()) {
@@ -108,11 +113,8 @@ bool parse_redis_history(const char* text, std::size_t len, RedisHistory& out, s
 
 bool parse_redis_control(const char* text, std::size_t len, RedisControl& out, std::string& reason) {
     out = RedisControl{};
-    json j = json::parse(text, text + len, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-        reason = "a control message is not a JSON object";
-        return false;
-    }
+    json j;
+    if (!json_object(text, len, "a control message", j, reason)) return false;
     if (!text_field(j, "o", out.origin) || !text_field(j, "op", out.op) || !text_field(j, "user", out.user) ||
         !text_field(j, "channel", out.channel) || !text_field(j, "reply", out.reply) ||
         !id_field(j, "id", out.id, false) || !id_field(j, "after", out.after, false)) {

@@ -100,6 +100,7 @@ struct Link final : RedisConnection::Owner {
     ngx_msec_t connect_started = 0;
 
     unsigned attempts = 0;  // failed attempts since the link was last ready
+    unsigned refusals = 0;  // events refused in a row (an error reply), across reconnects
     bool ever_ready = false;
     bool outage_logged = false;  // a failed attempt of this outage was logged
     bool refusal_logged = false;
@@ -214,7 +215,8 @@ void drop_connections() {
 
 ngx_msec_t backoff_delay() {
     ngx_msec_t delay = link->config->reconnect_min;
-    for (unsigned i = 1; i < link->attempts && delay < link->config->reconnect_max; i++) delay *= 2;
+    unsigned steps = std::max(link->attempts, link->refusals);
+    for (unsigned i = 1; i < steps && delay < link->config->reconnect_max; i++) delay *= 2;
     if (delay > link->config->reconnect_max) delay = link->config->reconnect_max;
     // Jitter: nodes that lost Redis together do not all come back in the same millisecond.
     return delay / 2 + ngx_msec_t(ngx_random()) % (delay / 2 + 1);
@@ -363,6 +365,16 @@ void log_bad_entry(const std::string& reason) {
                   reason.c_str());
 }
 
+// Parses what Redis brought with `parse`; false (logged, at most once a minute) if it is not one.
+template <typename Message>
+bool parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), const char* text, std::size_t len,
+            Message& out) {
+    std::string reason;
+    if (parse(text, len, out, reason)) return true;
+    log_bad_entry(reason);
+    return false;
+}
+
 void take_entry(std::string_view channel, const RedisEntry& entry) {
     if (entry.origin == link->origin) return;  // ours, delivered here when published
     std::vector<std::string_view> channels;
@@ -397,10 +409,7 @@ void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_
     held.swap(s.held);
     for (const std::string& text : held) {
         RedisEntry entry;
-        std::string reason;
-        if (!parse_redis_entry(text.data(), text.size(), entry, reason)) {
-            log_bad_entry(reason);
-        } else if (entry.id > newest_merged) {
+        if (parsed(parse_redis_entry, text.data(), text.size(), entry) && entry.id > newest_merged) {
             take_entry(channel, entry);
         }
     }
@@ -408,11 +417,7 @@ void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_
 
 void take_history(const char* text, std::size_t len) {
     RedisHistory history;
-    std::string reason;
-    if (!parse_redis_history(text, len, history, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
+    if (!parsed(parse_redis_history, text, len, history)) return;
     std::string_view channel;
     if (!channel_of(history.key, channel)) return;
     auto it = link->channels.find(std::string(channel));
@@ -443,12 +448,7 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
         return;
     }
     RedisEntry entry;
-    std::string reason;
-    if (!parse_redis_entry(text, len, entry, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
-    take_entry(channel, entry);
+    if (parsed(parse_redis_entry, text, len, entry)) take_entry(channel, entry);
 }
 
 void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t);
@@ -477,11 +477,7 @@ void answer_listing(const RedisControl& control) {
 // Another node's request: done here as it was there.
 void take_control(const char* text, std::size_t len) {
     RedisControl control;
-    std::string reason;
-    if (!parse_redis_control(text, len, control, reason)) {
-        log_bad_entry(reason);
-        return;
-    }
+    if (!parsed(parse_redis_control, text, len, control)) return;
     if (control.origin == link->origin) return;
     if (control.op == "list") {
         answer_listing(control);
@@ -669,43 +665,40 @@ void reconcile() {
     if (!dropped.empty()) link->store->set_synced(dropped, false);
 }
 
-// Errors that mean "not here, not now" (a replica, a primary without its replicas, a server
-// still loading, a cluster moving slots) rather than "never".
-bool is_transient(std::string_view error) {
-    for (std::string_view code :
-         {"READONLY", "NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "BUSY"}) {
-        if (error.substr(0, code.size()) == code && (error.size() == code.size() || error[code.size()] == ' ')) {
-            return true;
-        }
-    }
-    return false;
+// An error in reply to an event is never taken as its acknowledgement: what sse_publish can
+// answer with well-formed arguments means "not here, not now" (READONLY from a replica,
+// NOREPLICAS, OOM, LOADING, BUSY, a function flushed meanwhile). The event stays queued and the
+// link starts over; while the same event keeps being refused the retries back off as after a
+// failed connection, rather than at every reconnect.
+void refused(const redisReply& reply, const char* what) {
+    link->refusals++;
+    fail(std::string("it refused ") + what + " (" + std::string(text(reply)) + "); it stays queued");
 }
 
-// sse_publish answers with the event's id (a string). A transient error keeps the event queued:
-// the link starts over, and it goes again, with those after it, once a primary takes it. Any
-// other error (the function refused its arguments) would come back every time: the event is
-// left unsent and logged.
+// sse_publish answers with the event's id (a string).
 void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
-    if (reply.type == REDIS_REPLY_ERROR && is_transient(text(reply))) {
-        fail("it refused an event (" + std::string(text(reply)) + "); it stays queued");
+    if (reply.type == REDIS_REPLY_ERROR) {
+        refused(reply, "an event");
         return;
     }
-    if (reply.type == REDIS_REPLY_ERROR) {
-        log_bad_entry("publishing failed: " + escaped(std::string(text(reply))));
-    } else if (is_string(reply) || reply.type == REDIS_REPLY_INTEGER) {
-        ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
-    } else {
+    if (!is_string(reply) && reply.type != REDIS_REPLY_INTEGER) {
         unexpected("FCALL sse_publish", reply);
         return;
     }
+    link->refusals = 0;
+    ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
     link->store->outbound_sent(std::uint64_t(seq));
     pump();
 }
 
 void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
-    if (reply.type != REDIS_REPLY_INTEGER && reply.type != REDIS_REPLY_ERROR) {
+    if (reply.type == REDIS_REPLY_ERROR) {
+        refused(reply, "a request for every node");
+        return;
+    }
+    if (reply.type != REDIS_REPLY_INTEGER) {
         unexpected("PUBLISH", reply);
         return;
     }

@@ -48,7 +48,9 @@ std::string canonical(const RedisAddress& a) {
     if (!a.sentinels.empty()) {
         std::string url = "redis-sentinel://" + credentials;
         for (std::size_t i = 0; i < a.sentinels.size(); i++) {
-            url += (i > 0 ? "," : "") + a.sentinels[i].host + ":" + std::to_string(a.sentinels[i].port);
+            const std::string& host = a.sentinels[i].host;
+            url += (i > 0 ? "," : "") + (host[0] == '[' ? "[" + host + "]" : host) + ":" +
+                   std::to_string(a.sentinels[i].port);
         }
         return url + "/" + a.master_name + "?db=" + std::to_string(a.db);
     }

@@ -37,6 +37,28 @@ sub module_path {
     return $ENV{SSE_MODULE} // "$REPO/build/ngx_http_sse_module.so";
 }
 
+# The nginx under test: SSE_NGINX (scripts/test.sh's version matrix), else the nginx in PATH.
+sub nginx_binary {
+    return $ENV{SSE_NGINX} // 'nginx';
+}
+
+# What `nginx -V` says of the nginx under test: {version => '1.31.4', version_number => 1031004,
+# configure => the configure arguments, modules => {http_v3 => 1, ...} (every --with-X_module)}.
+my $nginx_info;
+sub nginx_info {
+    return $nginx_info if $nginx_info;
+    my $bin = nginx_binary();
+    my $v = `$bin -V 2>&1`;
+    die "$bin -V failed: $v" if $?;
+    my ($version) = $v =~ m{nginx version: nginx/(\d+\.\d+\.\d+)} or die "no version in: $v";
+    my ($args) = $v =~ /^configure arguments: (.*)$/m;
+    my ($maj, $min, $pat) = split /\./, $version;
+    $args //= '';
+    my %modules = map { $_ => 1 } $args =~ /--with-(\w+?)_module\b/g;
+    return $nginx_info = {version => $version, version_number => $maj * 1000000 + $min * 1000 + $pat,
+                          configure => $args, modules => \%modules};
+}
+
 sub free_port {
     for (1 .. 50) {
         my $port = 20000 + int(rand(30000));
@@ -126,7 +148,7 @@ sub nginx_cmd {
     if ($ENV{SSE_LD_PRELOAD}) {
         @pre = ('env', "LD_PRELOAD=$ENV{SSE_LD_PRELOAD}");
     }
-    return (@pre, 'nginx', '-p', $self->{dir}, '-c', "$self->{dir}/nginx.conf", @args);
+    return (@pre, nginx_binary(), '-p', $self->{dir}, '-c', "$self->{dir}/nginx.conf", @args);
 }
 
 # nginx -t: returns (exit code, output).
