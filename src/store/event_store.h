@@ -227,6 +227,7 @@ struct ClusterState {
     ngx_msec_t owner_beat;                // when the owner last said it is alive
     ngx_atomic_t state;                   // RedisState
     std::uint32_t channels;               // channels subscribed to in Redis
+    bool sharded;                         // Redis is a cluster: channel patterns cannot follow it
     time_t dropped_logged_at;
     std::uint64_t dropped_unlogged;
     std::uint32_t server_count;
