@@ -804,10 +804,19 @@ void acknowledge(std::uint64_t seq, bool event) {
     if (through != 0) link->store->outbound_sent(through);
 }
 
+bool follow_ask(std::uint64_t seq, std::string_view message);
+
 // sse_publish answers with the event's id (a string).
 void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
     if (reply.type == REDIS_REPLY_ERROR) {
+        std::string_view message = text(reply);
+        if (link->cluster && message.substr(0, 4) == "ASK " && follow_ask(seq, message)) return;
+        if (link->cluster && message.substr(0, 6) == "MOVED ") {
+            // The map changed: read again, the event resent where it now goes (not a refusal).
+            fail("the cluster moved a slot (" + std::string(message) + "); reading its map again");
+            return;
+        }
         refused(reply, "an event");
         return;
     }
@@ -834,42 +843,84 @@ void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t s
     pump();
 }
 
-// One event to Redis: one FCALL sse_publish, or in a cluster one per slot of its channels' keys
-// (a call's keys must share a slot), each then naming every key so that its entries say all the
-// event's channels.
-void send_event(const OutboundEvent& o) {
+// An event's channels' keys grouped by slot, in order (one group without a cluster): a call's
+// keys must share a slot.
+struct EventKeys {
     std::vector<std::string> keys;
-    keys.reserve(o.channels.size());
-    for (const std::string& channel : o.channels) keys.push_back(key_of(channel));
-    std::vector<std::vector<std::string_view>> by_slot;  // keys grouped by slot, in order
     std::vector<std::uint16_t> slots;
-    for (const std::string& key : keys) {
+    std::vector<std::vector<std::string_view>> by_slot;
+};
+
+void group_keys(const OutboundEvent& o, EventKeys& k) {
+    k.keys.reserve(o.channels.size());
+    for (const std::string& channel : o.channels) k.keys.push_back(key_of(channel));
+    for (const std::string& key : k.keys) {
         std::uint16_t slot = link->cluster ? cluster_slot(key) : 0;
-        std::size_t i = std::find(slots.begin(), slots.end(), slot) - slots.begin();
-        if (i == slots.size()) {
-            slots.push_back(slot);
-            by_slot.emplace_back();
+        std::size_t i = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
+        if (i == k.slots.size()) {
+            k.slots.push_back(slot);
+            k.by_slot.emplace_back();
         }
-        by_slot[i].push_back(key);
+        k.by_slot[i].push_back(key);
     }
+}
+
+// One call of an event: its keys of one slot; when the event has several slots, every key after
+// the resent flag, so that its entries name all the event's channels.
+void send_part(RedisConnection* cmd, const OutboundEvent& o, const EventKeys& k, std::size_t part) {
+    std::string nkeys = std::to_string(k.by_slot[part].size());
     std::string limit = std::to_string(o.history_limit);
     std::string ttl = std::to_string(o.history_ttl);
     std::string id = std::to_string(o.id);
     bool resent = o.seq <= link->resend_through;
-    bool split = by_slot.size() > 1;
-    std::vector<std::string_view> args;
-    for (std::size_t i = 0; i < by_slot.size(); i++) {
-        std::string nkeys = std::to_string(by_slot[i].size());
-        args.assign({"FCALL", "sse_publish", nkeys});
-        args.insert(args.end(), by_slot[i].begin(), by_slot[i].end());
-        args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
-        if (resent || split) args.push_back(resent ? "1" : "0");
-        if (split) args.insert(args.end(), keys.begin(), keys.end());
-        Shard& shard = link->cluster ? link->shards[link->slot_shard[slots[i]]] : link->shards.front();
-        shard.cmd->send(args, on_published, std::uintptr_t(o.seq));
-        link->in_flight++;
+    bool split = k.by_slot.size() > 1;
+    std::vector<std::string_view> args{"FCALL", "sse_publish", nkeys};
+    args.insert(args.end(), k.by_slot[part].begin(), k.by_slot[part].end());
+    args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
+    if (resent || split) args.push_back(resent ? "1" : "0");
+    if (split) args.insert(args.end(), k.keys.begin(), k.keys.end());
+    cmd->send(args, on_published, std::uintptr_t(o.seq));
+    link->in_flight++;
+}
+
+// One event to Redis: one FCALL sse_publish, or in a cluster one per slot of its channels.
+void send_event(const OutboundEvent& o) {
+    EventKeys k;
+    group_keys(o, k);
+    for (std::size_t i = 0; i < k.by_slot.size(); i++) {
+        Shard& shard = link->cluster ? link->shards[link->slot_shard[k.slots[i]]] : link->shards.front();
+        send_part(shard.cmd, o, k, i);
     }
-    link->unacked.emplace_back(o.seq, unsigned(by_slot.size()));
+    link->unacked.emplace_back(o.seq, unsigned(k.by_slot.size()));
+}
+
+// "ASK <slot> <host>:<port>": the slot is moving and this key is already at the primary named.
+// That one call goes there, after ASKING; the map stays as it is until the move ends (then
+// MOVED, or the shard's sunsubscribe, has the link read it again). False when the primary named
+// is not one the link holds or the event is gone.
+bool follow_ask(std::uint64_t seq, std::string_view message) {
+    std::size_t space = message.rfind(' ');
+    std::size_t colon = message.rfind(':');
+    if (space == std::string_view::npos || colon == std::string_view::npos || colon < space) return false;
+    int slot = std::atoi(std::string(message.substr(4, space - 4)).c_str());
+    RedisServer there;
+    if (!parse_redis_server(message.substr(space + 1, colon - space - 1),
+                            std::atoi(std::string(message.substr(colon + 1)).c_str()), there)) {
+        return false;
+    }
+    auto shard = std::find_if(link->shards.begin(), link->shards.end(),
+                              [&](const Shard& s) { return s.server.same_address(there); });
+    std::vector<OutboundEvent> batch;
+    link->store->outbound_after(seq - 1, 1, batch);
+    if (shard == link->shards.end() || batch.empty() || batch[0].seq != seq) return false;
+    EventKeys k;
+    group_keys(batch[0], k);
+    std::size_t part = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
+    if (part == k.slots.size()) return false;
+    link->in_flight++;
+    shard->cmd->send({"ASKING"}, on_command_reply);
+    send_part(shard->cmd, batch[0], k, part);
+    return true;
 }
 
 // Sends the node's waiting events, in order, keeping at most kMaxInFlight unanswered.
