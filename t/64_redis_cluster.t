@@ -50,6 +50,9 @@ my $locations = <<'CONF';
         location = /stats {
             sse_stats;
         }
+        location = /clients {
+            sse_clients;
+        }
 CONF
 
 my $PERIOD = 0.06;         # (e): each node publishes every 60 ms; B 30 ms after A
@@ -698,6 +701,25 @@ for my $n (@nodes) {
     for my $n (@nodes) {
         is(join(' ', $n->worker_pids), $workers{ $n->port }, "(h) $name{ $n->port }: the same workers (none exited)");
     }
+}
+
+# --- (i) every node's streams, through the cluster ------------------------------------------------
+# The nodes hear requests for every node on the primary that owns <prefix>#control's slot (classic
+# pub/sub is per node in a cluster): sse_clients?scope=cluster asks there, whatever the seeds.
+{
+    my %held = (A => [map { $A->subscribe("/events?topics=list$_") } 1 .. 2], B => [$B->subscribe('/events?topics=list3')]);
+    for my $n (@nodes) {
+        my $k = $name{ $n->port };
+        my $body;
+        ok(SSETest::wait_until(sub {
+            my $r = $n->request('GET', '/clients?scope=cluster&channel=' . ($k eq 'A' ? 'list3' : 'list1'));
+            $body = eval { decode_json($r->{body}) };
+            $body && @{ $body->{nodes} // [] } == 2 && !@{ $body->{unanswered} // [] };
+        }, 5), "(i) $k: scope=cluster lists both nodes, none missing") or diag(explain $body);
+        is_deeply([map { $_->{total} } @{ $body->{nodes} }], [0, 1],
+                  "(i) $k: its own entry first (0 on that channel), the other node's stream on it (1)");
+    }
+    $_->close for map { @$_ } values %held;
 }
 
 $_->close for map { values %$_ } values %streams;

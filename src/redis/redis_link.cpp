@@ -245,6 +245,17 @@ RedisRole shard_role() {
     return link->cluster ? RedisRole::kClusterNode : RedisRole::kPrimary;
 }
 
+// The primary whose sub connection hears the control channel and the node's own: the one that
+// sse_clients?scope=cluster must ask for the nodes listening (classic pub/sub is per node in a
+// cluster).
+void note_control(const RedisServer& server) {
+    std::string address = server.display.substr(0, kMaxRedisAddressShown - 1);
+    for (RedisServerFigures& f : link->figures) {
+        f.hears_control = f.role != RedisRole::kSentinel && address == f.address;
+    }
+    link->store->set_redis_servers(link->figures);
+}
+
 void note_shards(RedisState state) {
     for (const Shard& s : link->shards) note_server(s.server, shard_role(), state);
 }
@@ -1003,6 +1014,7 @@ void connect_to_primary() {
     link->phase = Phase::kConnecting;
     link->shards.assign(1, Shard{link->primary, nullptr, nullptr});
     if (!open_shard(link->shards.front())) return;
+    note_control(link->primary);
     RedisConnection* cmd = link->shards.front().cmd;
     if (!link->config->address.master_name.empty()) {
         link->handshake_pending++;
@@ -1028,6 +1040,7 @@ void connect_to_shards() {
     }
     link->control_shard = link->slot_shard[cluster_slot(link->control_channel)];
     link->primary = control_shard().server;
+    note_control(link->primary);
     link->handshake_pending += 2;
     control_shard().sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
 }

@@ -211,6 +211,7 @@ struct RedisServerFigures {
     RedisRole role;
     RedisState state;  // kOff: known, not in use (a sentinel not asked now)
     std::uint32_t reconnects;
+    bool hears_control;  // where the node hears requests for every node (sse_clients?scope=cluster asks there)
 };
 
 // This node's part in a Redis cluster. One worker (the owner) holds the connections; the
