@@ -100,6 +100,7 @@ struct Link final : RedisConnection::Owner {
     RedisConnection* watcher = nullptr;
     std::size_t next_sentinel = 0;
     std::size_t sentinels_asked = 0;  // in this discovery
+    std::string sentinel_said;        // why the last sentinel asked did not name the primary
     RedisServer primary;              // where the shard goes (a cluster: the control channel's shard)
     // Redis Cluster (several seeds in sse_redis, or a server that said cluster_enabled:1): which
     // shard serves each slot, and the node asked for that map.
@@ -1166,6 +1167,8 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
             note_server(c.server(), RedisRole::kSentinel, RedisState::kOff);
             ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: redis sentinel %s does not know the primary %s",
                           c.server().display.c_str(), quoted_bytes(link->config->address.master_name).c_str());
+            link->sentinel_said = "sentinel " + c.server().display + " does not know the primary " +
+                                  quoted_bytes(link->config->address.master_name);
             RedisConnection::release(link->watcher);
             link->watcher = nullptr;
             ask_next_sentinel();
@@ -1234,12 +1237,16 @@ void ask_next_sentinel() {
         link->watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
         return;
     }
-    if (link->phase != Phase::kReady) fail(reason.empty() ? "no sentinel answered" : "no sentinel answered: " + reason);
+    // The last sentinel's own fault (a connection that failed, an answer without the primary)
+    // says more than "none answered".
+    std::string why = !reason.empty() ? reason : link->sentinel_said;
+    if (link->phase != Phase::kReady) fail(why.empty() ? "no sentinel answered" : "no sentinel answered: " + why);
 }
 
 void discover_primary() {
     link->phase = Phase::kDiscovering;
     link->sentinels_asked = 0;
+    link->sentinel_said.clear();
     link->primary = RedisServer{};
     ask_next_sentinel();
 }
@@ -1257,6 +1264,7 @@ void Link::failed(RedisConnection& connection, const std::string& reason) {
         ngx_log_error(NGX_LOG_INFO, log, 0, "sse: redis sentinel %s: %s", connection.server().display.c_str(),
                       escaped(reason).c_str());
         note_server(connection.server(), RedisRole::kSentinel, RedisState::kDisconnected);
+        sentinel_said = "sentinel " + connection.server().display + ": " + reason;
         RedisConnection::release(watcher);
         watcher = nullptr;
         if (phase == Phase::kDiscovering) ask_next_sentinel();
