@@ -22,7 +22,7 @@ out=build/fuzz
 mkdir -p "$out"
 # _GLIBCXX_ASSERTIONS: a string_view's front() of nothing aborts instead of reading past it.
 flags=(-std=c++17 -g -O1 -fno-sanitize-recover=undefined -D_GLIBCXX_ASSERTIONS -Wall -Wextra -Werror -I src -I t/fuzz)
-core=(src/protocol/*.cpp src/redis/redis_url.cpp src/redis/redis_entry.cpp src/redis/resp_reader.cpp)
+core=(src/protocol/*.cpp src/redis/redis_url.cpp src/redis/redis_entry.cpp src/redis/resp_reader.cpp src/redis/cluster_slots.cpp)
 
 # The core is compiled once into objects every target links.
 echo "== build the fuzz targets"

@@ -191,6 +191,19 @@ refused('sse_redis_tls_trusted_certificate that does not exist', qr/no-such-ca\.
         http => "sse_redis rediss://127.0.0.1:6380;\n    sse_redis_tls_trusted_certificate /nonexistent/no-such-ca.pem;",
         server => $STREAM, no_line => 1);
 invalid('sse_redis', 'unix:redis.sock', 'unix:redis.sock', 'http', why => qr/absolute path/);
+# Several URLs: the seeds of a Redis Cluster.
+invalid('sse_redis', 'redis://127.0.0.1:7000 redis-sentinel://127.0.0.1:26379/m', 'redis-sentinel://127.0.0.1:26379/m',
+        'http', why => qr/several URLs name the seeds of a Redis Cluster: each is redis:\/\/ or rediss:\/\/ with a host/);
+invalid('sse_redis', 'unix:/run/redis.sock redis://127.0.0.1:7001', 'redis://127.0.0.1:7001', 'http',
+        why => qr/several URLs name the seeds of a Redis Cluster/);
+invalid('sse_redis', 'redis://127.0.0.1:7000 rediss://127.0.0.1:7001', 'rediss://127.0.0.1:7001', 'http',
+        why => qr/the seeds of a Redis Cluster share the first URL's scheme and credentials/);
+unlike(invalid('sse_redis', 'redis://:a\@127.0.0.1:7000 redis://:b\@127.0.0.1:7001', 'redis://***@127.0.0.1:7001', 'http',
+               why => qr/share the first URL's scheme and credentials/, label => 'sse_redis seeds with other credentials'),
+       qr/:b\@/, 'sse_redis seeds with other credentials: the password is not echoed');
+invalid('sse_redis', 'redis://127.0.0.1:7000/1 redis://127.0.0.1:7001', 'redis://127.0.0.1:7001', 'http',
+        why => qr/a Redis Cluster has only database 0/);
+invalid('sse_redis', 'redis://127.0.0.1:7000 redis://127.0.0.1:99999', 'redis://127.0.0.1:99999', 'http', why => qr/port/);
 # Credentials are not echoed.
 unlike(invalid('sse_redis', 'redis://:s3cret@127.0.0.1:99999', 'redis://***@127.0.0.1:99999', 'http',
                why => qr/port/, label => 'sse_redis with a password and a bad port'),
@@ -249,6 +262,8 @@ CONF
 accepted('minimal configuration', server => $STREAM);
 accepted('Redis through sentinels', server => $STREAM,
          http => "sse_redis \"redis-sentinel://:pw\@127.0.0.1:26379,[::1]:26380,127.0.0.1/mymaster?db=1\";");
+accepted('the seeds of a Redis Cluster', server => $STREAM,
+         http => "sse_redis redis://:pw\@127.0.0.1:7000 redis://:pw\@127.0.0.1:7001 redis://:pw\@[::1]:7002;");
 accepted('Redis over TLS with the system CAs', server => $STREAM, http => "sse_redis rediss://127.0.0.1:6380;");
 accepted('Redis over TLS with a CA file', server => $STREAM,
          http => "sse_redis rediss://localhost;\n    sse_redis_tls_trusted_certificate /etc/ssl/certs/ca-certificates.crt;");

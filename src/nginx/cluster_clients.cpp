@@ -74,14 +74,17 @@ std::string origin_of(Store& store) {
     return origin;
 }
 
-// The primary the link uses: the one address of sse_redis, or the one a sentinel named.
+// Where the nodes hear requests for every node: the one address of sse_redis, or the primary a
+// sentinel named, or a cluster's primary that owns the control channel's slot (classic pub/sub is
+// per node in a cluster, so PUBSUB CHANNELS must be asked there).
 bool ClusterListing::where_is_redis(RedisServer& server) const {
-    if (config_->address.master_name.empty()) {
+    bool sharded = __atomic_load_n(&w_->store.header()->cluster.sharded, __ATOMIC_RELAXED);
+    if (config_->address.master_name.empty() && !config_->seeds_a_cluster() && !sharded) {
         server = config_->servers.front();
         return true;
     }
     for (const RedisServerFigures& f : w_->store.redis_servers()) {
-        if (f.role != RedisRole::kPrimary || f.state != RedisState::kConnected) continue;
+        if (!f.hears_control || f.state != RedisState::kConnected) continue;
         std::string address(f.address, strnlen(f.address, sizeof(f.address)));
         std::size_t colon = address.rfind(':');
         if (colon == std::string::npos) continue;

@@ -68,6 +68,27 @@ char* resolve(ngx_conf_t* cf, std::string_view url, const std::string& host, int
     return NGX_CONF_OK;
 }
 
+// Another seed of a Redis Cluster (sse_redis's second URL and after): a node the link may ask for
+// the cluster's map. Every seed names the same cluster, so they share the first URL's scheme and
+// credentials; a cluster has only database 0.
+char* add_cluster_seed(ngx_conf_t* cf, const RedisAddress& first, std::string_view url, RedisConfig& config) {
+    RedisAddress seed;
+    std::string reason;
+    if (!parse_redis_url(url, seed, reason)) return invalid_url(cf, url, reason);
+    if (!first.sentinels.empty() || !seed.sentinels.empty() || !first.socket_path.empty() ||
+        !seed.socket_path.empty()) {
+        return invalid_url(cf, url,
+                           "several URLs name the seeds of a Redis Cluster: each is redis:// or rediss:// with a host");
+    }
+    if (seed.tls != first.tls || seed.user != first.user || seed.password != first.password ||
+        seed.has_password != first.has_password) {
+        return invalid_url(cf, url, "the seeds of a Redis Cluster share the first URL's scheme and credentials");
+    }
+    if (first.db != 0 || seed.db != 0) return invalid_url(cf, url, "a Redis Cluster has only database 0");
+    config.servers.emplace_back();
+    return resolve(cf, url, seed.host, seed.port, "", config.servers.back());
+}
+
 }  // namespace
 
 void init_redis_main_conf(MainConf* mcf) {
@@ -106,6 +127,10 @@ char* set_redis(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         for (const RedisHostPort& sentinel : a.sentinels) {
             config->servers.emplace_back();
             char* rv = resolve(cf, url, sentinel.host, sentinel.port, "", config->servers.back());
+            if (rv != NGX_CONF_OK) return rv;
+        }
+        for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+            char* rv = add_cluster_seed(cf, a, to_view(value[i]), *config);
             if (rv != NGX_CONF_OK) return rv;
         }
 #if !(NGX_SSL)

@@ -108,7 +108,7 @@ ngx_command_t commands[] = {
      offsetof(LocConf, connected_event), &connected_event_post},
     {ngx_string("sse_subscribe_allow"), kEverywhere | NGX_CONF_1MORE, set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0,
      nullptr},
-    {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_redis_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
      NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), &redis_prefix_post},
     {ngx_string("sse_redis_connect_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,

@@ -18,6 +18,7 @@
 #include "protocol/event_filter.h"
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
+#include "redis/redis_link.h"
 #include "wakeup/worker_wakeup.h"
 
 namespace sse {
@@ -640,12 +641,27 @@ ngx_int_t refuse(ngx_http_request_t* r, ngx_uint_t status, const std::string& re
     return send_text(r, status, reason);
 }
 
+// sse_redis names a cluster's seeds, or its one server turned out to be a cluster node.
+bool follows_redis_cluster(ngx_http_request_t* r) {
+    auto* mcf = static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_sse_module));
+    if (mcf->redis == nullptr) return false;
+    return mcf->redis->seeds_a_cluster() || __atomic_load_n(&mcf->store_header->cluster.sharded, __ATOMIC_RELAXED);
+}
+
 ngx_int_t read_channels(ngx_http_request_t* r, LocConf* conf, StreamRequest& req) {
     ngx_str_t text;
     if (evaluate_channel_list(r, conf->subscribe, text) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     std::string reason;
     if (!parse_channel_list(to_view(text), conf->max_channels, req.store.names, reason, conf->subscribe_patterns)) {
         return refuse(r, NGX_HTTP_BAD_REQUEST, reason);
+    }
+    if (conf->subscribe_patterns && follows_redis_cluster(r)) {
+        for (std::string_view name : req.store.names) {
+            // Sharded pub/sub has no patterns, and a pattern's channels lie in every shard.
+            if (is_channel_pattern(name)) {
+                return refuse(r, NGX_HTTP_BAD_REQUEST, "channel patterns cannot be used with Redis Cluster");
+            }
+        }
     }
     return kGoOn;
 }

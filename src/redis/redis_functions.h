@@ -10,8 +10,15 @@
 // l (the newest id no longer retained when it was added), e (event name), d (data), and c (every
 // channel's key) when the event has several channels.
 // Ids are decimal strings: Lua's numbers cannot hold 64 bits.
+//
+// In a Redis Cluster the library is loaded on every primary with messages published by SPUBLISH
+// (sharded pub/sub: a message stays in the shard that owns its channel's slot). An event whose
+// channels lie in several slots is published by one call per slot; each call then also gets every
+// channel's key after <resent> so that its entries name them all. sse_history without a channel
+// to publish to answers with the history itself.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace sse {
@@ -57,6 +64,8 @@ local function redis_id(keys, time)
   return id
 end
 
+local publish_command = 'PUBLISH'
+
 local usage = 'usage: FCALL sse_publish <number of channels> <prefix><channel>... <data> [<event> [<history> [<ttl-ms>]]]'
 
 local function publish(keys, args)
@@ -81,7 +90,12 @@ local function publish(keys, args)
   -- An event of several channels names them all, so that a node listening to more than one
   -- of them takes it once.
   local channels = nil
-  if #keys > 1 then channels = keys end
+  if #args >= 8 then
+    channels = {}
+    for i = 8, #args do channels[#channels + 1] = args[i] end
+  elseif #keys > 1 then
+    channels = keys
+  end
   for _, key in ipairs(keys) do
     local there = false
     if resent and limit > 0 then
@@ -114,7 +128,7 @@ local function publish(keys, args)
         redis.call('RPUSH', key, entry)
         if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
       end
-      redis.call('PUBLISH', key, entry)
+      redis.call(publish_command, key, entry)
     end
   end
   return id
@@ -124,12 +138,22 @@ end
 -- carries the channel's messages, so the node sees it in order with them.
 local function history(keys, args)
   local entries = redis.call('LRANGE', keys[1], 0, -1)
-  redis.call('PUBLISH', args[1], '{"k":' .. cjson.encode(keys[1]) .. ',"e":[' .. table.concat(entries, ',') .. ']}')
+  local whole = '{"k":' .. cjson.encode(keys[1]) .. ',"e":[' .. table.concat(entries, ',') .. ']}'
+  if args[1] == nil or args[1] == '' then return whole end
+  redis.call('PUBLISH', args[1], whole)
   return #entries
 end
 
 redis.register_function('sse_publish', publish)
 redis.register_function('sse_history', history)
 )lua";
+
+// The library as a cluster's primaries load it: the same, publishing by SPUBLISH.
+inline std::string redis_cluster_function_library() {
+    std::string library(kRedisFunctionLibrary);
+    const std::string_view classic = "local publish_command = 'PUBLISH'";
+    library.replace(library.find(classic), classic.size(), "local publish_command = 'SPUBLISH'");
+    return library;
+}
 
 }  // namespace sse

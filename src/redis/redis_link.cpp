@@ -6,6 +6,7 @@ extern "C" {
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,7 @@ extern "C" {
 #include "guard.h"
 #include "protocol/channel_list.h"
 #include "protocol/client_text.h"
+#include "redis/cluster_slots.h"
 #include "redis/redis_connection.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_functions.h"
@@ -69,6 +71,13 @@ struct ChannelSubscription {
     std::deque<std::string> held;  // payloads of its messages meanwhile, in arrival order
 };
 
+// One primary the link writes to and listens on: the only one, or one of a cluster's.
+struct Shard {
+    RedisServer server;
+    RedisConnection* cmd = nullptr;
+    RedisConnection* sub = nullptr;
+};
+
 struct Link final : RedisConnection::Owner {
     void connected(RedisConnection&) override {}
     void pushed(RedisConnection& connection, const redisReply& reply) override;
@@ -86,13 +95,23 @@ struct Link final : RedisConnection::Owner {
     bool owner = false;
     bool stopped = false;
     Phase phase = Phase::kIdle;
-    RedisConnection* cmd = nullptr;
-    RedisConnection* sub = nullptr;
+    std::vector<Shard> shards;  // the primary, or a cluster's primaries
     // redis-sentinel://: the sentinel that named the primary, subscribed to +switch-master.
     RedisConnection* watcher = nullptr;
     std::size_t next_sentinel = 0;
     std::size_t sentinels_asked = 0;  // in this discovery
-    RedisServer primary;              // where cmd and sub go
+    std::string sentinel_said;        // why the last sentinel asked did not name the primary
+    RedisServer primary;              // where the shard goes (a cluster: the control channel's shard)
+    // Redis Cluster (several seeds in sse_redis, or a server that said cluster_enabled:1): which
+    // shard serves each slot, and the node asked for that map.
+    bool cluster = false;
+    std::vector<std::uint16_t> slot_shard;
+    std::size_t control_shard = 0;  // where requests for every node are heard: the control channel's slot
+    RedisConnection* probe = nullptr;
+    std::vector<RedisServer> cluster_nodes;  // every node of the last map: asked after the seeds
+    std::size_t nodes_asked = 0;
+    bool pattern_refusal_logged = false;
+    std::string failed_at;  // the server whose connection failed, when not the one target() names
     // What sse_stats shows of each server, mirrored into the zone when it changes.
     std::vector<RedisServerFigures> figures;
     std::vector<bool> connected_before;  // by figure: a connection now is a reconnect
@@ -113,6 +132,9 @@ struct Link final : RedisConnection::Owner {
     // Events up to this seq were sent on a connection that broke: Redis may have applied them.
     std::uint64_t resend_through = 0;
     unsigned in_flight = 0;
+    // Events sent and not wholly acknowledged, in order, with their calls not answered yet (an
+    // event of channels in several slots of a cluster is one call per slot).
+    std::deque<std::pair<std::uint64_t, unsigned>> unacked;
     ngx_msec_t last_progress = 0;
     ngx_msec_t bad_entry_logged_at = 0;
     std::unordered_set<std::uint64_t> recent;  // ids of events taken lately
@@ -196,16 +218,65 @@ std::string_view text(const redisReply& r) {
 void fail(const std::string& reason, bool already_logged = false);
 void pump();
 
+// The shard that serves a channel: its key's slot's, in a cluster.
+Shard& shard_for(std::string_view channel) {
+    if (!link->cluster) return link->shards.front();
+    return link->shards[link->slot_shard[cluster_slot(key_of(channel))]];
+}
+
+Shard& control_shard() {
+    return link->shards[link->control_shard];
+}
+
+bool is_subscriber(const RedisConnection& connection) {
+    for (const Shard& s : link->shards) {
+        if (s.sub == &connection) return true;
+    }
+    return false;
+}
+
+bool is_command(const RedisConnection& connection) {
+    for (const Shard& s : link->shards) {
+        if (s.cmd == &connection) return true;
+    }
+    return false;
+}
+
+RedisRole shard_role() {
+    return link->cluster ? RedisRole::kClusterNode : RedisRole::kPrimary;
+}
+
+// The primary whose sub connection hears the control channel and the node's own: the one that
+// sse_clients?scope=cluster must ask for the nodes listening (classic pub/sub is per node in a
+// cluster).
+void note_control(const RedisServer& server) {
+    std::string address = server.display.substr(0, kMaxRedisAddressShown - 1);
+    for (RedisServerFigures& f : link->figures) {
+        f.hears_control = f.role != RedisRole::kSentinel && address == f.address;
+    }
+    link->store->set_redis_servers(link->figures);
+}
+
+void note_shards(RedisState state) {
+    for (const Shard& s : link->shards) note_server(s.server, shard_role(), state);
+}
+
 // Drops every connection and forgets what they carried.
 void drop_connections() {
-    RedisConnection* connections[3] = {link->cmd, link->sub, link->watcher};
-    link->cmd = nullptr;
-    link->sub = nullptr;
+    std::vector<Shard> shards;
+    shards.swap(link->shards);
+    for (Shard& s : shards) {
+        RedisConnection::release(s.cmd);
+        RedisConnection::release(s.sub);
+    }
+    RedisConnection* connections[2] = {link->watcher, link->probe};
     link->watcher = nullptr;
+    link->probe = nullptr;
     for (RedisConnection* c : connections) RedisConnection::release(c);
     link->channels.clear();
     link->history_requests.clear();
     link->in_flight = 0;
+    link->unacked.clear();
     link->resend_through = std::max(link->resend_through, link->sent_seq);
     link->sent_seq = 0;  // what Redis did not acknowledge is sent again
     link->handshake_pending = 0;
@@ -224,6 +295,11 @@ ngx_msec_t backoff_delay() {
 
 // Where the link is going: the primary once known, else what sse_redis names.
 std::string target() {
+    if (link->cluster && link->phase != Phase::kDiscovering && !link->shards.empty()) {
+        std::string all = "the cluster of";
+        for (const Shard& s : link->shards) all += (&s == &link->shards.front() ? " " : ", ") + s.server.display;
+        return all;
+    }
     return link->primary.socklen != 0 ? link->primary.display : link->where;
 }
 
@@ -231,8 +307,9 @@ void fail(const std::string& why, bool already_logged) {
     // Reasons may quote what a server sent: shown escaped.
     std::string reason = escaped(why);
     bool was_ready = link->phase == Phase::kReady;
-    std::string where = target();
-    note_server(link->primary, RedisRole::kPrimary, RedisState::kDisconnected);
+    std::string where = link->failed_at.empty() ? target() : link->failed_at;
+    link->failed_at.clear();
+    note_shards(RedisState::kDisconnected);
     if (link->watcher != nullptr) note_server(link->watcher->server(), RedisRole::kSentinel, RedisState::kOff);
     drop_connections();
     link->attempts++;
@@ -292,7 +369,7 @@ void ready() {
                       ngx_uint_t(link->attempts), queued);
         ngx_atomic_fetch_add(&header()->counters.redis_reconnects, 1);
     }
-    note_server(link->primary, RedisRole::kPrimary, RedisState::kConnected);
+    note_shards(RedisState::kConnected);
     link->ever_ready = true;
     link->attempts = 0;
     link->outage_logged = false;
@@ -307,18 +384,23 @@ void handshake_done() {
     if (--link->handshake_pending == 0 && link->phase == Phase::kConnecting) ready();
 }
 
-// A Redis Cluster node would answer most of our commands with MOVED: said once, plainly, rather
-// than a link that starts over at every event. (A user without INFO rights: no answer, go on.)
-void check_not_cluster(const redisReply& reply) {
+void connect_now();
+
+// One server in sse_redis may be a node of a Redis Cluster: then the cluster's map says where
+// each channel goes, and the link starts over reading it. (A user without INFO rights: no
+// answer, go on as with one Redis.)
+void check_cluster(const redisReply& reply) {
     if (reply.type == REDIS_REPLY_STRING && text(reply).find("cluster_enabled:1") != std::string_view::npos) {
-        if (!link->refusal_logged) {
-            ngx_log_error(NGX_LOG_ERR, link->log, 0,
-                          "sse: redis at %s is a Redis Cluster node, which this version does not support yet "
-                          "(use one Redis, or Sentinel)",
-                          target().c_str());
-            link->refusal_logged = true;
+        if (!link->config->address.master_name.empty()) {
+            fail("the server the sentinels named is a Redis Cluster node");
+            return;
         }
-        fail("a Redis Cluster node", true);
+        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis at %s is a Redis Cluster node; reading its slots",
+                      target().c_str());
+        link->cluster = true;
+        header()->cluster.sharded = true;
+        drop_connections();
+        connect_now();
         return;
     }
     handshake_done();
@@ -326,7 +408,7 @@ void check_not_cluster(const redisReply& reply) {
 
 void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_t step) {
     if (step == kClusterCheck) {
-        check_not_cluster(reply);
+        check_cluster(reply);
         return;
     }
     if (reply.type == REDIS_REPLY_ERROR) {
@@ -375,19 +457,24 @@ bool parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), con
     return false;
 }
 
+// False when the id was taken lately.
+bool remember(std::uint64_t id) {
+    if (!link->recent.insert(id).second) return false;
+    link->recent_order.push_back(id);
+    if (link->recent_order.size() > kRecentIds) {
+        link->recent.erase(link->recent_order.front());
+        link->recent_order.pop_front();
+    }
+    return true;
+}
+
 void take_entry(std::string_view channel, const RedisEntry& entry) {
     if (entry.origin == link->origin) return;  // ours, delivered here when published
     std::vector<std::string_view> channels;
     // An event comes once per subscription it matches: once per channel of a multi-channel
     // event, and again for a pattern (`blog.*`) besides its channel. The first copy stands for
     // all (the others follow it at once, in Redis's order).
-    if (link->recent.count(entry.id) != 0) return;
-    link->recent.insert(entry.id);
-    link->recent_order.push_back(entry.id);
-    if (link->recent_order.size() > kRecentIds) {
-        link->recent.erase(link->recent_order.front());
-        link->recent_order.pop_front();
-    }
+    if (!remember(entry.id)) return;
     if (entry.keys.size() > 1) {
         for (const std::string& key : entry.keys) {
             std::string_view c;
@@ -431,6 +518,12 @@ void take_history(const char* text, std::size_t len) {
         lost = e.lost;
         newest = std::max(newest, e.id);
     }
+    // In a cluster the history comes as a reply, on another connection than the channel's
+    // messages: a message it holds may still arrive after it, and is then not taken again.
+    if (link->cluster) {
+        std::size_t from = history.entries.size() > kRecentIds ? history.entries.size() - kRecentIds : 0;
+        for (std::size_t i = from; i < history.entries.size(); i++) remember(history.entries[i].id);
+    }
     PublishResult result;
     link->store->merge_history(channel, events, lost, link->config->history, result, link->log);
     wake(result);
@@ -469,9 +562,8 @@ void answer_listing(const RedisControl& control) {
     std::string host(reinterpret_cast<const char*>(ngx_cycle->hostname.data), ngx_cycle->hostname.len);
     std::string message = "{\"node\":" + json_string(link->origin) + ",\"host\":" + json_string(host) + "," +
                           page.substr(1, page.size() - 2);
-    if (!message.empty() && message.back() == '\n') message.pop_back();
     link->in_flight++;
-    link->cmd->send({"PUBLISH", control.reply, message}, on_command_reply);
+    control_shard().cmd->send({"PUBLISH", control.reply, message}, on_command_reply);
 }
 
 // Another node's request: done here as it was there.
@@ -524,6 +616,10 @@ void on_history_requested(RedisConnection&, const redisReply& reply, std::uintpt
     std::string channel = std::move(asked->second);
     link->history_requests.erase(asked);
     if (reply.type == REDIS_REPLY_INTEGER) return;
+    if (link->cluster && reply.type == REDIS_REPLY_STRING) {
+        take_history(reply.str, reply.len);
+        return;
+    }
     if (reply.type != REDIS_REPLY_ERROR) {
         unexpected("FCALL sse_history", reply);
         return;
@@ -539,8 +635,11 @@ void request_history(ChannelSubscription& s, const std::string& channel) {
     std::uintptr_t request = ++link->last_history_request;
     link->history_requests[request] = channel;
     link->in_flight++;
-    link->cmd->send({"FCALL", "sse_history", "1", key_of(channel), link->private_channel}, on_history_requested,
-                    request);
+    // In a cluster the history comes back as the reply (a classic message would cross every
+    // node); the channel's messages meanwhile are held, and those the history holds dropped.
+    std::string_view reply_channel = link->cluster ? std::string_view() : std::string_view(link->private_channel);
+    shard_for(channel).cmd->send({"FCALL", "sse_history", "1", key_of(channel), reply_channel}, on_history_requested,
+                                 request);
 }
 
 void subscribe_channel(const std::string& channel);
@@ -551,7 +650,15 @@ void take_confirmation(std::string_view type, std::string_view name) {
     if (!channel_of(name, channel)) return;
     auto it = link->channels.find(std::string(channel));
     if (it == link->channels.end()) return;
-    if (type == "subscribe" && it->second.state == ChannelSubscription::kSubscribing) {
+    bool subscribed = type == "subscribe" || type == "ssubscribe";
+    bool unsubscribed = type == "unsubscribe" || type == "punsubscribe" || type == "sunsubscribe";
+    if (type == "sunsubscribe" && it->second.state != ChannelSubscription::kUnsubscribing) {
+        // Unasked: the slot moved to another shard (a failover or a resharding). The map is read
+        // again, and the channel's history merged again where it went.
+        fail("the cluster moved channel " + quoted_bytes(it->first) + " to another shard");
+        return;
+    }
+    if (subscribed && it->second.state == ChannelSubscription::kSubscribing) {
         // Listening from here on: what Redis retained comes next on this same connection,
         // after every message published before it and before every one published after.
         it->second.state = ChannelSubscription::kSubscribed;
@@ -562,8 +669,7 @@ void take_confirmation(std::string_view type, std::string_view name) {
         it->second.state = ChannelSubscription::kSubscribed;
         header()->cluster.channels++;
         link->store->set_synced({it->first}, true);
-    } else if ((type == "unsubscribe" || type == "punsubscribe") &&
-               it->second.state == ChannelSubscription::kUnsubscribing) {
+    } else if (unsubscribed && it->second.state == ChannelSubscription::kUnsubscribing) {
         if (it->second.resubscribe) {
             subscribe_channel(it->first);
         } else {
@@ -583,13 +689,14 @@ void on_pubsub(const redisReply& reply) {
     std::string_view type = text(*reply.element[0]);
     std::string_view name = text(*reply.element[1]);
     const redisReply& third = *reply.element[2];
-    bool confirmation = type == "subscribe" || type == "unsubscribe" || type == "psubscribe" || type == "punsubscribe";
+    bool confirmation = type == "subscribe" || type == "unsubscribe" || type == "psubscribe" ||
+                        type == "punsubscribe" || type == "ssubscribe" || type == "sunsubscribe";
     if (confirmation) {
         if (reply.elements != 3 || third.type != REDIS_REPLY_INTEGER) {
             fail("an unexpected subscription confirmation: " + shape_of(reply));
             return;
         }
-    } else if (type == "message") {
+    } else if (type == "message" || type == "smessage") {
         if (reply.elements != 3 || !is_string(third)) {
             fail("an unexpected pub/sub message: " + shape_of(reply));
             return;
@@ -615,7 +722,7 @@ void on_pubsub(const redisReply& reply) {
         }
         return;
     }
-    if (type == "message") {
+    if (type == "message" || type == "smessage") {
         take_event(name, third.str, third.len);
     } else if (type == "pmessage") {
         take_event(text(third), reply.element[3]->str, reply.element[3]->len);
@@ -628,7 +735,22 @@ void subscribe_channel(const std::string& channel) {
     ChannelSubscription& s = link->channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    link->sub->send({is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE", key_of(channel)}, nullptr);
+    const char* command = link->cluster ? "SSUBSCRIBE" : is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE";
+    shard_for(channel).sub->send({command, key_of(channel)}, nullptr);
+}
+
+// A pattern covers channels of every shard of a cluster, and sharded pub/sub has no patterns:
+// pattern streams are refused while the link knows a cluster (see subscribe_handler.cpp); one
+// opened before it knew gets this node's events only, said once.
+bool refuse_pattern(const std::string& channel) {
+    if (!link->cluster || !is_channel_pattern(channel)) return false;
+    if (!link->pattern_refusal_logged) {
+        ngx_log_error(NGX_LOG_ERR, link->log, 0,
+                      "sse: channel patterns cannot follow a Redis Cluster: streams on %s get this node's events only",
+                      quoted_bytes(channel).c_str());
+        link->pattern_refusal_logged = true;
+    }
+    return true;
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
@@ -639,6 +761,7 @@ void reconcile() {
     std::vector<std::string> in_use = link->store->channels_in_use();
     std::unordered_set<std::string> wanted(in_use.begin(), in_use.end());
     for (const std::string& channel : in_use) {
+        if (refuse_pattern(channel)) continue;
         auto it = link->channels.find(channel);
         if (it == link->channels.end()) {
             subscribe_channel(channel);
@@ -658,7 +781,10 @@ void reconcile() {
         if (s.state == ChannelSubscription::kSubscribed) header()->cluster.channels--;
         s.state = ChannelSubscription::kUnsubscribing;
         s.resubscribe = false;
-        link->sub->send({is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE", key_of(channel)}, nullptr);
+        const char* command = link->cluster                 ? "SUNSUBSCRIBE"
+                              : is_channel_pattern(channel) ? "PUNSUBSCRIBE"
+                                                            : "UNSUBSCRIBE";
+        shard_for(channel).sub->send({command, key_of(channel)}, nullptr);
         dropped.push_back(channel);
     }
     // From here on this node may miss the channel's events: its history here stops being whole.
@@ -675,10 +801,34 @@ void refused(const redisReply& reply, const char* what) {
     fail(std::string("it refused ") + what + " (" + std::string(text(reply)) + "); it stays queued");
 }
 
+// One call of the event `seq` answered. The zone's queue lets go of the events before the first
+// one still waiting for a call (the shards of a cluster answer each at its own pace).
+void acknowledge(std::uint64_t seq, bool event) {
+    auto it = link->unacked.begin();
+    while (it != link->unacked.end() && it->first != seq) ++it;
+    if (it == link->unacked.end() || it->second == 0) return;
+    if (--it->second == 0 && event) ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
+    std::uint64_t through = 0;
+    while (!link->unacked.empty() && link->unacked.front().second == 0) {
+        through = link->unacked.front().first;
+        link->unacked.pop_front();
+    }
+    if (through != 0) link->store->outbound_sent(through);
+}
+
+bool follow_ask(std::uint64_t seq, std::string_view message);
+
 // sse_publish answers with the event's id (a string).
 void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
     if (reply.type == REDIS_REPLY_ERROR) {
+        std::string_view message = text(reply);
+        if (link->cluster && message.substr(0, 4) == "ASK " && follow_ask(seq, message)) return;
+        if (link->cluster && message.substr(0, 6) == "MOVED ") {
+            // The map changed: read again, the event resent where it now goes (not a refusal).
+            fail("the cluster moved a slot (" + std::string(message) + "); reading its map again");
+            return;
+        }
         refused(reply, "an event");
         return;
     }
@@ -687,8 +837,7 @@ void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq)
         return;
     }
     link->refusals = 0;
-    ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
-    link->store->outbound_sent(std::uint64_t(seq));
+    acknowledge(std::uint64_t(seq), true);
     pump();
 }
 
@@ -702,14 +851,93 @@ void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t s
         unexpected("PUBLISH", reply);
         return;
     }
-    link->store->outbound_sent(std::uint64_t(seq));
+    acknowledge(std::uint64_t(seq), false);
     pump();
+}
+
+// An event's channels' keys grouped by slot, in order (one group without a cluster): a call's
+// keys must share a slot.
+struct EventKeys {
+    std::vector<std::string> keys;
+    std::vector<std::uint16_t> slots;
+    std::vector<std::vector<std::string_view>> by_slot;
+};
+
+void group_keys(const OutboundEvent& o, EventKeys& k) {
+    k.keys.reserve(o.channels.size());
+    for (const std::string& channel : o.channels) k.keys.push_back(key_of(channel));
+    for (const std::string& key : k.keys) {
+        std::uint16_t slot = link->cluster ? cluster_slot(key) : 0;
+        std::size_t i = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
+        if (i == k.slots.size()) {
+            k.slots.push_back(slot);
+            k.by_slot.emplace_back();
+        }
+        k.by_slot[i].push_back(key);
+    }
+}
+
+// One call of an event: its keys of one slot; when the event has several slots, every key after
+// the resent flag, so that its entries name all the event's channels.
+void send_part(RedisConnection* cmd, const OutboundEvent& o, const EventKeys& k, std::size_t part) {
+    std::string nkeys = std::to_string(k.by_slot[part].size());
+    std::string limit = std::to_string(o.history_limit);
+    std::string ttl = std::to_string(o.history_ttl);
+    std::string id = std::to_string(o.id);
+    bool resent = o.seq <= link->resend_through;
+    bool split = k.by_slot.size() > 1;
+    std::vector<std::string_view> args{"FCALL", "sse_publish", nkeys};
+    args.insert(args.end(), k.by_slot[part].begin(), k.by_slot[part].end());
+    args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
+    if (resent || split) args.push_back(resent ? "1" : "0");
+    if (split) args.insert(args.end(), k.keys.begin(), k.keys.end());
+    cmd->send(args, on_published, std::uintptr_t(o.seq));
+    link->in_flight++;
+}
+
+// One event to Redis: one FCALL sse_publish, or in a cluster one per slot of its channels.
+void send_event(const OutboundEvent& o) {
+    EventKeys k;
+    group_keys(o, k);
+    for (std::size_t i = 0; i < k.by_slot.size(); i++) {
+        Shard& shard = link->cluster ? link->shards[link->slot_shard[k.slots[i]]] : link->shards.front();
+        send_part(shard.cmd, o, k, i);
+    }
+    link->unacked.emplace_back(o.seq, unsigned(k.by_slot.size()));
+}
+
+// "ASK <slot> <host>:<port>": the slot is moving and this key is already at the primary named.
+// That one call goes there, after ASKING; the map stays as it is until the move ends (then
+// MOVED, or the shard's sunsubscribe, has the link read it again). False when the primary named
+// is not one the link holds or the event is gone.
+bool follow_ask(std::uint64_t seq, std::string_view message) {
+    std::size_t space = message.rfind(' ');
+    std::size_t colon = message.rfind(':');
+    if (space == std::string_view::npos || colon == std::string_view::npos || colon < space) return false;
+    int slot = std::atoi(std::string(message.substr(4, space - 4)).c_str());
+    RedisServer there;
+    if (!parse_redis_server(message.substr(space + 1, colon - space - 1),
+                            std::atoi(std::string(message.substr(colon + 1)).c_str()), there)) {
+        return false;
+    }
+    auto shard = std::find_if(link->shards.begin(), link->shards.end(),
+                              [&](const Shard& s) { return s.server.same_address(there); });
+    std::vector<OutboundEvent> batch;
+    link->store->outbound_after(seq - 1, 1, batch);
+    if (shard == link->shards.end() || batch.empty() || batch[0].seq != seq) return false;
+    EventKeys k;
+    group_keys(batch[0], k);
+    std::size_t part = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
+    if (part == k.slots.size()) return false;
+    link->in_flight++;
+    shard->cmd->send({"ASKING"}, on_command_reply);
+    send_part(shard->cmd, batch[0], k, part);
+    return true;
 }
 
 // Sends the node's waiting events, in order, keeping at most kMaxInFlight unanswered.
 void drain() {
     std::vector<OutboundEvent> batch;
-    std::vector<std::string_view> args;
     while (link->phase == Phase::kReady && link->in_flight < kMaxInFlight) {
         link->store->outbound_after(link->sent_seq, std::min<std::size_t>(kDrainBatch, kMaxInFlight - link->in_flight),
                                     batch);
@@ -718,23 +946,14 @@ void drain() {
             if (link->in_flight == 0) link->last_progress = ngx_current_msec;
             if (o.control) {
                 std::string message = control_with_origin(o.data, link->origin);
-                link->cmd->send({"PUBLISH", link->control_channel, message}, on_control_sent, std::uintptr_t(o.seq));
+                control_shard().cmd->send({"PUBLISH", link->control_channel, message}, on_control_sent,
+                                          std::uintptr_t(o.seq));
+                link->in_flight++;
+                link->unacked.emplace_back(o.seq, 1);
             } else {
-                std::vector<std::string> keys;
-                keys.reserve(o.channels.size());
-                for (const std::string& channel : o.channels) keys.push_back(key_of(channel));
-                std::string nkeys = std::to_string(keys.size());
-                std::string limit = std::to_string(o.history_limit);
-                std::string ttl = std::to_string(o.history_ttl);
-                std::string id = std::to_string(o.id);
-                args.assign({"FCALL", "sse_publish", nkeys});
-                args.insert(args.end(), keys.begin(), keys.end());
-                args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
-                if (o.seq <= link->resend_through) args.push_back("1");
-                link->cmd->send(args, on_published, std::uintptr_t(o.seq));
+                send_event(o);
             }
             link->sent_seq = o.seq;
-            link->in_flight++;
         }
     }
 }
@@ -747,18 +966,23 @@ void pump() {
 
 // Opens one connection to the primary with its handshake queued: it goes out, pipelined, as
 // soon as the socket connects.
-RedisConnection* open_connection(const char* role, bool takes_pushes, std::string& reason) {
+void send_auth(RedisConnection* c, RedisReplyHandler handler) {
     const RedisAddress& a = link->config->address;
-    RedisConnection* c = RedisConnection::open(link->primary, link->config->tls, takes_pushes,
-                                               link->config->connect_timeout, link, link->log, reason);
+    if (a.user.empty()) {
+        c->send({"AUTH", a.password}, handler, kAuth);
+    } else {
+        c->send({"AUTH", a.user, a.password}, handler, kAuth);
+    }
+}
+
+RedisConnection* open_connection(const RedisServer& server, const char* role, bool takes_pushes, std::string& reason) {
+    const RedisAddress& a = link->config->address;
+    RedisConnection* c = RedisConnection::open(server, link->config->tls, takes_pushes, link->config->connect_timeout,
+                                               link, link->log, reason);
     if (c == nullptr) return nullptr;
     if (a.has_password) {
         link->handshake_pending++;
-        if (a.user.empty()) {
-            c->send({"AUTH", a.password}, on_handshake_reply, kAuth);
-        } else {
-            c->send({"AUTH", a.user, a.password}, on_handshake_reply, kAuth);
-        }
+        send_auth(c, on_handshake_reply);
     }
     if (a.db != 0) {
         link->handshake_pending++;
@@ -771,24 +995,158 @@ RedisConnection* open_connection(const char* role, bool takes_pushes, std::strin
 }
 
 // Connects to the primary: the address sse_redis names, or the one a sentinel named.
+// The two connections of a shard, their handshakes queued. False (the link failed) when one
+// cannot be opened.
+bool open_shard(Shard& shard) {
+    note_server(shard.server, shard_role(), RedisState::kConnecting);
+    std::string reason;
+    shard.cmd = open_connection(shard.server, "cmd", false, reason);
+    if (shard.cmd != nullptr) shard.sub = open_connection(shard.server, "sub", true, reason);
+    if (shard.cmd == nullptr || shard.sub == nullptr) {
+        link->failed_at = shard.server.display;
+        fail(reason);
+        return false;
+    }
+    return true;
+}
+
+// Connects to the primary: the address sse_redis names, or the one a sentinel named.
 void connect_to_primary() {
     link->phase = Phase::kConnecting;
-    note_server(link->primary, RedisRole::kPrimary, RedisState::kConnecting);
-    std::string reason;
-    link->cmd = open_connection("cmd", false, reason);
-    if (link->cmd != nullptr) link->sub = open_connection("sub", true, reason);
-    if (link->cmd == nullptr || link->sub == nullptr) {
-        fail(reason);
-        return;
-    }
+    link->shards.assign(1, Shard{link->primary, nullptr, nullptr});
+    if (!open_shard(link->shards.front())) return;
+    note_control(link->primary);
+    RedisConnection* cmd = link->shards.front().cmd;
     if (!link->config->address.master_name.empty()) {
         link->handshake_pending++;
-        link->cmd->send({"ROLE"}, on_handshake_reply, kRole);
+        cmd->send({"ROLE"}, on_handshake_reply, kRole);
     }
     link->handshake_pending += 4;
-    link->cmd->send({"INFO", "cluster"}, on_handshake_reply, kClusterCheck);
-    link->cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, on_handshake_reply, kLoadFunctions);
-    link->sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
+    cmd->send({"INFO", "cluster"}, on_handshake_reply, kClusterCheck);
+    cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, on_handshake_reply, kLoadFunctions);
+    link->shards.front().sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
+}
+
+// --- Redis Cluster ----------------------------------------------------------------------------
+
+// Connects to every primary of the map: the function library loaded on each, requests for every
+// node heard in the control channel's shard (classic pub/sub: every node of a cluster hears it).
+void connect_to_shards() {
+    link->phase = Phase::kConnecting;
+    static const std::string library = redis_cluster_function_library();
+    for (Shard& shard : link->shards) {
+        if (!open_shard(shard)) return;
+        link->handshake_pending++;
+        shard.cmd->send({"FUNCTION", "LOAD", "REPLACE", library}, on_handshake_reply, kLoadFunctions);
+    }
+    link->control_shard = link->slot_shard[cluster_slot(link->control_channel)];
+    link->primary = control_shard().server;
+    note_control(link->primary);
+    link->handshake_pending += 2;
+    control_shard().sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
+}
+
+// The host of a server as the link reached it: where a node that does not know its own address
+// ("" in its map) is found.
+std::string host_of(const RedisServer& server) {
+    std::string host = server.display.substr(0, server.display.rfind(':'));
+    if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    return host;
+}
+
+// The shards of a map, each primary once, and every node to ask for the map next time.
+bool take_map(const RedisServer& asked, const std::vector<ClusterSlotRange>& ranges, std::string& reason) {
+    std::vector<Shard> shards;
+    std::vector<RedisServer> nodes;
+    link->slot_shard.assign(kClusterSlots, 0);
+    for (const ClusterSlotRange& range : ranges) {
+        std::string host = range.host.empty() ? host_of(asked) : range.host;
+        RedisServer server;
+        if (!parse_redis_server(host, range.port, server)) {
+            reason = "the primary " + quoted_bytes(host + ":" + std::to_string(range.port)) + " of slots " +
+                     std::to_string(range.first) + "-" + std::to_string(range.last) +
+                     " is not a numeric address and port";
+            return false;
+        }
+        std::size_t i = 0;
+        while (i < shards.size() && !shards[i].server.same_address(server)) i++;
+        if (i == shards.size()) {
+            shards.push_back(Shard{server, nullptr, nullptr});
+            nodes.push_back(server);
+        }
+        for (std::uint32_t slot = range.first; slot <= range.last; slot++) link->slot_shard[slot] = std::uint16_t(i);
+        for (const std::string& replica : range.replicas) {
+            std::size_t colon = replica.rfind(':');
+            RedisServer node;
+            if (parse_redis_server(replica.substr(0, colon), std::atoi(replica.c_str() + colon + 1), node)) {
+                nodes.push_back(node);
+            }
+        }
+    }
+    link->shards = std::move(shards);
+    link->cluster_nodes = std::move(nodes);
+    return true;
+}
+
+void ask_next_cluster_node();
+
+void on_cluster_slots(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
+    if (reply.type == REDIS_REPLY_ERROR) {
+        std::string message(text(reply));
+        if (message.find("cluster support disabled") != std::string::npos) {
+            if (!link->refusal_logged) {
+                ngx_log_error(NGX_LOG_ERR, link->log, 0,
+                              "sse: redis at %s is not a Redis Cluster node, but sse_redis names several servers "
+                              "(the seeds of a cluster)",
+                              c.server().display.c_str());
+                link->refusal_logged = true;
+            }
+            fail("not a Redis Cluster node", true);
+            return;
+        }
+        fail("node " + c.server().display + " refused CLUSTER SLOTS: " + message);
+        return;
+    }
+    std::vector<ClusterSlotRange> ranges;
+    std::string reason;
+    if (!parse_cluster_slots(reply, ranges, reason) || !take_map(c.server(), ranges, reason)) {
+        fail("an unusable map of slots from " + c.server().display + ": " + reason);
+        return;
+    }
+    RedisConnection* probe = link->probe;
+    link->probe = nullptr;
+    RedisConnection::release(probe);
+    connect_to_shards();
+}
+
+void on_probe_auth(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
+    if (reply.type == REDIS_REPLY_ERROR) {
+        fail("node " + c.server().display + " refused authentication: " + std::string(text(reply)));
+    }
+}
+
+// Asks the seeds, then the nodes of the last map, one after another, for the map of slots.
+void ask_next_cluster_node() {
+    const std::vector<RedisServer>& seeds = link->config->servers;
+    std::string reason;
+    while (link->nodes_asked < seeds.size() + link->cluster_nodes.size()) {
+        std::size_t i = link->nodes_asked++;
+        const RedisServer& node = i < seeds.size() ? seeds[i] : link->cluster_nodes[i - seeds.size()];
+        link->probe = RedisConnection::open(node, link->config->tls, false, link->config->connect_timeout, link,
+                                            link->log, reason);
+        if (link->probe == nullptr) continue;
+        if (link->config->address.has_password) send_auth(link->probe, on_probe_auth);
+        link->probe->send({"CLUSTER", "SLOTS"}, on_cluster_slots);
+        return;
+    }
+    fail(reason.empty() ? "no node of the cluster answered" : "no node of the cluster answered: " + reason);
+}
+
+void discover_cluster() {
+    link->phase = Phase::kDiscovering;
+    link->nodes_asked = 0;
+    link->primary = RedisServer{};
+    ask_next_cluster_node();
 }
 
 // --- Sentinel -------------------------------------------------------------------------------
@@ -809,6 +1167,8 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
             note_server(c.server(), RedisRole::kSentinel, RedisState::kOff);
             ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: redis sentinel %s does not know the primary %s",
                           c.server().display.c_str(), quoted_bytes(link->config->address.master_name).c_str());
+            link->sentinel_said = "sentinel " + c.server().display + " does not know the primary " +
+                                  quoted_bytes(link->config->address.master_name);
             RedisConnection::release(link->watcher);
             link->watcher = nullptr;
             ask_next_sentinel();
@@ -877,18 +1237,22 @@ void ask_next_sentinel() {
         link->watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
         return;
     }
-    if (link->phase != Phase::kReady) fail(reason.empty() ? "no sentinel answered" : "no sentinel answered: " + reason);
+    // The last sentinel's own fault (a connection that failed, an answer without the primary)
+    // says more than "none answered".
+    std::string why = !reason.empty() ? reason : link->sentinel_said;
+    if (link->phase != Phase::kReady) fail(why.empty() ? "no sentinel answered" : "no sentinel answered: " + why);
 }
 
 void discover_primary() {
     link->phase = Phase::kDiscovering;
     link->sentinels_asked = 0;
+    link->sentinel_said.clear();
     link->primary = RedisServer{};
     ask_next_sentinel();
 }
 
 void Link::pushed(RedisConnection& connection, const redisReply& reply) {
-    if (&connection == sub) {
+    if (is_subscriber(connection)) {
         on_pubsub(reply);
     } else if (&connection == watcher) {
         take_sentinel_message(reply);
@@ -900,24 +1264,36 @@ void Link::failed(RedisConnection& connection, const std::string& reason) {
         ngx_log_error(NGX_LOG_INFO, log, 0, "sse: redis sentinel %s: %s", connection.server().display.c_str(),
                       escaped(reason).c_str());
         note_server(connection.server(), RedisRole::kSentinel, RedisState::kDisconnected);
+        sentinel_said = "sentinel " + connection.server().display + ": " + reason;
         RedisConnection::release(watcher);
         watcher = nullptr;
         if (phase == Phase::kDiscovering) ask_next_sentinel();
         // While the link is up, the tick opens a watcher again.
         return;
     }
-    if (&connection != cmd && &connection != sub) return;
+    if (&connection == probe) {
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, log, 0, "sse: redis cluster node %s: %s",
+                       connection.server().display.c_str(), reason.c_str());
+        RedisConnection::release(probe);
+        probe = nullptr;
+        if (phase == Phase::kDiscovering) ask_next_cluster_node();
+        return;
+    }
+    if (!is_command(connection) && !is_subscriber(connection)) return;
+    failed_at = connection.server().display;
     fail(reason);
 }
 
 void connect_now() {
     link->connect_started = ngx_current_msec;
     link->handshake_pending = 0;
-    if (link->config->address.master_name.empty()) {
+    if (!link->config->address.master_name.empty()) {
+        discover_primary();
+    } else if (link->cluster) {
+        discover_cluster();
+    } else {
         link->primary = link->config->servers.front();
         connect_to_primary();
-    } else {
-        discover_primary();
     }
 }
 
@@ -951,9 +1327,11 @@ void check_link(ngx_msec_t now) {
             return;
         }
         if (link->in_flight == 0 && now - link->last_progress > kIdlePingInterval) {
-            link->in_flight++;
             link->last_progress = now;
-            link->cmd->send({"PING"}, on_command_reply);
+            for (Shard& shard : link->shards) {
+                link->in_flight++;
+                shard.cmd->send({"PING"}, on_command_reply);
+            }
         }
         watch_sentinels();
         pump();
@@ -967,7 +1345,7 @@ void take_over_figures() {
     link->connected_before.assign(link->figures.size(), true);
     bool sentinels = !link->config->address.master_name.empty();
     for (const RedisServer& s : link->config->servers) {
-        note_server(s, sentinels ? RedisRole::kSentinel : RedisRole::kPrimary, RedisState::kOff);
+        note_server(s, sentinels ? RedisRole::kSentinel : shard_role(), RedisState::kOff);
     }
     for (RedisServerFigures& f : link->figures) {
         if (f.state != RedisState::kOff) f.state = RedisState::kDisconnected;
@@ -983,6 +1361,8 @@ void on_tick(ngx_event_t*) noexcept {
             link->owner = true;
             link->ever_ready = false;
             link->attempts = 0;
+            // A worker before this one may have found that the one server named is a cluster's.
+            link->cluster = link->config->seeds_a_cluster() || header()->cluster.sharded;
             take_over_figures();
             connect_now();
         } else if (!owner && link->owner) {
@@ -1011,6 +1391,7 @@ RedisLink::RedisLink(const RedisConfig* config, Store* store, ngx_uint_t slot, n
     // '#' cannot be in a channel name, so this never meets a channel of ours.
     link->private_channel = config->prefix + "#node:" + link->origin;
     link->control_channel = config->prefix + "#control";
+    link->cluster = config->seeds_a_cluster();
     for (ngx_event_t* ev : {&link->tick, &link->retry}) {
         ev->data = link;
         ev->log = log;

@@ -38,6 +38,9 @@ struct RedisConfig {
     std::uint32_t queue = 10000;
     ngx_msec_t sync_timeout = 1000;
     HistoryPolicy history;  // for events of other nodes on channels never published to here
+
+    // Several servers in sse_redis are the seeds of a Redis Cluster.
+    bool seeds_a_cluster() const { return servers.size() > 1 && address.master_name.empty(); }
 };
 
 // One per worker of a node with sse_redis, owned by the worker's context: made in

@@ -211,6 +211,7 @@ struct RedisServerFigures {
     RedisRole role;
     RedisState state;  // kOff: known, not in use (a sentinel not asked now)
     std::uint32_t reconnects;
+    bool hears_control;  // where the node hears requests for every node (sse_clients?scope=cluster asks there)
 };
 
 // This node's part in a Redis cluster. One worker (the owner) holds the connections; the
@@ -227,6 +228,7 @@ struct ClusterState {
     ngx_msec_t owner_beat;                // when the owner last said it is alive
     ngx_atomic_t state;                   // RedisState
     std::uint32_t channels;               // channels subscribed to in Redis
+    bool sharded;                         // Redis is a cluster: channel patterns cannot follow it
     time_t dropped_logged_at;
     std::uint64_t dropped_unlogged;
     std::uint32_t server_count;

@@ -1,9 +1,13 @@
 // Fuzzes the reading of what a Redis server sends (src/redis/resp_reader.h): the bytes, fed in
 // pieces whose sizes the input's first byte chooses, must give whole replies within the bounds,
 // a wait for more, or one refusal with a one-line reason; never a crash or an unbounded reply.
+// Every reply is also read as CLUSTER SLOTS's map (src/redis/cluster_slots.h): a map, or a
+// one-line reason.
 #include <string>
+#include <vector>
 
 #include "fuzz_check.h"
+#include "redis/cluster_slots.h"
 #include "redis/resp_reader.h"
 
 using namespace sse;
@@ -27,6 +31,23 @@ void check_reply(const redisReply& r, int depth) {
         default:
             break;
     }
+}
+
+// A map read from any reply covers every slot once, each range with a real port.
+void check_slot_map(const redisReply& r) {
+    std::vector<ClusterSlotRange> ranges;
+    std::string reason;
+    if (!parse_cluster_slots(r, ranges, reason)) {
+        FUZZ_CHECK(fuzz::is_one_line(reason) && !reason.empty());
+        return;
+    }
+    std::uint32_t covered = 0;
+    for (const ClusterSlotRange& range : ranges) {
+        FUZZ_CHECK(range.first <= range.last && range.last < kClusterSlots);
+        FUZZ_CHECK(range.port > 0 && range.port <= 65535);
+        covered += std::uint32_t(range.last - range.first) + 1;
+    }
+    FUZZ_CHECK(covered == kClusterSlots);
 }
 
 }  // namespace
@@ -54,6 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const unsigned char* data, std::size_t siz
             if (r == RespReader::Result::kNeedMore) break;
             FUZZ_CHECK(reply != nullptr);
             check_reply(*reply, 0);
+            check_slot_map(*reply);
         }
     }
     return 0;

@@ -267,7 +267,7 @@ sub info {
     my ($self, @sections) = @_;
     my %f;
     for (split /\r?\n/, $self->cli('INFO', @sections)) {
-        my ($k, $v) = /^(\w[\w|]*):(.*)$/ or next;
+        my ($k, $v) = /^(\w[\w|]*):(.*?)\r?$/ or next;
         $f{$k} = $v;
     }
     return \%f;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "protocol/event_frame.h"
+#include "redis/cluster_slots.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_url.h"
 #include "redis/resp_reader.h"
@@ -327,6 +328,78 @@ TEST(EventFrameData, RoundTrips) {
     std::string frame(event_frame_size(7, "", "a\r\nb\rc"), '\0');
     write_event_frame(frame.data(), 7, "", "a\r\nb\rc");
     EXPECT_EQ(event_frame_data(frame), "a\nb\nc");
+}
+
+// Slots as Redis computes them (CLUSTER KEYSLOT on redis-server 7.0): the CRC16 check value of
+// "123456789" is 0x31C3, and only a non-empty hash tag counts.
+TEST(ClusterSlots, SlotOfAKey) {
+    EXPECT_EQ(cluster_slot("123456789"), 0x31C3 % 16384);
+    EXPECT_EQ(cluster_slot("foo"), 12182);
+    EXPECT_EQ(cluster_slot("bar"), 5061);
+    EXPECT_EQ(cluster_slot("sse:news"), cluster_slot("{sse:news}#h"));
+    EXPECT_EQ(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
+    EXPECT_EQ(cluster_slot("foo{}{bar}"), cluster_slot("foo{}{bar}"));
+    EXPECT_NE(cluster_slot("foo{}{bar}"), cluster_slot("bar"));  // "{}" is empty: the whole key counts
+    EXPECT_EQ(cluster_slot("foo{{bar}}zap"), cluster_slot("{bar"));
+    EXPECT_EQ(cluster_slot(""), 0);
+}
+
+std::vector<ClusterSlotRange> slots_of(const std::string& resp, bool& ok, std::string& reason) {
+    ReadOutcome read = read_all(resp);
+    EXPECT_FALSE(read.broken) << read.reason;
+    EXPECT_EQ(read.replies.size(), 1u);
+    std::vector<ClusterSlotRange> ranges;
+    ok = !read.replies.empty() && parse_cluster_slots(*read.replies[0], ranges, reason);
+    return ranges;
+}
+
+TEST(ClusterSlots, ReadsTheMap) {
+    const std::string resp =
+        "*2\r\n"
+        "*4\r\n:0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n*2\r\n$9\r\n127.0.0.1\r\n:7003\r\n"
+        "*3\r\n:8192\r\n:16383\r\n*2\r\n$0\r\n\r\n:7001\r\n";
+    bool ok = false;
+    std::string reason;
+    std::vector<ClusterSlotRange> r = slots_of(resp, ok, reason);
+    ASSERT_TRUE(ok) << reason;
+    ASSERT_EQ(r.size(), 2u);
+    EXPECT_EQ(r[0].first, 0);
+    EXPECT_EQ(r[0].last, 8191);
+    EXPECT_EQ(r[0].host, "127.0.0.1");
+    EXPECT_EQ(r[0].port, 7000);
+    ASSERT_EQ(r[0].replicas.size(), 1u);
+    EXPECT_EQ(r[0].replicas[0], "127.0.0.1:7003");
+    EXPECT_EQ(r[1].first, 8192);
+    EXPECT_EQ(r[1].host, "");  // the node the question went to
+    EXPECT_EQ(r[1].port, 7001);
+}
+
+TEST(ClusterSlots, RefusesBadMaps) {
+    const std::string node = "*2\r\n$1\r\na\r\n:7000\r\n";
+    struct Case {
+        std::string resp;
+        std::string reason;
+    } cases[] = {
+        {"$2\r\nno\r\n", "CLUSTER SLOTS did not answer with an array"},
+        {"*0\r\n", "slot 0 has no primary"},
+        {"*1\r\n*3\r\n:0\r\n:16000\r\n" + node, "slot 16001 has no primary"},
+        {"*1\r\n*3\r\n:0\r\n:16384\r\n" + node, "the slot range 0-16384 is out of 0-16383"},
+        {"*1\r\n*3\r\n:5\r\n:1\r\n" + node, "the slot range 5-1 is out of 0-16383"},
+        {"*2\r\n*3\r\n:0\r\n:16383\r\n" + node + "*3\r\n:10\r\n:20\r\n" + node, "slot 10 is served twice"},
+        {"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$1\r\na\r\n:0\r\n", "a slot range whose primary is not [host, port, ...]"},
+        {"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$1\r\na\r\n$4\r\n7000\r\n",
+         "a slot range whose primary is not [host, port, ...]"},
+        {"*1\r\n*4\r\n:0\r\n:16383\r\n" + node + ":1\r\n", "a slot range whose replica is not [host, port, ...]"},
+        {"*1\r\n*2\r\n:0\r\n:16383\r\n", "a slot range that is not [first, last, primary, ...]"},
+        {"*1\r\n:0\r\n", "a slot range that is not [first, last, primary, ...]"},
+    };
+    for (const Case& c : cases) {
+        bool ok = true;
+        std::string reason;
+        slots_of(c.resp, ok, reason);
+        EXPECT_FALSE(ok) << c.resp;
+        EXPECT_EQ(reason, c.reason) << c.resp;
+    }
 }
 
 }  // namespace
