@@ -44,6 +44,8 @@
 #include <thread>
 #include <vector>
 
+#include "read_available.h"
+
 namespace {
 
 int64_t now_ns() {
@@ -821,19 +823,7 @@ private:
 
     void read_some(size_t i) {
         Conn& c = conns_[i];
-        char buf[16384];
-        bool eof = false;
-        while (true) {
-            ssize_t n = recv(c.fd, buf, sizeof buf, 0);
-            if (n > 0) {
-                c.in.append(buf, size_t(n));
-                continue;
-            }
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno == EAGAIN) break;
-            eof = true;
-            break;
-        }
+        const bool eof = read_available(c.fd, c.in);
         bool reopen = false;
         while (c.st == St::waiting) {
             size_t used = 0;
