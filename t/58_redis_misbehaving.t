@@ -26,18 +26,7 @@ use SSERedis;
 use FakeRedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations();
 
 # Short delays, so that each case takes a few seconds.
 my $tuning = <<'CONF';

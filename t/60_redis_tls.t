@@ -22,18 +22,7 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations();
 
 my $tuning = <<'CONF';
     sse_redis_reconnect 50ms 400ms;

@@ -12,18 +12,7 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations();
 
 my $redis = SSERedis->new(extra_conf => "cluster-enabled yes\ncluster-config-file nodes.conf\n");
 # A user that may do what the link does, but not INFO.

@@ -20,6 +20,7 @@ package SSERedis;
 #   $redis->info('replication')->{role};                     # INFO's fields
 #   my @nodes = $redis->nodes(3, server => $locations);      # 3 started nginx nodes using it
 #   SSERedis::wait_connected($node);                         # stats' redis.state is "connected"
+#   my $locations = SSERedis::locations(pub => 'sse_history 1000;');   # /events, /pub, /stats
 
 use strict;
 use warnings;
@@ -403,6 +404,24 @@ sub log_text {
         local $/;
         $text .= <$fh>;
     }
+    return $text;
+}
+
+# The server{} locations the cross-node tests serve: /events streams $arg_topics without
+# heartbeats (they would come between a test's exact bytes), /pub publishes to $arg_topic, /stats.
+# events => and pub => add directives to those two (a string); pub => undef leaves /pub out;
+# more => appends locations of the test's own.
+sub locations {
+    my (%o) = @_;
+    my $block = sub {
+        my ($name, @lines) = @_;
+        return "        location = /$name {\n" . join('', map { "            $_\n" } grep { defined } @lines)
+            . "        }\n";
+    };
+    my $text = $block->('events', 'sse_subscribe $arg_topics;', $o{events}, 'sse_heartbeat off;');
+    $text .= $block->('pub', 'sse_publish $arg_topic;', $o{pub}) if !exists $o{pub} || defined $o{pub};
+    $text .= $o{more} // '';
+    $text .= $block->('stats', 'sse_stats;');
     return $text;
 }
 
