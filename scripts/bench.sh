@@ -42,6 +42,8 @@
 #   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
+#   BENCH_SERVER_CONF="request_pool_size 1k; connection_pool_size 256;"   directives for the server{}
+#                                      of both servers (every node), e.g. to measure a memory recipe
 #   S6_SUBS, S6_EVENTS, S6_RATE, S6_TPUT_SUBS, S6_TPUT_CHANNELS, S6_TPUT_EVENTS, S6_SETTLE   s6's
 #                                      (and s6tls's)
 #
@@ -180,6 +182,7 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     server {
         listen 127.0.0.1:$p;
         $ssl
+        ${BENCH_SERVER_CONF:-}
         $stats
         location = /sub { sse_subscribe \$arg_channels; }
         location = /pub { sse_publish \$arg_channel; }
@@ -209,6 +212,7 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     server {
         listen 127.0.0.1:$p;
         $ssl
+        ${BENCH_SERVER_CONF:-}
         location = /sub { nchan_subscriber eventsource; nchan_channel_id \$arg_channels;$pass }
         location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;$pass }
         location = /replay {
@@ -906,6 +910,7 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
 
 {
     echo "Medians of $BENCH_REPS run(s); for lost, duplicated and out of order the worst run."
+    [ -z "${BENCH_SERVER_CONF:-}" ] || printf '\nBoth servers with, in their server{}: `%s`\n' "$BENCH_SERVER_CONF"
     if [ $floor_up = 1 ]; then
         echo
         echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes; its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
