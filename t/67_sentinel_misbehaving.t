@@ -26,12 +26,7 @@ use SSEExpect qw(frames);
 
 my $locations = SSERedis::locations();
 
-# Short delays, so that each case takes a few seconds.
-my $tuning = <<'CONF';
-    sse_redis_reconnect 50ms 400ms;
-    sse_redis_connect_timeout 1s;
-    sse_redis_command_timeout 1s;
-CONF
+my $tuning = SSERedis::quick_link();
 
 my $redis = SSERedis->new;
 my $RP = $redis->port;
@@ -39,13 +34,7 @@ my $SP = SSETest::free_port();
 my $sentinel = FakeRedis->new(port => $SP, sentinel => 1);
 my $url = "redis-sentinel://127.0.0.1:$SP/mymaster";
 my @nodes;
-END {
-    local $?;
-    SSERedis::diag_unfinished(@nodes);
-    $_->stop for grep { defined } @nodes;
-    $sentinel->stop if $sentinel;
-    $redis->stop if $redis;
-}
+END { local $?; SSERedis::stop_at_end(\@nodes, $sentinel, $redis) }
 
 my $PRE = ":ok\n\n";
 my $S = "127.0.0.1:$SP";
@@ -53,8 +42,6 @@ my $WHERE = 'sse: redis at sentinel primary "mymaster" unreachable: ';
 my $LOST = "sse: redis connection to 127.0.0.1:$RP lost: ";
 my $AGAIN = '; queueing events and reconnecting';
 
-sub bulk { my ($s) = @_; return '$' . length($s) . "\r\n$s\r\n" }
-sub message { my ($channel, $payload) = @_; return "*3\r\n" . bulk('message') . bulk($channel) . bulk($payload) }
 my $good = FakeRedis::address_reply('127.0.0.1', $RP);
 
 # name; reply: the sentinel's answer from the start (undef: silence); push: bytes pushed to the
@@ -70,11 +57,11 @@ my @cases = (
      warn => $WHERE . 'no sentinel answered; retrying',
      info => qq(sse: redis sentinel $S does not know the primary "mymaster"),
      todo => 'the warn line says "no sentinel answered", not that the sentinel does not know the primary'},
-    {name => 'a string for get-master-addr-by-name', reply => bulk("127.0.0.1:$RP"),
+    {name => 'a string for get-master-addr-by-name', reply => FakeRedis::bulk("127.0.0.1:$RP"),
      warn => $WHERE . 'an unexpected reply to SENTINEL get-master-addr-by-name: a string; retrying'},
-    {name => 'an array of 1 element', reply => "*1\r\n" . bulk('127.0.0.1'),
+    {name => 'an array of 1 element', reply => "*1\r\n" . FakeRedis::bulk('127.0.0.1'),
      warn => $WHERE . 'an unexpected reply to SENTINEL get-master-addr-by-name: an array of 1; retrying'},
-    {name => 'an array of 2 with an integer for the port', reply => "*2\r\n" . bulk('127.0.0.1') . ":$RP\r\n",
+    {name => 'an array of 2 with an integer for the port', reply => "*2\r\n" . FakeRedis::bulk('127.0.0.1') . ":$RP\r\n",
      warn => $WHERE . 'an unexpected reply to SENTINEL get-master-addr-by-name: an array of 2; retrying'},
     {name => 'a port that is not a number', reply => FakeRedis::address_reply('127.0.0.1', '63x79'),
      warn => $WHERE . qq(sentinel $S named the primary \\"127.0.0.1:63x79\\", which is not a numeric address and port; retrying)},
@@ -85,18 +72,18 @@ my @cases = (
     {name => 'a host name, not an address', reply => FakeRedis::address_reply('redis.example', $RP),
      warn => $WHERE . qq(sentinel $S named the primary \\"redis.example:$RP\\", which is not a numeric address and port; retrying)},
     {name => 'a string of 999 GB announced for the port (1 MiB of it sent)',
-     reply => "*2\r\n" . bulk('127.0.0.1') . "\$999000000000\r\n" . ('7' x (1 << 20)),
+     reply => "*2\r\n" . FakeRedis::bulk('127.0.0.1') . "\$999000000000\r\n" . ('7' x (1 << 20)),
      warn => $WHERE . 'no sentinel answered; retrying',
      info => "sse: redis sentinel $S: a string too long (over 512 MB)",
      todo => 'the warn line says "no sentinel answered", not what the sentinel sent'},
     {name => 'silence: the sentinel never answers', reply => undef,
      warn => $WHERE . 'no answer within sse_redis_connect_timeout; retrying'},
-    {name => '+switch-master, link up: a push of 2 elements', push => "*2\r\n" . bulk('message') . bulk('+switch-master'),
+    {name => '+switch-master, link up: a push of 2 elements', push => "*2\r\n" . FakeRedis::bulk('message') . FakeRedis::bulk('+switch-master'),
      warn => $LOST . "an unexpected message from sentinel $S: an array of 2" . $AGAIN},
-    {name => '+switch-master, link up: too few words', push => message('+switch-master', "mymaster 127.0.0.1 $RP"),
+    {name => '+switch-master, link up: too few words', push => FakeRedis::push_message('+switch-master', "mymaster 127.0.0.1 $RP"),
      warn => $LOST . "the sentinels switched the primary (127.0.0.1 $RP)" . $AGAIN},
     {name => '+switch-master, link up: a port that is not a number',
-     push => message('+switch-master', "mymaster 127.0.0.1 $RP 127.0.0.1 notaport"),
+     push => FakeRedis::push_message('+switch-master', "mymaster 127.0.0.1 $RP 127.0.0.1 notaport"),
      warn => $LOST . "the sentinels switched the primary (127.0.0.1 $RP 127.0.0.1 notaport)" . $AGAIN},
 );
 
@@ -182,23 +169,11 @@ sub run_case {
 }
 
 # SSE_CASES=3,7 runs those cases only.
-my %only = map { $_ => 1 } split /,/, $ENV{SSE_CASES} // '';
-for my $n (0 .. $#cases) {
-    next if %only && !$only{$n};
-    my $c = $cases[$n];
-    my $t_case = time;
-    subtest "($n) $c->{name}" => sub {
-        my $ok = eval { run_case($n, $c); 1 };
-        if (!$ok) {
-            fail('the case ran to its end');
-            diag("died: $@");
-            diag("the fake sentinel's log, the end:\n" . $sentinel->log_tail(30));
-            SSERedis::diag_unfinished(@nodes);
-            $_->stop for @nodes;
-            @nodes = ();
-        }
-        note(sprintf '(%d) took %.1f s', $n, time - $t_case);
-    };
-}
+SSETest::run_cases(\@cases, \&run_case, sub {
+    diag("the fake sentinel's log, the end:\n" . $sentinel->log_tail(30));
+    SSERedis::diag_unfinished(@nodes);
+    $_->stop for @nodes;
+    @nodes = ();
+});
 
 done_testing;
