@@ -37,8 +37,8 @@
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
 #   BENCH_ONLY=nchan|ours|floor        one server only
 #   BENCH_FLOOR=0                      leave the floor out
-#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 and s6tls only when named:
-#                                      BENCH_SCENARIOS=s6, BENCH_SCENARIOS="s6 s6tls")
+#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s2tls, s6 and s6tls only when
+#                                      named: BENCH_SCENARIOS="s2 s2tls", BENCH_SCENARIOS="s6 s6tls")
 #   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
