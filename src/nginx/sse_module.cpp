@@ -64,27 +64,20 @@ constexpr ngx_uint_t kEverywhere = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_
 struct LocationRole {
     const char* reading;  // what guarded() logs on a failure
     ngx_http_handler_pt handler;
-    // The argument, compiled into this field (nullptr: the directive takes none), and what it
-    // must be when it is empty.
-    ngx_http_complex_value_t* LocConf::*value;
-    const char* value_must_be;
-    LocConf::PublishTarget target;
-    ngx_flag_t LocConf::*flag;  // set to 1, for the directives without an argument
+    ngx_http_complex_value_t* LocConf::*value;  // the argument is compiled into it; nullptr: none
+    LocConf::PublishTarget target;              // kToChannels: the argument is a channel list
+    ngx_flag_t LocConf::*flag;                  // set to 1, for the directives without an argument
 };
 
-LocationRole subscribe_role = {"reading sse_subscribe",     subscribe_handler,    &LocConf::subscribe,
-                               "it must be a channel list", LocConf::kToChannels, nullptr};
-LocationRole publish_role = {"reading sse_publish",       publish_handler,      &LocConf::publish,
-                             "it must be a channel list", LocConf::kToChannels, nullptr};
-LocationRole publish_client_role = {
-    "reading sse_publish_client", publish_handler, &LocConf::publish, "it must be a value, such as $arg_client",
-    LocConf::kToClient,           nullptr};
-LocationRole publish_user_role = {"reading sse_publish_user", publish_handler,
-                                  &LocConf::publish,          "it must be a value, such as $arg_client",
-                                  LocConf::kToUser,           nullptr};
-LocationRole stats_role = {"reading sse_stats", stats_handler, nullptr, nullptr, LocConf::kToChannels, &LocConf::stats};
-LocationRole clients_role = {"reading sse_clients", clients_handler,  nullptr, nullptr,
-                             LocConf::kToChannels,  &LocConf::clients};
+LocationRole subscribe_role = {"reading sse_subscribe", subscribe_handler, &LocConf::subscribe, LocConf::kToChannels,
+                               nullptr};
+LocationRole publish_role = {"reading sse_publish", publish_handler, &LocConf::publish, LocConf::kToChannels, nullptr};
+LocationRole publish_client_role = {"reading sse_publish_client", publish_handler, &LocConf::publish,
+                                    LocConf::kToClient, nullptr};
+LocationRole publish_user_role = {"reading sse_publish_user", publish_handler, &LocConf::publish, LocConf::kToUser,
+                                  nullptr};
+LocationRole stats_role = {"reading sse_stats", stats_handler, nullptr, LocConf::kToChannels, &LocConf::stats};
+LocationRole clients_role = {"reading sse_clients", clients_handler, nullptr, LocConf::kToChannels, &LocConf::clients};
 
 ngx_command_t commands[] = {
     {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
@@ -505,7 +498,11 @@ char* set_location_role(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
         if (role.flag != nullptr) lcf->*role.flag = 1;
         if (role.value == nullptr) return NGX_CONF_OK;
         ngx_str_t* value = args(cf);
-        if (value[1].len == 0) return invalid_value(cf, 1, role.value_must_be);
+        if (value[1].len == 0) {
+            return invalid_value(cf, 1,
+                                 role.target == LocConf::kToChannels ? "it must be a channel list"
+                                                                     : "it must be a value, such as $arg_client");
+        }
         lcf->*role.value = compile_value(cf, &value[1]);
         if (lcf->*role.value == nullptr) return conf_error();
         lcf->publish_target = role.target;
