@@ -57,6 +57,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "read_available.h"
+
 namespace {
 
 [[noreturn]] void die(const char* fmt, ...) {
@@ -271,19 +273,7 @@ private:
             return;
         }
         if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
-        char buf[16384];
-        bool eof = false;
-        while (true) {
-            ssize_t n = recv(c.fd, buf, sizeof buf, 0);
-            if (n > 0) {
-                c.in.append(buf, size_t(n));
-                continue;
-            }
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno == EAGAIN) break;
-            eof = true;
-            break;
-        }
+        const bool eof = read_available(c.fd, c.in);
         while (c.fd >= 0 && c.kind == Kind::request && request(c)) {
         }
         if (eof && c.fd >= 0 && c.kind == Kind::request) close_conn(c);

@@ -10,17 +10,21 @@
 // owed every event of their channel from the server's history (a reconnect storm).
 // With --pub-port the events are published to another server (port) than the one the subscribers
 // read: two nodes sharing a broker, so that each event crosses from one node to the other.
+// With --tls every connection (subscribers and publishers) speaks TLS (OpenSSL), to measure what
+// TLS costs the servers.
 //
 // Threads, one per role: the main thread owns every subscriber socket; a publisher thread owns
 // the publish connections, so that publish response times do not include the time the main
 // thread spends reading thousands of streams.
 //
-// Build: g++ -std=c++17 -O2 -pthread -o loadgen loadgen.cpp
+// Build: g++ -std=c++17 -O2 -pthread -o loadgen loadgen.cpp -lssl -lcrypto
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -43,6 +47,8 @@
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "read_available.h"
 
 namespace {
 
@@ -90,6 +96,7 @@ struct Options {
     double settle = 0;          // seconds to wait between "all connected" and the first publish
     std::string label;
     std::vector<int> cpu_pids;  // server processes whose CPU time is sampled around publishing
+    bool tls = false;           // every connection speaks TLS
 };
 
 void usage() {
@@ -117,6 +124,7 @@ void usage() {
         "  --cpu-pids P1,P2     sample these processes' CPU time and read/write syscalls around the\n"
         "                       publish window\n"
         "  --label L            copied into the JSON result\n"
+        "  --tls                every connection speaks TLS (the server's certificate is not checked)\n"
         "loadgen --self-test    checks the stream and response parsers, then exits\n",
         stderr);
 }
@@ -195,6 +203,8 @@ Options parse_args(int argc, char** argv) {
             o.settle = parse_double(f, need(), 0);
         else if (arg == "--label")
             o.label = need();
+        else if (arg == "--tls")
+            o.tls = true;
         else if (arg == "--cpu-pids") {
             std::string list = need();
             for (size_t p = 0; p < list.size();) {
@@ -567,6 +577,75 @@ sockaddr_in resolve(const std::string& host, int port) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TLS (--tls): OpenSSL sessions over the same non-blocking sockets. The server's certificate is
+// not checked (the bench makes its own); every connection makes a full handshake, as new clients
+// do. A connection's bytes go through conn_recv() and conn_send(), which keep recv()'s and send()'s
+// contracts (-1 with errno EAGAIN: wait for the socket) for a session as for a bare socket.
+
+SSL_CTX* g_tls = nullptr;  // set by --tls
+
+void init_tls() {
+    g_tls = SSL_CTX_new(TLS_client_method());
+    if (!g_tls) die("SSL_CTX_new failed");
+    SSL_CTX_set_verify(g_tls, SSL_VERIFY_NONE, nullptr);
+    SSL_CTX_set_session_cache_mode(g_tls, SSL_SESS_CACHE_OFF);
+    // A peer that closes without close_notify ends the stream as a plain socket's FIN does.
+    SSL_CTX_set_options(g_tls, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    // SSL_write as send(): a part may go, and the rest is retried from wherever it now lies.
+    SSL_CTX_set_mode(g_tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+// What an SSL_read or SSL_write that returned r <= 0 means, as recv() and send() would say it.
+ssize_t tls_result(SSL* ssl, int r) {
+    switch (SSL_get_error(ssl, r)) {
+        case SSL_ERROR_WANT_READ:
+        case SSL_ERROR_WANT_WRITE:
+            errno = EAGAIN;
+            return -1;
+        case SSL_ERROR_ZERO_RETURN:
+            return 0;
+        case SSL_ERROR_SYSCALL:
+            if (errno == 0) errno = ECONNRESET;
+            ERR_clear_error();
+            return -1;
+        default:
+            ERR_clear_error();
+            errno = EPROTO;
+            return -1;
+    }
+}
+
+ssize_t conn_recv(int fd, SSL* ssl, char* buf, size_t n) {
+    if (!ssl) return recv(fd, buf, n, 0);
+    int r = SSL_read(ssl, buf, int(std::min<size_t>(n, INT32_MAX)));
+    return r > 0 ? r : tls_result(ssl, r);
+}
+
+ssize_t conn_send(int fd, SSL* ssl, const char* buf, size_t n) {
+    if (!ssl) return send(fd, buf, n, MSG_NOSIGNAL);
+    int r = SSL_write(ssl, buf, int(std::min<size_t>(n, INT32_MAX)));
+    return r > 0 ? r : tls_result(ssl, r);
+}
+
+// Starts (ssl == nullptr) or goes on with the TLS handshake on a connected socket: 1 done, 0
+// waiting for the socket, -1 failed (errno set).
+int tls_handshake(int fd, SSL*& ssl) {
+    if (!ssl) {
+        ssl = SSL_new(g_tls);
+        if (!ssl || SSL_set_fd(ssl, fd) != 1) die("SSL_new failed");
+        SSL_set_connect_state(ssl);
+    }
+    int r = SSL_do_handshake(ssl);
+    if (r == 1) return 1;
+    return tls_result(ssl, r) < 0 && errno == EAGAIN ? 0 : -1;
+}
+
+void tls_free(SSL*& ssl) {
+    if (ssl) SSL_free(ssl);
+    ssl = nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Event bodies: {"run":"<run id>","seq":<k>,"t":<CLOCK_MONOTONIC ns at send>[,"pad":"xx.."]}
 
 std::string make_body(const std::string& run_id, long seq, int64_t t, long payload) {
@@ -696,9 +775,10 @@ public:
     }
 
 private:
-    enum class St { closed, connecting, idle, writing, waiting };
+    enum class St { closed, connecting, handshake, idle, writing, waiting };
     struct Conn {
         int fd = -1;
+        SSL* ssl = nullptr;  // --tls
         St st = St::closed;
         std::deque<long> queue;  // events due on this connection, oldest first
         long event = -1;         // event in flight
@@ -707,8 +787,10 @@ private:
     };
 
     PublishOutcome finish() {
-        for (auto& c : conns_)
+        for (auto& c : conns_) {
+            tls_free(c.ssl);
             if (c.fd >= 0) close(c.fd);
+        }
         close(ep_);
         out_.finished = now_ns();
         return std::move(out_);
@@ -744,6 +826,7 @@ private:
     // The connection is gone: the event in flight (if any) stays unanswered; connect again.
     void drop(size_t i) {
         Conn& c = conns_[i];
+        tls_free(c.ssl);
         if (c.fd >= 0) close(c.fd);
         c.fd = -1;
         c.st = St::closed;
@@ -784,7 +867,7 @@ private:
     void write_some(size_t i) {
         Conn& c = conns_[i];
         while (c.out_off < c.out.size()) {
-            ssize_t n = send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
+            ssize_t n = conn_send(c.fd, c.ssl, c.out.data() + c.out_off, c.out.size() - c.out_off);
             if (n > 0) {
                 c.out_off += size_t(n);
                 continue;
@@ -811,7 +894,16 @@ private:
                     drop(i);
                     continue;
                 }
-                c.st = St::idle;
+                c.st = g_tls ? St::handshake : St::idle;
+            }
+            if (c.st == St::handshake) {
+                int h = tls_handshake(c.fd, c.ssl);
+                if (h < 0) {
+                    ++failed_connects_;
+                    drop(i);
+                } else if (h > 0) {
+                    c.st = St::idle;
+                }
                 continue;
             }
             if (c.st == St::writing && (evs[e].events & EPOLLOUT)) write_some(i);
@@ -821,19 +913,7 @@ private:
 
     void read_some(size_t i) {
         Conn& c = conns_[i];
-        char buf[16384];
-        bool eof = false;
-        while (true) {
-            ssize_t n = recv(c.fd, buf, sizeof buf, 0);
-            if (n > 0) {
-                c.in.append(buf, size_t(n));
-                continue;
-            }
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno == EAGAIN) break;
-            eof = true;
-            break;
-        }
+        const bool eof = read_available(c.in, [&](char* buf, size_t n) { return conn_recv(c.fd, c.ssl, buf, n); });
         bool reopen = false;
         while (c.st == St::waiting) {
             size_t used = 0;
@@ -911,10 +991,11 @@ private:
 // ---------------------------------------------------------------------------------------------
 // Subscribers (main thread)
 
-enum class SubSt : uint8_t { pending, connecting, head, streaming, closed };
+enum class SubSt : uint8_t { pending, connecting, handshake, head, streaming, closed };
 
 struct Subscriber {
     int fd = -1;
+    SSL* ssl = nullptr;  // --tls
     SubSt st = SubSt::pending;
     bool chunked = false;
     uint8_t attempts = 0;
@@ -955,8 +1036,10 @@ public:
     }
 
     ~Subscribers() {
-        for (auto& s : subs_)
+        for (auto& s : subs_) {
+            tls_free(s.ssl);
             if (s.fd >= 0) close_reset(s.fd);
+        }
         close(ep_);
     }
 
@@ -1047,6 +1130,7 @@ private:
     // A failed attempt before the stream opened: try again later, up to three attempts in all.
     void retry(size_t i, const std::string& why) {
         Subscriber& s = subs_[i];
+        tls_free(s.ssl);
         if (s.fd >= 0) close(s.fd);
         s.fd = -1;
         --in_flight_;
@@ -1068,9 +1152,20 @@ private:
                 retry(i, std::string("connect: ") + std::strerror(err));
                 return;
             }
+            if (g_tls) s.st = SubSt::handshake;
+        }
+        if (s.st == SubSt::handshake) {
+            int h = tls_handshake(s.fd, s.ssl);
+            if (h < 0) {
+                retry(i, std::string("TLS handshake: ") + std::strerror(errno));
+                return;
+            }
+            if (h == 0) return;
+        }
+        if (s.st == SubSt::connecting || s.st == SubSt::handshake) {
             const std::string& req = requests_[s.channel];
             while (s.out_off < req.size()) {
-                ssize_t n = send(s.fd, req.data() + s.out_off, req.size() - s.out_off, MSG_NOSIGNAL);
+                ssize_t n = conn_send(s.fd, s.ssl, req.data() + s.out_off, req.size() - s.out_off);
                 if (n > 0) {
                     s.out_off += size_t(n);
                     continue;
@@ -1091,10 +1186,11 @@ private:
         // A short read leaves the socket empty; with edge-triggered epoll any later data raises a
         // new edge, so the recv() that would only say EAGAIN is skipped: it would double the
         // syscalls per delivery, and this process shares the CPUs with the server it measures.
-        // Not when the peer has hung up: no new edge would come for the end of the stream.
+        // Not when the peer has hung up: no new edge would come for the end of the stream. Nor
+        // with TLS: a read gives one record at most, so a short one does not mean the socket is empty.
         const bool hangup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
         while (s.fd >= 0) {
-            ssize_t n = recv(s.fd, buf, sizeof buf, 0);
+            ssize_t n = conn_recv(s.fd, s.ssl, buf, sizeof buf);
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && errno == EAGAIN) return;
             if (n <= 0) {
@@ -1102,7 +1198,7 @@ private:
                 return;
             }
             if (!consume(i, buf, size_t(n), now_ns())) return;  // all events of one read arrived together
-            if (size_t(n) < sizeof buf && !hangup) return;
+            if (size_t(n) < sizeof buf && !hangup && !s.ssl) return;
         }
     }
 
@@ -1163,6 +1259,7 @@ private:
             retry(i, why);
             return;
         }
+        tls_free(s.ssl);
         close(s.fd);
         s.fd = -1;
         s.st = SubSt::closed;
@@ -1500,6 +1597,7 @@ int main(int argc, char** argv) {
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
     raise_fd_limit(o.subscribers + o.pub_conns + 32);
+    if (o.tls) init_tls();
 
     std::vector<std::string> channels;
     for (long c = 0; c < o.channels; ++c) channels.push_back(o.channel_prefix + std::to_string(c));
@@ -1511,6 +1609,7 @@ int main(int argc, char** argv) {
     j.str("mode", o.idle_only ? "idle" : o.replay ? "replay" : "run");
     j.num("subscribers", (long long)o.subscribers);
     j.num("channels", (long long)o.channels);
+    if (o.tls) j.boolean("tls", true);
 
     Subscribers subs(o, dst, run_id, channels);
     if (o.pub_port != o.port) j.num("pub_port", (long long)o.pub_port);

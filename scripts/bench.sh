@@ -21,6 +21,9 @@
 #         on), certificates made once with openssl in build/bench/tls/. Opt-in like s6. Named
 #         with s6 (BENCH_SCENARIOS="s6 s6tls"), both run in one loop, taking turns in every
 #         repetition, and a table sets TLS beside plain.
+#   s2tls s2 with every connection over TLS: both servers also listen with `listen ... ssl` (the
+#         certificate of s6tls, build/bench/tls/), and loadgen --tls speaks TLS (OpenSSL) to them.
+#         Opt-in (BENCH_SCENARIOS="s2 s2tls"); no floor (it does not speak TLS).
 # s1 to s6tls run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
 # The floor (issue 13): in s1 to s5 a bare writer (bench/floor.cpp: one process, epoll, no nginx)
@@ -34,16 +37,20 @@
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
 #   BENCH_ONLY=nchan|ours|floor        one server only
 #   BENCH_FLOOR=0                      leave the floor out
-#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s6 and s6tls only when named:
-#                                      BENCH_SCENARIOS=s6, BENCH_SCENARIOS="s6 s6tls")
+#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s2tls, s6 and s6tls only when
+#                                      named: BENCH_SCENARIOS="s2 s2tls", BENCH_SCENARIOS="s6 s6tls")
 #   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
+#   BENCH_SERVER_CONF="request_pool_size 1k; connection_pool_size 256;"   directives for the server{}
+#                                      of both servers (every node), e.g. to measure a memory recipe
 #   S6_SUBS, S6_EVENTS, S6_RATE, S6_TPUT_SUBS, S6_TPUT_CHANNELS, S6_TPUT_EVENTS, S6_SETTLE   s6's
 #                                      (and s6tls's)
 #
 # Output: a Markdown table on stdout (also build/bench/summary.md), every loadgen result as one
-# JSON line in build/bench/results.json, server logs under build/bench/<server>/.
+# JSON line in build/bench/results.json, server logs under build/bench/<server>/, and a plot of the
+# worker CPU per delivery in each scenario for the floor, ours and nchan
+# (build/bench/cpu_per_delivery.svg, drawn by scripts/bench-plot.sh with gnuplot).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -101,7 +108,7 @@ case "${BENCH_ONLY:-}" in
 esac
 
 # --- load generator -------------------------------------------------------------------------
-g++ -std=c++17 -O2 -Wall -Wextra -pthread -o "$out/loadgen" bench/loadgen.cpp
+g++ -std=c++17 -O2 -Wall -Wextra -pthread -o "$out/loadgen" bench/loadgen.cpp -lssl -lcrypto
 loadgen="$out/loadgen"
 g++ -std=c++17 -O2 -Wall -Wextra -o "$out/floor-writer" bench/floor.cpp
 floor="$out/floor-writer"  # not build/bench/floor: that is its prefix, like ours' and nchan's
@@ -121,6 +128,10 @@ fi
 
 # --- servers ----------------------------------------------------------------------------------
 declare -A prefix port master
+# With s2tls in the run: each single-node server's second port, `listen ... ssl`.
+declare -A tls_port
+tls_listen=0
+[[ " ${BENCH_SCENARIOS:-} " == *" s2tls "* ]] && tls_listen=1
 # One redis-server per s6 variant: redis_pid[s6] (plain TCP), redis_pid[s6tls] (TLS only).
 declare -A redis_pid redis_port
 loadgen_pid=
@@ -148,7 +159,14 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     # with nchan_redis_server, passed to every publish and subscribe location, nchan storing in
     # Redis: distributed mode). With tls = 1 it connects over TLS, checking the server's
     # certificate against the bench's CA.
-    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} tls=${5:-0} load locations redis= pass= stats=
+    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} tls=${5:-0} load locations redis= pass= stats= ssl=
+    # s2tls: the single-node servers listen for TLS too, on their second port, with the same
+    # certificate (one TLS stack, nginx's, for both servers).
+    if [ -n "${tls_port[$1]:-}" ]; then
+        ssl="listen 127.0.0.1:${tls_port[$1]} ssl;
+        ssl_certificate $tls_dir/server.pem;
+        ssl_certificate_key $tls_dir/server.key;"
+    fi
     if [ "$s" = ours ]; then
         load="load_module $out/ngx_http_sse_module.so;"
         if [ -n "$rp" ] && [ "$tls" = 1 ]; then
@@ -163,6 +181,8 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     $redis
     server {
         listen 127.0.0.1:$p;
+        $ssl
+        ${BENCH_SERVER_CONF:-}
         $stats
         location = /sub { sse_subscribe \$arg_channels; }
         location = /pub { sse_publish \$arg_channel; }
@@ -191,6 +211,8 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
         locations="$redis
     server {
         listen 127.0.0.1:$p;
+        $ssl
+        ${BENCH_SERVER_CONF:-}
         location = /sub { nchan_subscriber eventsource; nchan_channel_id \$arg_channels;$pass }
         location = /pub { nchan_publisher; nchan_channel_id \$arg_channel;$pass }
         location = /replay {
@@ -232,6 +254,9 @@ start_server() {  # server-or-node [redis port [tls]]; returns non-zero (with a 
     rm -rf "$dir"
     mkdir -p "$dir/logs" "$dir/tmp"
     p=$(free_port) || { echo "no free port" >&2; return 1; }
+    if [ "$tls_listen" = 1 ] && [[ $s != *-* ]]; then
+        tls_port[$s]=$(free_port) || { echo "no free port" >&2; return 1; }
+    fi
     write_conf "$s" "$dir" "$p" "${2:-}" "${3:-0}"
     if ! nginx -p "$dir/" -c "$dir/nginx.conf" -t -q 2>"$dir/logs/configtest.log"; then
         echo "[$s] nginx -t failed:" >&2; cat "$dir/logs/configtest.log" >&2; return 1
@@ -247,7 +272,7 @@ start_server() {  # server-or-node [redis port [tls]]; returns non-zero (with a 
         [ "$(workers "$s" | tr , '\n' | grep -c .)" -ge 2 ] && break
         sleep 0.1
     done
-    echo "[$s] nginx master ${master[$s]}, workers $(workers "$s"), port $p, prefix $dir" >&2
+    echo "[$s] nginx master ${master[$s]}, workers $(workers "$s"), port $p${tls_port[$s]:+, TLS port ${tls_port[$s]}}, prefix $dir" >&2
 }
 
 stop_server() {
@@ -450,12 +475,13 @@ run_idle() {
 run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
     local fpw=0 ours_line floor0=null floor1=null
-    local extra=() sub_node=$1 pub_node=$1 nodes v=${2%%-*} np=$1
+    local extra=() sub_node=$1 pub_node=$1 nodes v=${2%%-*} np=$1 sub_port pub_port
     # s6 and s6tls run the same parts (same, cross, tput, warmup) on their own pair of nodes.
     [ "$v" = s6tls ] && np=$s-tls
     case ${sc/#s6tls-/s6-} in
         s1) subs=$S1_SUBS channels=1 events=$S1_EVENTS rate=$S1_RATE conns=1 ;;
         s2) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 ;;
+        s2tls) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 extra=(--tls) ;;
         s3) subs=$S3_SUBS channels=1 events=$S3_EVENTS rate=0 conns=1 ;;
         s4) subs=$S4_SUBS channels=$S4_CHANNELS events=$S4_EVENTS rate=0 conns=2 ;;
         s5) subs=$S5_SUBS channels=1 events=$S5_EVENTS rate=0 conns=1
@@ -491,13 +517,15 @@ run_load() {  # server scenario rep
         floor_get "/set?frames_per_write=$fpw" >/dev/null || { echo "[floor] does not answer" >&2; return 1; }
         floor0=$(floor_get /stats) || floor0=null
     fi
+    sub_port=${port[$sub_node]} pub_port=${port[$pub_node]}
+    if [ "$sc" = s2tls ]; then sub_port=${tls_port[$s]} pub_port=${tls_port[$s]}; fi
     cpu0=$(cpu_ticks "$pids0")
     # The run itself is bounded by its --timeout (connecting, then deliveries after the last
     # publish); `timeout` is only a backstop (SIGTERM makes loadgen report what it has).
     backstop=$(awk -v t="$RUN_TIMEOUT" -v e="$events" -v r="$rate" 'BEGIN { printf "%d", 3 * t + (r > 0 ? e / r : 0) + 30 }')
     # In the background with `wait`, so that a SIGTERM to this script is handled at once.
     timeout "$backstop" "$loadgen" \
-        --port "${port[$sub_node]}" --pub-port "${port[$pub_node]}" --subscribers "$subs" --channels "$channels" \
+        --port "$sub_port" --pub-port "$pub_port" --subscribers "$subs" --channels "$channels" \
         --events "$events" --rate "$rate" --pub-conns "$conns" --timeout "$RUN_TIMEOUT" --cpu-pids "$pids0" \
         --label "$s/$sc/$rep" "${extra[@]}" >"$out/$sub_node/run.out" 2>>"$out/$sub_node/loadgen.err" &
     loadgen_pid=$!
@@ -579,6 +607,10 @@ done
 if [ ${#s6_variants[@]} -gt 0 ]; then
     apt_install redis-server redis-tools curl openssl
 fi
+if [ "$tls_listen" = 1 ]; then
+    apt_install openssl
+    make_tls_certs
+fi
 
 active=()
 for s in "${servers[@]}"; do
@@ -607,7 +639,7 @@ done
 floor_up=0
 if [ "$with_floor" = 1 ]; then
     for sc in $scenarios; do
-        case $sc in s1 | s2 | s3 | s4 | s5) floor_up=1 ;; esac
+        case $sc in s1 | s2 | s3 | s4 | s5) floor_up=1 ;; esac  # not s2tls: the floor does not speak TLS
     done
     if [ $floor_up = 1 ] && ! start_floor; then
         echo "[floor] SKIPPED: it does not start" >&2
@@ -679,19 +711,19 @@ s6_stop() {  # variant
 }
 
 for sc in $scenarios; do
-    case $sc in idle | s1 | s2 | s3 | s4 | s5 | s6 | s6tls) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
+    case $sc in idle | s1 | s2 | s2tls | s3 | s4 | s5 | s6 | s6tls) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
 done
 failures=0
 for sc in $scenarios; do
     case $sc in
         idle)
             for s in "${active[@]}"; do run_idle "$s" || failures=$((failures + 1)); done ;;
-        s1 | s2 | s3 | s4 | s5)
+        s1 | s2 | s2tls | s3 | s4 | s5)
             for rep in $(seq "$BENCH_REPS"); do
                 order=("${active[@]}")
                 # The servers take turns going first, so that neither always runs on a warmer machine.
                 if [ $((rep % 2)) = 0 ] && [ ${#active[@]} = 2 ]; then order=("${active[1]}" "${active[0]}"); fi
-                if [ $floor_up = 1 ]; then
+                if [ $floor_up = 1 ] && [ "$sc" != s2tls ]; then
                     # The floor right after ours: in s3 and s4 it takes ours' rate and frames per
                     # write of this repetition (last when ours does not run).
                     with=()
@@ -810,11 +842,11 @@ row_added() {  # label key [variant]; no ratio unless both differences are posit
 # s6tls beside s6: each server's plain and TLS pairs run one after the other in every repetition,
 # so the ratio within a repetition (TLS / plain of the same repetition) is the steadier figure on
 # a machine whose load moves; the median of those ratios is given beside the ratio of the medians.
-paired() {  # server part key
-    jq -s --arg s "$1" --arg p "$2" --arg k "$3" '
-        (map(select(.server == $s and .scenario == "s6-\($p)" and (.[$k] | type) == "number"))
+paired() {  # server plain-scenario tls-scenario key
+    jq -s --arg s "$1" --arg p "$2" --arg t "$3" --arg k "$4" '
+        (map(select(.server == $s and .scenario == $p and (.[$k] | type) == "number"))
             | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $plain
-        | [.[] | select(.server == $s and .scenario == "s6tls-\($p)" and (.[$k] | type) == "number")
+        | [.[] | select(.server == $s and .scenario == $t and (.[$k] | type) == "number")
             | select(($plain[.rep | tostring] // 0) != 0) | .[$k] / $plain[.rep | tostring]] | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
@@ -824,7 +856,7 @@ paired() {  # server part key
 row_tls() {  # label part key: each server's plain and TLS figures, TLS / plain, and paired
     local s p t q cells=()
     for s in ours nchan; do
-        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median) q=$(paired "$s" "$2" "$3")
+        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median) q=$(paired "$s" "s6-$2" "s6tls-$2" "$3")
         cells+=("$(fmt "$p")" "$(fmt "$t")" "$(ratio "$t" "$p")" "$(ratio "$q" 1)")
     done
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${cells[@]}"
@@ -878,16 +910,18 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
 
 {
     echo "Medians of $BENCH_REPS run(s); for lost, duplicated and out of order the worst run."
+    [ -z "${BENCH_SERVER_CONF:-}" ] || printf '\nBoth servers with, in their server{}: `%s`\n' "$BENCH_SERVER_CONF"
     if [ $floor_up = 1 ]; then
         echo
         echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes; its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
     fi
     for sc in $scenarios; do
         case $sc in
-            s1 | s2 | s3 | s4)
+            s1 | s2 | s2tls | s3 | s4)
                 case $sc in
                     s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" $floor_up ;;
                     s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" $floor_up ;;
+                    s2tls) table_head "s2tls: s2 over TLS ($S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s), both servers on listen ssl, loadgen speaking TLS; no floor (the whole run includes the TLS handshakes)" ;;
                     s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                     s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                 esac
@@ -900,8 +934,14 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
                 row "frames per write" "$sc" frames_per_write median "ours floor"
-                if [ $floor_up = 1 ]; then
+                if [ "$floor_cols" = 1 ]; then
                     row_paired_floor "worker CPU µs per delivery (publish window), ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                fi
+                if [ "$sc" = s2tls ] && [[ " $scenarios " == *" s2 "* ]]; then
+                    # Each server's TLS / plain within a repetition, then the median.
+                    printf '| %s | %s | %s | — |\n' "worker CPU µs per delivery (publish window), TLS / plain (s2tls / s2) paired by repetition" \
+                        "$(ratio "$(paired ours s2 s2tls server_cpu_us_per_delivery)" 1)" \
+                        "$(ratio "$(paired nchan s2 s2tls server_cpu_us_per_delivery)" 1)"
                 fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
@@ -963,4 +1003,8 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
     done
 } | tee "$out/summary.md"
 echo "raw results: $results (one JSON line per run); table: $out/summary.md" >&2
+if ! scripts/bench-plot.sh "$results" "$out/cpu_per_delivery.svg" \
+    "Worker CPU per delivery, median of $BENCH_REPS run(s), $(date -u +%Y-%m-%d), load $load at the start" >&2; then
+    echo "the plot could not be drawn" >&2
+fi
 [ "$failures" = 0 ] || { echo "$failures run(s) failed" >&2; exit 1; }

@@ -34,9 +34,10 @@ ensure_fuzz_deps() {
     apt_install clang-14 libclang-rt-14-dev g++ nlohmann-json3-dev
 }
 
+# jq reads the results; gnuplot (without X) draws the plot of CPU per delivery.
 ensure_bench_deps() {
     ensure_build_deps
-    apt_install libnginx-mod-nchan
+    apt_install libnginx-mod-nchan jq gnuplot-nox
 }
 
 # The browser tests' npm packages (playwright-core, which drives Debian's chromium), as locked.

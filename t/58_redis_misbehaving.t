@@ -26,43 +26,21 @@ use SSERedis;
 use FakeRedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations();
 
-# Short delays, so that each case takes a few seconds.
-my $tuning = <<'CONF';
-    sse_redis_reconnect 50ms 400ms;
-    sse_redis_connect_timeout 1s;
-    sse_redis_command_timeout 1s;
-CONF
+my $tuning = SSERedis::quick_link();
 
 # The real Redis that takes over the port: alice for the cases with AUTH and SELECT, the default
 # user (no password) for the others. Not started: its port is held until a fake listens on it.
 my $redis = SSERedis->new(start => 0, users => [[alice => 'pw']]);
 my $port = $redis->port;
 my (@nodes, $fake);
-END {
-    local $?;
-    SSERedis::diag_unfinished(@nodes);
-    $_->stop for grep { defined } @nodes;
-    $fake->stop if $fake;
-    $redis->stop if $redis;
-}
+END { local $?; SSERedis::stop_at_end(\@nodes, $fake, $redis) }
 
 my $PRE = ":ok\n\n";
 
-sub bulk { my ($s) = @_; return '$' . length($s) . "\r\n$s\r\n" }
-sub message { my ($channel, $payload) = @_; return "*3\r\n" . bulk('message') . bulk($channel) . bulk($payload) }
+sub bulk { FakeRedis::bulk(@_) }
+sub message { FakeRedis::push_message(@_) }
 
 # Random bytes, the same on every run, starting with a NUL and 0xff.
 my $garbage = do { srand(58); "\x00\xff" . join '', map { chr int rand 256 } 1 .. 4096 };
@@ -315,29 +293,16 @@ sub run_case {
 
 # SSE_CASES=3,7 runs those cases only; SSE_VERBOSE=1 shows each node's link lines and the end of
 # the fake's log.
-my %only = map { $_ => 1 } split /,/, $ENV{SSE_CASES} // '';
 my $t_start = time;
-for my $n (0 .. $#cases) {
-    next if %only && !$only{$n};
-    my $c = $cases[$n];
-    my $t_case = time;
-    subtest "($n) $c->{name}" => sub {
-        my $ok = eval { run_case($n, $c); 1 };
-        my $err = $@;
-        if (!$ok) {
-            fail("the case ran to its end") ;
-            diag("died: $err");
-            diag("the fake's log, the end:\n" . $fake->log_tail(30)) if $fake;
-            SSERedis::diag_unfinished(@nodes);
-            $_->stop for @nodes;
-            @nodes = ();
-            $fake->stop if $fake;
-            $fake = undef;
-            $redis->stop if $redis->running;
-            $redis->hold_port unless $redis->{holder};
-        }
-        note(sprintf '(%d) took %.1f s', $n, time - $t_case);
-    };
-}
+SSETest::run_cases(\@cases, \&run_case, sub {
+    diag("the fake's log, the end:\n" . $fake->log_tail(30)) if $fake;
+    SSERedis::diag_unfinished(@nodes);
+    $_->stop for @nodes;
+    @nodes = ();
+    $fake->stop if $fake;
+    $fake = undef;
+    $redis->stop if $redis->running;
+    $redis->hold_port unless $redis->{holder};
+});
 diag(sprintf '%d cases in %.1f s', scalar @cases, time - $t_start);
 done_testing;

@@ -22,24 +22,9 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations();
 
-my $tuning = <<'CONF';
-    sse_redis_reconnect 50ms 400ms;
-    sse_redis_connect_timeout 1s;
-    sse_redis_command_timeout 1s;
-CONF
+my $tuning = SSERedis::quick_link();
 
 my $t0 = time;
 my $certs = SSERedis::tls_certs();
@@ -51,12 +36,7 @@ my %redis = (
     plain => SSERedis->new(tls => {certs => $certs}),                           # (f)
 );
 my %nodes;
-END {
-    local $?;
-    SSERedis::diag_unfinished(values %nodes);
-    $_->stop for grep { defined } values %nodes;
-    $_->stop for grep { defined } values %redis;
-}
+END { local $?; SSERedis::stop_at_end([values %nodes], values %redis) }
 
 my $PRE = ":ok\n\n";
 my $ca = "sse_redis_tls_trusted_certificate $certs->{ca};";

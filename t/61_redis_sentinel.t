@@ -22,19 +22,7 @@ use SSERedis;
 use SSESentinel;
 use SSEExpect qw(frame first_difference);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-            sse_history 1000;
-        }
-        location = /stats {
-            sse_stats;
-        }
-CONF
+my $locations = SSERedis::locations(pub => 'sse_history 1000;');
 
 my $PERIOD = 0.1;          # each node publishes every 100 ms; B 50 ms after A
 my $BEFORE_KILL = 2.0;     # publishing before the SIGKILL

@@ -14,17 +14,9 @@ use JSON::PP;
 use SSETest;
 use SSERedis;
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_user $arg_user;
-            sse_heartbeat off;
-        }
+my $locations = SSERedis::locations(events => 'sse_user $arg_user;', pub => undef, more => <<'CONF');
         location = /clients {
             sse_clients;
-        }
-        location = /stats {
-            sse_stats;
         }
 CONF
 

@@ -14,21 +14,10 @@ use SSETest;
 use SSERedis;
 use SSEExpect qw(frames);
 
-my $locations = <<'CONF';
-        location = /events {
-            sse_subscribe $arg_topics;
-            sse_heartbeat off;
-        }
+my $locations = SSERedis::locations(pub => 'sse_history 100;', more => <<'CONF');
         location = /pevents {
             sse_subscribe $arg_topics;
             sse_subscribe_patterns on;
-        }
-        location = /pub {
-            sse_publish $arg_topic;
-            sse_history 100;
-        }
-        location = /stats {
-            sse_stats;
         }
 CONF
 

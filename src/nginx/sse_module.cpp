@@ -4,6 +4,7 @@
 #include "nginx/sse_module.h"
 
 #include <new>
+#include <type_traits>
 
 #include "fault_injection.h"
 #include "guard.h"
@@ -25,12 +26,7 @@ void* create_main_conf(ngx_conf_t* cf) noexcept;
 char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept;
 void* create_loc_conf(ngx_conf_t* cf) noexcept;
 char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept;
-char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* set_location_role(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* set_heartbeat(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* set_shm_size(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* set_number(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
@@ -63,16 +59,39 @@ ngx_conf_post_t redis_prefix_post = {check_redis_prefix};
 
 constexpr ngx_uint_t kEverywhere = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
+// What a location serves when one of the directives that give it its content handler is there
+// (one of them per location): set_location_role reads each through its command's `post`.
+struct LocationRole {
+    const char* reading;  // what guarded() logs on a failure
+    ngx_http_handler_pt handler;
+    ngx_http_complex_value_t* LocConf::*value;  // the argument is compiled into it; nullptr: none
+    LocConf::PublishTarget target;              // kToChannels: the argument is a channel list
+    ngx_flag_t LocConf::*flag;                  // set to 1, for the directives without an argument
+};
+
+LocationRole subscribe_role = {"reading sse_subscribe", subscribe_handler, &LocConf::subscribe, LocConf::kToChannels,
+                               nullptr};
+LocationRole publish_role = {"reading sse_publish", publish_handler, &LocConf::publish, LocConf::kToChannels, nullptr};
+LocationRole publish_client_role = {"reading sse_publish_client", publish_handler, &LocConf::publish,
+                                    LocConf::kToClient, nullptr};
+LocationRole publish_user_role = {"reading sse_publish_user", publish_handler, &LocConf::publish, LocConf::kToUser,
+                                  nullptr};
+LocationRole stats_role = {"reading sse_stats", stats_handler, nullptr, LocConf::kToChannels, &LocConf::stats};
+LocationRole clients_role = {"reading sse_clients", clients_handler, nullptr, LocConf::kToChannels, &LocConf::clients};
+
 ngx_command_t commands[] = {
-    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_subscribe, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_client, NGX_HTTP_LOC_CONF_OFFSET,
-     0, nullptr},
-    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_publish_user, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_stats, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_clients"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_clients, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     &subscribe_role},
+    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     &publish_role},
+    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET,
+     0, &publish_client_role},
+    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     &publish_user_role},
+    {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     &stats_role},
+    {ngx_string("sse_clients"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
+     &clients_role},
     {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
      nullptr},
     {ngx_string("sse_heartbeat"), kEverywhere | NGX_CONF_TAKE1, set_heartbeat, NGX_HTTP_LOC_CONF_OFFSET,
@@ -161,6 +180,18 @@ char* is_duplicate() {
 
 ngx_str_t* args(ngx_conf_t* cf) {
     return static_cast<ngx_str_t*>(cf->args->elts);
+}
+
+// The setter of a directive a block takes once: `body(conf, arguments)` runs under guarded()
+// unless `field` no longer holds `unset` (the directive came before in this block).
+template <typename Conf, typename Field, typename Body>
+char* set_once(ngx_conf_t* cf, void* conf, Field Conf::*field, std::common_type_t<Field> unset, const char* reading,
+               Body&& body) noexcept {
+    return guarded(cf->log, reading, conf_error(), [&]() -> char* {
+        auto* c = static_cast<Conf*>(conf);
+        if (c->*field != unset) return is_duplicate();
+        return body(c, args(cf));
+    });
 }
 
 void* create_main_conf(ngx_conf_t* cf) noexcept {
@@ -362,10 +393,7 @@ char* check_connected_event(ngx_conf_t* cf, void*, void* data) noexcept {
 // sse_event_filter <patterns>: a list written without variables is checked here, not on each
 // request.
 char* set_event_filter(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_event_filter", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->event_filter != nullptr) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
         if (cv == nullptr) return conf_error();
         if (cv->lengths == nullptr) {
@@ -375,15 +403,13 @@ char* set_event_filter(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         }
         lcf->event_filter = cv;
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::event_filter, nullptr, "reading sse_event_filter", body);
 }
 
 // sse_max_subscribers_per_key <key> <n>: the key may hold variables ($remote_addr, a user id).
 char* set_max_per_key(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_max_subscribers_per_key", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->limit_key != nullptr) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         ngx_int_t n = ngx_atoi(value[2].data, value[2].len);
         if (n <= 0) return invalid_value(cf, 2, "it must be a number of streams of at least 1");
         ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
@@ -391,16 +417,14 @@ char* set_max_per_key(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         lcf->limit_key = cv;
         lcf->max_per_key = ngx_uint_t(n);
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::limit_key, nullptr, "reading sse_max_subscribers_per_key", body);
 }
 
 // sse_max_lifetime <time> [<jitter>]: a stream ends cleanly after <time> minus a random part of
 // <jitter>, so that clients reconnect spread out rather than all at once.
 char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_max_lifetime", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->max_lifetime != NGX_CONF_UNSET_MSEC) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         ngx_msec_t lifetime = ngx_parse_time(&value[1], 0);
         if (lifetime == (ngx_msec_t)NGX_ERROR || lifetime == 0) {
             return invalid_value(cf, 1, "it must be a time such as 30m, optionally followed by a jitter");
@@ -415,16 +439,14 @@ char* set_max_lifetime(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         lcf->max_lifetime = lifetime;
         lcf->lifetime_jitter = jitter;
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::max_lifetime, NGX_CONF_UNSET_MSEC, "reading sse_max_lifetime", body);
 }
 
 // sse_subscribe_allow <pattern> ...: the channels a stream may ask for, by name or by prefix
 // (`public.*`); patterns may hold variables (`user:$user_id`).
 char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_subscribe_allow", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->allow != nullptr) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         lcf->allow = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_http_complex_value_t));
         if (lcf->allow == nullptr) return conf_error();
         for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
@@ -433,19 +455,18 @@ char* set_subscribe_allow(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
             if (cv == nullptr || !compile_value_into(cf, &value[i], cv)) return conf_error();
         }
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::allow, nullptr, "reading sse_subscribe_allow", body);
 }
 
 // sse_user <value>: the stream's user key (any variable, e.g. set by auth_request_set).
 char* set_user(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_user", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->user != nullptr) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         if (value[1].len == 0) return invalid_value(cf, 1, "it must be a user key, such as $user_id");
         lcf->user = compile_value(cf, &value[1]);
         return lcf->user == nullptr ? conf_error() : NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::user, nullptr, "reading sse_user", body);
 }
 
 // Sets the content handler of the location; only one of sse_subscribe, sse_publish (or
@@ -466,81 +487,31 @@ char* set_handler(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, ngx_http_han
     return NGX_CONF_OK;
 }
 
-// sse_publish_client <value> / sse_publish_user <value>: the location publishes to one stream
-// (by client id) or to every stream of one user key, wherever they are.
-char* set_publish_target(ngx_conf_t* cf, ngx_command_t* cmd, LocConf* lcf, LocConf::PublishTarget target) {
-    char* rv = set_handler(cf, cmd, lcf, publish_handler);
-    if (rv != NGX_CONF_OK) return rv;
-    ngx_str_t* value = args(cf);
-    if (value[1].len == 0) return invalid_value(cf, 1, "it must be a value, such as $arg_client");
-    lcf->publish = compile_value(cf, &value[1]);
-    if (lcf->publish == nullptr) return conf_error();
-    lcf->publish_target = target;
-    return NGX_CONF_OK;
-}
-
-char* set_publish_client(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_publish_client", conf_error(),
-                   [&] { return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToClient); });
-}
-
-char* set_publish_user(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_publish_user", conf_error(),
-                   [&] { return set_publish_target(cf, cmd, static_cast<LocConf*>(conf), LocConf::kToUser); });
-}
-
-char* compile_channels(ngx_conf_t* cf, ngx_http_complex_value_t** out) {
-    ngx_str_t* value = args(cf);
-    if (value[1].len == 0) return invalid_value(cf, 1, "it must be a channel list");
-    ngx_http_complex_value_t* cv = compile_value(cf, &value[1]);
-    if (cv == nullptr) return conf_error();
-    *out = cv;
-    return NGX_CONF_OK;
-}
-
-char* set_subscribe(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_subscribe", conf_error(), [&]() -> char* {
+// sse_subscribe <channels>, sse_publish <channels>, sse_publish_client <value> (one stream, by
+// client id), sse_publish_user <value> (every stream of one user key), sse_stats, sse_clients.
+char* set_location_role(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    const auto& role = *static_cast<const LocationRole*>(cmd->post);
+    return guarded(cf->log, role.reading, conf_error(), [&]() -> char* {
         auto* lcf = static_cast<LocConf*>(conf);
-        char* rv = set_handler(cf, cmd, lcf, subscribe_handler);
+        char* rv = set_handler(cf, cmd, lcf, role.handler);
         if (rv != NGX_CONF_OK) return rv;
-        return compile_channels(cf, &lcf->subscribe);
-    });
-}
-
-char* set_publish(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_publish", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        char* rv = set_handler(cf, cmd, lcf, publish_handler);
-        if (rv != NGX_CONF_OK) return rv;
-        return compile_channels(cf, &lcf->publish);
-    });
-}
-
-char* set_stats(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_stats", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        char* rv = set_handler(cf, cmd, lcf, stats_handler);
-        if (rv != NGX_CONF_OK) return rv;
-        lcf->stats = 1;
-        return NGX_CONF_OK;
-    });
-}
-
-char* set_clients(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_clients", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        char* rv = set_handler(cf, cmd, lcf, clients_handler);
-        if (rv != NGX_CONF_OK) return rv;
-        lcf->clients = 1;
+        if (role.flag != nullptr) lcf->*role.flag = 1;
+        if (role.value == nullptr) return NGX_CONF_OK;
+        ngx_str_t* value = args(cf);
+        if (value[1].len == 0) {
+            return invalid_value(cf, 1,
+                                 role.target == LocConf::kToChannels ? "it must be a channel list"
+                                                                     : "it must be a value, such as $arg_client");
+        }
+        lcf->*role.value = compile_value(cf, &value[1]);
+        if (lcf->*role.value == nullptr) return conf_error();
+        lcf->publish_target = role.target;
         return NGX_CONF_OK;
     });
 }
 
 char* set_heartbeat(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_heartbeat", conf_error(), [&]() -> char* {
-        auto* lcf = static_cast<LocConf*>(conf);
-        if (lcf->heartbeat != NGX_CONF_UNSET_MSEC) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](LocConf* lcf, ngx_str_t* value) -> char* {
         if (is_off(value[1])) {
             lcf->heartbeat = 0;
             return NGX_CONF_OK;
@@ -550,20 +521,19 @@ char* set_heartbeat(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
             return invalid_value(cf, 1, "it must be a time such as 30s, or off");
         lcf->heartbeat = ms;
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &LocConf::heartbeat, NGX_CONF_UNSET_MSEC, "reading sse_heartbeat", body);
 }
 
 char* set_shm_size(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
-    return guarded(cf->log, "reading sse_shm_size", conf_error(), [&]() -> char* {
-        auto* mcf = static_cast<MainConf*>(conf);
-        if (mcf->shm_size != NGX_CONF_UNSET_SIZE) return is_duplicate();
-        ngx_str_t* value = args(cf);
+    auto body = [&](MainConf* mcf, ngx_str_t* value) -> char* {
         ssize_t size = ngx_parse_size(&value[1]);
         if (size == NGX_ERROR) return invalid_value(cf, 1, "it must be a size such as 32m");
         if (size_t(size) < kMinShmSize) return invalid_value(cf, 1, "the zone needs at least 256k");
         mcf->shm_size = size_t(size);
         return NGX_CONF_OK;
-    });
+    };
+    return set_once(cf, conf, &MainConf::shm_size, NGX_CONF_UNSET_SIZE, "reading sse_shm_size", body);
 }
 
 MainConf* main_conf(ngx_cycle_t* cycle) {

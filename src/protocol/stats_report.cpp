@@ -1,5 +1,8 @@
 #include "protocol/stats_report.h"
 
+#include <iterator>
+#include <string_view>
+
 #include "protocol/client_text.h"
 
 namespace sse {
@@ -27,9 +30,9 @@ std::string label_value(const std::string& s) {
 }
 
 struct Family {
-    const char* name;
-    const char* type;
-    const char* help;
+    std::string_view name;
+    std::string_view type;
+    std::string_view help;
 };
 
 void family(std::string& out, const Family& f) {
@@ -44,7 +47,7 @@ void family(std::string& out, const Family& f) {
     out += '\n';
 }
 
-void sample(std::string& out, const char* name, std::uint64_t value, const std::string& labels = {}) {
+void sample(std::string& out, std::string_view name, std::uint64_t value, const std::string& labels = {}) {
     out += name;
     if (!labels.empty()) out += "{" + labels + "}";
     out += ' ';
@@ -57,6 +60,82 @@ void single(std::string& out, const Family& f, std::uint64_t value) {
     sample(out, f.name, value);
 }
 
+// A figure as both formats name it: its JSON key, and its Prometheus sample (a family name, with
+// labels where figures that follow each other in the table share the family), type and help.
+struct FigureName {
+    const char* json;
+    const char* sample;
+    const char* type;
+    const char* help;
+};
+
+// In the order of Figure.
+constexpr FigureName kFigureNames[] = {
+    {"subscribers", "sse_subscribers", "gauge", "Event streams open, over all worker processes."},
+    {"users", "sse_users", "gauge", "Distinct user keys (sse_user) with event streams open."},
+    {"channels", "sse_channels", "gauge", "Channels with subscribers or retained events."},
+    {"events_published", "sse_events_published_total", "counter", "Events published."},
+    {"events_delivered", "sse_events_delivered_total", "counter", "Event frames handed to live streams."},
+    {"events_stored", "sse_events_stored", "gauge", "Events held in the shared zone."},
+    {"events_retained", "sse_events_retained", "gauge", "Events kept in some channel's history."},
+    {"events_replayed", "sse_events_replayed_total", "counter", "Event frames written to streams from history."},
+    {"resets", "sse_resets_total", "counter", "Reset events sent: positions that could not be resumed exactly."},
+    {"history_evictions", "sse_history_evictions_total", "counter",
+     "Retained events evicted to make room in the zone."},
+    {"slow_disconnects", "sse_slow_disconnects_total", "counter",
+     "Streams closed for falling more than sse_send_buffer behind."},
+    {"streams_ended_out_of_memory", "sse_streams_ended_out_of_memory_total", "counter",
+     "Streams ended because an event could not be given to them (no memory); their clients resume."},
+    {"publishes_refused", "sse_publishes_refused_total", "counter",
+     "Publishes refused with 507: the zone could not hold them."},
+    {"workers_reaped", "sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
+    {"refused_max_subscribers", "sse_subscribers_refused_total{limit=\"max_subscribers\"}", "counter",
+     "Streams refused by a limit, by the limit."},
+    {"refused_per_key", "sse_subscribers_refused_total{limit=\"per_key\"}", "counter",
+     "Streams refused by a limit, by the limit."},
+    {"zone_bytes_used", "sse_zone_used_bytes", "gauge", "Bytes the module holds in the shared zone."},
+    {"zone_bytes_total", "sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."},
+    {"uptime", "sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},
+};
+static_assert(std::size(kFigureNames) == std::size_t(Figure::kCount), "a name for every figure");
+
+// In the order of RedisFigure; the JSON keys are within "redis".
+constexpr FigureName kRedisFigureNames[] = {
+    {"reconnects", "sse_redis_reconnects_total", "counter", "Connections to Redis made again after a loss."},
+    {"queue", "sse_redis_queue_events", "gauge", "Events of this node waiting to be sent to Redis."},
+    {"queue_dropped", "sse_redis_queue_dropped_total", "counter",
+     "Events dropped from a full queue to Redis (sse_redis_queue)."},
+    {"channels", "sse_redis_channels", "gauge", "Channels this node listens to in Redis."},
+    {"events_sent", "sse_redis_events_sent_total", "counter", "Events of this node Redis has taken."},
+    {"events_received", "sse_redis_events_received_total", "counter", "Events of other nodes taken from Redis."},
+};
+static_assert(std::size(kRedisFigureNames) == std::size_t(RedisFigure::kCount), "a name for every Redis figure");
+
+// ,"key":value for each figure (the first without its comma when `first`).
+template <std::size_t N>
+void json_figures(std::string& j, const FigureName (&names)[N], const std::array<std::uint64_t, N>& values,
+                  bool first) {
+    for (std::size_t i = 0; i < N; i++) {
+        if (i > 0 || !first) j += ',';
+        j += '"';
+        j += names[i].json;
+        j += "\":";
+        j += std::to_string(values[i]);
+    }
+}
+
+template <std::size_t N>
+void prometheus_figures(std::string& out, const FigureName (&names)[N], const std::array<std::uint64_t, N>& values) {
+    std::string_view last_family;
+    for (std::size_t i = 0; i < N; i++) {
+        std::string_view name(names[i].sample);
+        name = name.substr(0, name.find('{'));
+        if (name != last_family) family(out, {name, names[i].type, names[i].help});
+        last_family = name;
+        sample(out, names[i].sample, values[i]);
+    }
+}
+
 }  // namespace
 
 std::string channel_json(const ChannelReport& c) {
@@ -67,34 +146,17 @@ std::string channel_json(const ChannelReport& c) {
 }
 
 std::string stats_json(const StatsReport& r) {
-    std::string j =
-        "{\"subscribers\":" + std::to_string(r.subscribers) + ",\"users\":" + std::to_string(r.users) +
-        ",\"channels\":" + std::to_string(r.channels) + ",\"events_published\":" + std::to_string(r.events_published) +
-        ",\"events_delivered\":" + std::to_string(r.events_delivered) +
-        ",\"events_stored\":" + std::to_string(r.events_stored) +
-        ",\"events_retained\":" + std::to_string(r.events_retained) +
-        ",\"events_replayed\":" + std::to_string(r.events_replayed) + ",\"resets\":" + std::to_string(r.resets) +
-        ",\"history_evictions\":" + std::to_string(r.history_evictions) +
-        ",\"slow_disconnects\":" + std::to_string(r.slow_disconnects) +
-        ",\"streams_ended_out_of_memory\":" + std::to_string(r.streams_ended_out_of_memory) +
-        ",\"publishes_refused\":" + std::to_string(r.publishes_refused) +
-        ",\"workers_reaped\":" + std::to_string(r.workers_reaped) +
-        ",\"refused_max_subscribers\":" + std::to_string(r.refused_max_subscribers) +
-        ",\"refused_per_key\":" + std::to_string(r.refused_per_key) +
-        ",\"zone_bytes_used\":" + std::to_string(r.zone_bytes_used) +
-        ",\"zone_bytes_total\":" + std::to_string(r.zone_bytes_total) +
-        ",\"uptime\":" + std::to_string(r.uptime_seconds) + ",\"workers\":[";
+    std::string j = "{";
+    json_figures(j, kFigureNames, r.figures, true);
+    j += ",\"workers\":[";
     for (std::size_t i = 0; i < r.workers.size(); i++) {
         if (i) j += ",";
         j += "{\"pid\":" + std::to_string(r.workers[i].first) +
              ",\"subscribers\":" + std::to_string(r.workers[i].second) + "}";
     }
-    j += "],\"redis\":{\"state\":" + json_string(r.redis_state) +
-         ",\"reconnects\":" + std::to_string(r.redis_reconnects) + ",\"queue\":" + std::to_string(r.redis_queue) +
-         ",\"queue_dropped\":" + std::to_string(r.redis_queue_dropped) +
-         ",\"channels\":" + std::to_string(r.redis_channels) +
-         ",\"events_sent\":" + std::to_string(r.redis_events_sent) +
-         ",\"events_received\":" + std::to_string(r.redis_events_received) + ",\"servers\":[";
+    j += "],\"redis\":{\"state\":" + json_string(r.redis_state);
+    json_figures(j, kRedisFigureNames, r.redis_figures, false);
+    j += ",\"servers\":[";
     for (std::size_t i = 0; i < r.redis_servers.size(); i++) {
         const StatsReport::RedisServer& s = r.redis_servers[i];
         if (i) j += ",";
@@ -126,56 +188,14 @@ std::string server_labels(const StatsReport::RedisServer& s) {
 std::string stats_prometheus(const StatsReport& r) {
     std::string out;
     out.reserve(2048 + r.channel_list.size() * 200);
-    single(out, {"sse_subscribers", "gauge", "Event streams open, over all worker processes."}, r.subscribers);
+    prometheus_figures(out, kFigureNames, r.figures);
     family(out, {"sse_worker_subscribers", "gauge", "Event streams open, per worker process."});
     for (const auto& [pid, n] : r.workers)
         sample(out, "sse_worker_subscribers", n, "pid=\"" + std::to_string(pid) + "\"");
-    single(out, {"sse_users", "gauge", "Distinct user keys (sse_user) with event streams open."}, r.users);
-    single(out, {"sse_channels", "gauge", "Channels with subscribers or retained events."}, r.channels);
-    single(out, {"sse_events_published_total", "counter", "Events published."}, r.events_published);
-    single(out, {"sse_events_delivered_total", "counter", "Event frames handed to live streams."}, r.events_delivered);
-    single(out, {"sse_events_replayed_total", "counter", "Event frames written to streams from history."},
-           r.events_replayed);
-    single(out, {"sse_resets_total", "counter", "Reset events sent: positions that could not be resumed exactly."},
-           r.resets);
-    single(out, {"sse_events_stored", "gauge", "Events held in the shared zone."}, r.events_stored);
-    single(out, {"sse_events_retained", "gauge", "Events kept in some channel's history."}, r.events_retained);
-    single(out, {"sse_history_evictions_total", "counter", "Retained events evicted to make room in the zone."},
-           r.history_evictions);
-    single(out,
-           {"sse_slow_disconnects_total", "counter", "Streams closed for falling more than sse_send_buffer behind."},
-           r.slow_disconnects);
-    single(out,
-           {"sse_streams_ended_out_of_memory_total", "counter",
-            "Streams ended because an event could not be given to them (no memory); their clients resume."},
-           r.streams_ended_out_of_memory);
-    single(out, {"sse_publishes_refused_total", "counter", "Publishes refused with 507: the zone could not hold them."},
-           r.publishes_refused);
-    single(out, {"sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
-           r.workers_reaped);
-    family(out, {"sse_subscribers_refused_total", "counter", "Streams refused by a limit, by the limit."});
-    sample(out, "sse_subscribers_refused_total", r.refused_max_subscribers, "limit=\"max_subscribers\"");
-    sample(out, "sse_subscribers_refused_total", r.refused_per_key, "limit=\"per_key\"");
-    single(out, {"sse_zone_used_bytes", "gauge", "Bytes the module holds in the shared zone."}, r.zone_bytes_used);
-    single(out, {"sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."}, r.zone_bytes_total);
-    single(out, {"sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},
-           r.uptime_seconds);
     if (r.redis_state != "off") {
         single(out, {"sse_redis_up", "gauge", "1 while this node's link to Redis is connected."},
                r.redis_state == "connected" ? 1 : 0);
-        single(out, {"sse_redis_reconnects_total", "counter", "Connections to Redis made again after a loss."},
-               r.redis_reconnects);
-        single(out, {"sse_redis_queue_events", "gauge", "Events of this node waiting to be sent to Redis."},
-               r.redis_queue);
-        single(out,
-               {"sse_redis_queue_dropped_total", "counter",
-                "Events dropped from a full queue to Redis (sse_redis_queue)."},
-               r.redis_queue_dropped);
-        single(out, {"sse_redis_channels", "gauge", "Channels this node listens to in Redis."}, r.redis_channels);
-        single(out, {"sse_redis_events_sent_total", "counter", "Events of this node Redis has taken."},
-               r.redis_events_sent);
-        single(out, {"sse_redis_events_received_total", "counter", "Events of other nodes taken from Redis."},
-               r.redis_events_received);
+        prometheus_figures(out, kRedisFigureNames, r.redis_figures);
         family(out, {"sse_redis_server_up", "gauge",
                      "1 while the link's connection to this Redis server (or sentinel) is up."});
         for (const StatsReport::RedisServer& s : r.redis_servers) {

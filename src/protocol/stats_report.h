@@ -2,6 +2,8 @@
 // format (version 0.0.4). Pure C++: the nginx side fills the report, this renders it.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -23,36 +25,51 @@ struct ChannelReport : ChannelFigures {
     std::string name;
 };
 
+// The node's figures, in the order the JSON lists them; stats_report.cpp names each one, for
+// the JSON and for Prometheus, in one table.
+enum class Figure : std::size_t {
+    kSubscribers,
+    kUsers,  // distinct user keys with streams
+    kChannels,
+    kEventsPublished,
+    kEventsDelivered,
+    kEventsStored,
+    kEventsRetained,
+    kEventsReplayed,
+    kResets,
+    kHistoryEvictions,
+    kSlowDisconnects,
+    kStreamsEndedOutOfMemory,  // an event could not be given to them
+    kPublishesRefused,
+    kWorkersReaped,
+    kRefusedMaxSubscribers,
+    kRefusedPerKey,
+    kZoneBytesUsed,
+    kZoneBytesTotal,
+    kUptimeSeconds,
+    kCount
+};
+
+// With Redis: the link's figures, in the order the JSON lists them under "redis".
+enum class RedisFigure : std::size_t {
+    kReconnects,
+    kQueue,  // events waiting to be sent
+    kQueueDropped,
+    kChannels,  // subscribed to in Redis
+    kEventsSent,
+    kEventsReceived,
+    kCount
+};
+
 struct StatsReport {
-    std::uint64_t subscribers = 0;
-    std::uint64_t users = 0;  // distinct user keys with streams
-    std::uint64_t channels = 0;
-    std::uint64_t events_published = 0;
-    std::uint64_t events_delivered = 0;
-    std::uint64_t events_stored = 0;
-    std::uint64_t events_retained = 0;
-    std::uint64_t events_replayed = 0;
-    std::uint64_t resets = 0;
-    std::uint64_t history_evictions = 0;
-    std::uint64_t slow_disconnects = 0;
-    std::uint64_t streams_ended_out_of_memory = 0;  // an event could not be given to them
-    std::uint64_t publishes_refused = 0;
-    std::uint64_t workers_reaped = 0;
-    std::uint64_t refused_max_subscribers = 0;
-    std::uint64_t refused_per_key = 0;
-    std::uint64_t zone_bytes_used = 0;
-    std::uint64_t zone_bytes_total = 0;
-    std::uint64_t uptime_seconds = 0;
+    std::array<std::uint64_t, std::size_t(Figure::kCount)> figures{};
+    std::uint64_t& operator[](Figure f) { return figures[std::size_t(f)]; }
     std::vector<std::pair<long, std::uint64_t>> workers;  // pid, subscribers
 
     // With Redis ("off" without): connected, connecting or disconnected.
     std::string redis_state = "off";
-    std::uint64_t redis_reconnects = 0;
-    std::uint64_t redis_queue = 0;  // events waiting to be sent
-    std::uint64_t redis_queue_dropped = 0;
-    std::uint64_t redis_channels = 0;  // subscribed to in Redis
-    std::uint64_t redis_events_sent = 0;
-    std::uint64_t redis_events_received = 0;
+    std::array<std::uint64_t, std::size_t(RedisFigure::kCount)> redis_figures{};
+    std::uint64_t& operator[](RedisFigure f) { return redis_figures[std::size_t(f)]; }
     struct RedisServer {
         std::string address;
         std::string role;   // primary, sentinel, cluster node

@@ -36,6 +36,17 @@ package FakeRedis;
 # after_reply: send them after the normal reply instead of in its place.
 # then: 'serve' (default), 'close' (once the bytes are written) or 'silence' (read and log,
 #       never answer again on that connection).
+#
+# Sentinel mode (sentinel => 1): a fake Redis Sentinel for t/67. It answers SENTINEL
+# get-master-addr-by-name with whatever bytes the test set last (valid RESP or not), and takes
+# SUBSCRIBE +switch-master as a sentinel does; the test can push any bytes to the connections
+# subscribed to +switch-master. The test talks to the child through files in the fake's directory.
+#   my $s = FakeRedis->new(port => $port, sentinel => 1);
+#   $s->master_reply(FakeRedis::address_reply('127.0.0.1', $redis->port));   # or any bytes
+#   $s->master_reply(undef);          # from now on, a connection asking where the primary is
+#                                     # gets no answer, nor anything else on it
+#   $s->push_to_watchers($bytes);     # sent as is to every connection subscribed to +switch-master
+#   $s->pushed;                       # how many pushes went out so far
 
 use strict;
 use warnings;
@@ -126,6 +137,50 @@ sub received {
     return grep { $_ =~ $re } @c;
 }
 
+# Sentinel mode: the answer to SENTINEL get-master-addr-by-name from now on (undef: silence).
+# Written to a new file and renamed, so the child never reads half of it.
+sub master_reply {
+    my ($self, $bytes) = @_;
+    my $f = "$self->{dir}/master-reply";
+    if (!defined $bytes) {
+        unlink $f;
+        open my $fh, '>', "$self->{dir}/master-silent" or die $!;
+        return;
+    }
+    open my $fh, '>', "$f.new" or die "$f.new: $!";
+    binmode $fh;
+    print $fh $bytes;
+    close $fh or die $!;
+    rename "$f.new", $f or die $!;
+    unlink "$self->{dir}/master-silent";
+}
+
+# Sentinel mode: $bytes to every connection subscribed to +switch-master (the child polls for
+# them every 50 ms); returns once the child has taken them.
+sub push_to_watchers {
+    my ($self, $bytes) = @_;
+    my $f = "$self->{dir}/push";
+    open my $fh, '>', "$f.new" or die "$f.new: $!";
+    binmode $fh;
+    print $fh $bytes;
+    close $fh or die $!;
+    rename "$f.new", $f or die $!;
+    my $end = time + 5;
+    sleep 0.02 while -e $f && time < $end;
+    die "FakeRedis: the child did not take the push" if -e $f;
+}
+
+sub pushed {
+    my @l = grep { / > PUSHED / } split /\n/, $_[0]->log_text;
+    return scalar @l;
+}
+
+# A sentinel's answer naming a primary: [host, port] as two bulk strings.
+sub address_reply {
+    my ($host, $port) = @_;
+    return "*2\r\n" . bulk($host) . bulk($port);
+}
+
 sub stop {
     my ($self) = @_;
     my $pid = $self->{pid} or return;
@@ -190,7 +245,8 @@ sub serve {
     while (1) {
         my $rs = IO::Select->new($listen, map { $_->{sock} } grep { !$_->{closing} } values %CONNS);
         my $ws = IO::Select->new(map { $_->{sock} } grep { length $_->{out} } values %CONNS);
-        my ($r, $w) = IO::Select->select($rs, $ws, undef, 1);
+        my ($r, $w) = IO::Select->select($rs, $ws, undef, $self->{sentinel} ? 0.05 : 1);
+        $self->take_push if $self->{sentinel};
         my %by_fd = map { fileno($_->{sock}) => $_ } values %CONNS;
         for my $s (@{ $r || [] }) {
             if ($s == $listen) {
@@ -309,6 +365,33 @@ sub publish {
     return scalar @to;
 }
 
+# Sentinel mode: the bytes the test left in the push file go to the +switch-master subscribers.
+sub take_push {
+    my ($self) = @_;
+    my $f = "$self->{dir}/push";
+    open my $fh, '<', $f or return;
+    binmode $fh;
+    my $bytes = do { local $/; <$fh> } // '';
+    close $fh;
+    unlink $f;
+    for my $n (sort { $a <=> $b } keys %{ $SUBSCRIBERS{'+switch-master'} || {} }) {
+        my $c = $CONNS{$n} or next;
+        note($c, '> PUSHED ' . shown(substr($bytes, 0, 100)));
+        queue_out($c, $bytes);
+    }
+}
+
+# Sentinel mode: what the test set as the answer to SENTINEL get-master-addr-by-name; undef for
+# silence.
+sub master_bytes {
+    my ($self) = @_;
+    return undef if -e "$self->{dir}/master-silent";
+    open my $fh, '<', "$self->{dir}/master-reply" or return "*-1\r\n";
+    binmode $fh;
+    local $/;
+    return <$fh> // '';
+}
+
 sub handshake_command {
     my ($words) = @_;
     my $name = uc($words->[0] // '');
@@ -379,6 +462,13 @@ sub reply {
             if ($2) { delete $SUBSCRIBERS{$ch}{ $conn->{n} } } else { $SUBSCRIBERS{$ch}{ $conn->{n} } = 1 }
             my $count = grep { $_->{ $conn->{n} } } values %SUBSCRIBERS;
             $out .= "*3\r\n" . bulk($kind) . bulk($ch) . ":$count\r\n";
+        }
+    } elsif ($self->{sentinel} && $name eq 'SENTINEL' && lc($words->[1] // '') eq 'get-master-addr-by-name') {
+        $out = $self->master_bytes;
+        if (!defined $out) {
+            note($conn, '(silent: no answer to where the primary is, nor to anything after it)');
+            $conn->{state} = 'silent';
+            return;
         }
     } elsif ($name eq 'PUBLISH' && @$words == 3) {
         $out = ':' . publish($words->[1], $words->[2]) . "\r\n";

@@ -20,6 +20,8 @@ package SSERedis;
 #   $redis->info('replication')->{role};                     # INFO's fields
 #   my @nodes = $redis->nodes(3, server => $locations);      # 3 started nginx nodes using it
 #   SSERedis::wait_connected($node);                         # stats' redis.state is "connected"
+#   my $locations = SSERedis::locations(pub => 'sse_history 1000;');   # /events, /pub, /stats
+#   SSERedis::quick_link;                                    # short backoff and timeouts (http{})
 
 use strict;
 use warnings;
@@ -406,6 +408,30 @@ sub log_text {
     return $text;
 }
 
+# The server{} locations the cross-node tests serve: /events streams $arg_topics without
+# heartbeats (they would come between a test's exact bytes), /pub publishes to $arg_topic, /stats.
+# events => and pub => add directives to those two (a string); pub => undef leaves /pub out;
+# more => appends locations of the test's own.
+sub locations {
+    my (%o) = @_;
+    my $block = sub {
+        my ($name, @lines) = @_;
+        return "        location = /$name {\n" . join('', map { "            $_\n" } grep { defined } @lines)
+            . "        }\n";
+    };
+    my $text = $block->('events', 'sse_subscribe $arg_topics;', $o{events}, 'sse_heartbeat off;');
+    $text .= $block->('pub', 'sse_publish $arg_topic;', $o{pub}) if !exists $o{pub} || defined $o{pub};
+    $text .= $o{more} // '';
+    $text .= $block->('stats', 'sse_stats;');
+    return $text;
+}
+
+# The http{} directives of the tests that break the link on purpose: a short backoff and short
+# timeouts, so that each case takes a few seconds.
+sub quick_link {
+    return "    sse_redis_reconnect 50ms 400ms;\n    sse_redis_connect_timeout 1s;\n    sse_redis_command_timeout 1s;\n";
+}
+
 # Starts $n nginx nodes (SSETest objects) whose http{} begins with "sse_redis <url>;"; %o goes to
 # SSETest->new (http is appended after sse_redis; url overrides the URL; start => 0 leaves them
 # stopped). Returns the nodes.
@@ -476,6 +502,14 @@ sub diag_unfinished {
         splice @l, 0, @l - 40 if @l > 40;
         Test::More::diag('node :' . $n->port . " did not finish; its error.log says:\n" . join("\n", @l)) if @l;
     }
+}
+
+# For an END block: what diag_unfinished shows of the nodes in @$nodes, then stops them and every
+# server after them (SSERedis, FakeRedis or anything with a stop method; undef is skipped).
+sub stop_at_end {
+    my ($nodes, @servers) = @_;
+    diag_unfinished(@$nodes);
+    $_->stop for grep { defined } @$nodes, @servers;
 }
 
 sub DESTROY {

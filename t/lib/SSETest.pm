@@ -467,4 +467,27 @@ sub wait_until {
     return $code->();
 }
 
+# Runs each case of @$cases (hashes with a name) as the subtest "(n) name", calling
+# $run->($n, $case); a case that dies fails with its error, and $after_death->() cleans up what
+# it left. SSE_CASES=3,7 runs those cases only.
+sub run_cases {
+    my ($cases, $run, $after_death) = @_;
+    my %only = map { $_ => 1 } split /,/, $ENV{SSE_CASES} // '';
+    for my $n (0 .. $#$cases) {
+        next if %only && !$only{$n};
+        my $c = $cases->[$n];
+        my $t_case = time;
+        subtest "($n) $c->{name}" => sub {
+            my $ok = eval { $run->($n, $c); 1 };
+            if (!$ok) {
+                my $err = $@;
+                fail('the case ran to its end');
+                diag("died: $err");
+                $after_death->() if $after_death;
+            }
+            note(sprintf '(%d) took %.1f s', $n, time - $t_case);
+        };
+    }
+}
+
 1;

@@ -204,7 +204,7 @@ TEST(ResetFrame, EchoedIdIsWhatTheFrameAndTheLogShow) {
 
 TEST(StatsReport, JsonListsChannelsOnlyWhenAsked) {
     StatsReport r;
-    r.subscribers = 2;
+    r[Figure::kSubscribers] = 2;
     r.workers = {{10, 2}, {11, 0}};
     std::string j = stats_json(r);
     EXPECT_EQ(j.find("per_channel"), std::string::npos);
@@ -221,7 +221,7 @@ TEST(StatsReport, JsonListsChannelsOnlyWhenAsked) {
 
 TEST(StatsReport, PrometheusFamiliesHaveHelpTypeAndSamples) {
     StatsReport r;
-    r.events_published = 5;
+    r[Figure::kEventsPublished] = 5;
     r.workers = {{10, 1}};
     r.per_channel = true;
     r.channel_list.push_back({{1, 5, 9, 2, 8, 9}, "a"});
