@@ -24,7 +24,14 @@
 #   s2tls s2 with every connection over TLS: both servers also listen with `listen ... ssl` (the
 #         certificate of s6tls, build/bench/tls/), and loadgen --tls speaks TLS (OpenSSL) to them.
 #         Opt-in (BENCH_SCENARIOS="s2 s2tls"); no floor (it does not speak TLS).
-# s1 to s6tls run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
+#   s6cluster s6 through a Redis Cluster of 3 primaries and no replicas (redis-server
+#         --cluster-enabled yes on free loopback ports, in build/bench/redis-cluster/<port>/,
+#         joined by redis-cli --cluster create), each node given two of them as seeds (ours:
+#         sse_redis redis://P1 redis://P2, sharded pub/sub; nchan: two nchan_redis_server lines in
+#         its upstream, which it finds to be a cluster). Opt-in like s6; named with s6
+#         (BENCH_SCENARIOS="s6 s6cluster") they take turns as s6 and s6tls do, and a table sets the
+#         cluster beside the single redis-server. CPU per delivery counts all three redis-servers.
+# s1 to s6cluster run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
 # The floor (issue 13): in s1 to s5 a bare writer (bench/floor.cpp: one process, epoll, no nginx)
 # runs beside both, right after ours in every repetition, on the same sockets with the same bytes:
@@ -37,15 +44,15 @@
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
 #   BENCH_ONLY=nchan|ours|floor        one server only
 #   BENCH_FLOOR=0                      leave the floor out
-#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s2tls, s6 and s6tls only when
-#                                      named: BENCH_SCENARIOS="s2 s2tls", BENCH_SCENARIOS="s6 s6tls")
-#   BENCH_REPS=5                       repetitions of s1 to s6tls (default 3)
+#   BENCH_SCENARIOS="s1 idle"          a subset of the scenarios (s2tls, s6, s6tls and s6cluster only
+#                                      when named: BENCH_SCENARIOS="s2 s2tls", BENCH_SCENARIOS="s6 s6tls")
+#   BENCH_REPS=5                       repetitions of s1 to s6cluster (default 3)
 #   BENCH_SKIP_BUILD=1                 use build/ngx_http_sse_module.so as it is
 #   S1_EVENTS, S1_RATE, S2_EVENTS, S2_RATE, IDLE_SUBS   override the scenario sizes
 #   BENCH_SERVER_CONF="request_pool_size 1k; connection_pool_size 256;"   directives for the server{}
 #                                      of both servers (every node), e.g. to measure a memory recipe
 #   S6_SUBS, S6_EVENTS, S6_RATE, S6_TPUT_SUBS, S6_TPUT_CHANNELS, S6_TPUT_EVENTS, S6_SETTLE   s6's
-#                                      (and s6tls's)
+#                                      (and s6tls's, s6cluster's)
 #
 # Output: a Markdown table on stdout (also build/bench/summary.md), every loadgen result as one
 # JSON line in build/bench/results.json, server logs under build/bench/<server>/, and a plot of the
@@ -132,7 +139,8 @@ declare -A prefix port master
 declare -A tls_port
 tls_listen=0
 [[ " ${BENCH_SCENARIOS:-} " == *" s2tls "* ]] && tls_listen=1
-# One redis-server per s6 variant: redis_pid[s6] (plain TCP), redis_pid[s6tls] (TLS only).
+# One redis-server per s6 variant: redis_pid[s6] (plain TCP), redis_pid[s6tls] (TLS only);
+# s6cluster's three as redis_pid[s6cluster-1] to [s6cluster-3] (start_redis_cluster).
 declare -A redis_pid redis_port
 loadgen_pid=
 cleanup() {
@@ -154,12 +162,14 @@ free_port() {
 }
 
 write_conf() {  # server-or-node dir port [redis port [tls]]
-    # A node of s6 is named <server>-a or <server>-b (s6tls: <server>-tls-a, -b) and gets the
+    # A node of s6 is named <server>-a or <server>-b (s6tls: <server>-tls-a, -b; s6cluster:
+    # <server>-cluster-a, -b; see s6_node) and gets the
     # Redis port: its http{} then uses that redis-server (ours: sse_redis; nchan: an upstream
     # with nchan_redis_server, passed to every publish and subscribe location, nchan storing in
     # Redis: distributed mode). With tls = 1 it connects over TLS, checking the server's
-    # certificate against the bench's CA.
-    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} tls=${5:-0} load locations redis= pass= stats= ssl=
+    # certificate against the bench's CA. Several ports ("P1 P2", s6cluster) are a Redis Cluster's
+    # seeds: one URL each (ours: all in one sse_redis; nchan: one nchan_redis_server each).
+    local s=${1%%-*} dir=$2 p=$3 rp=${4:-} tls=${5:-0} load locations redis= pass= stats= ssl= rp1
     # s2tls: the single-node servers listen for TLS too, on their second port, with the same
     # certificate (one TLS stack, nginx's, for both servers).
     if [ -n "${tls_port[$1]:-}" ]; then
@@ -174,7 +184,9 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     sse_redis_tls_trusted_certificate $tls_dir/ca.pem;"
             stats="location = /stats { sse_stats; }"
         elif [ -n "$rp" ]; then
-            redis="sse_redis redis://127.0.0.1:$rp;"
+            redis="sse_redis"
+            for rp1 in $rp; do redis+=" redis://127.0.0.1:$rp1"; done
+            redis+=";"
             stats="location = /stats { sse_stats; }"
         fi
         locations="sse_shm_size 256m;
@@ -202,8 +214,10 @@ write_conf() {  # server-or-node dir port [redis port [tls]]
     }"
             pass=" nchan_redis_pass nchan_redis;"
         elif [ -n "$rp" ]; then
-            redis="upstream nchan_redis {
-        nchan_redis_server redis://127.0.0.1:$rp;
+            redis="upstream nchan_redis {"
+            for rp1 in $rp; do redis+="
+        nchan_redis_server redis://127.0.0.1:$rp1;"; done
+            redis+="
         nchan_redis_storage_mode distributed;
     }"
             pass=" nchan_redis_pass nchan_redis;"
@@ -395,6 +409,86 @@ stop_redis() {  # variant
     unset "redis_pid[$v]"
 }
 
+# s6cluster's Redis Cluster: 3 primaries and no replicas. A replica would copy every write of its
+# primary (the channels' history lists) on the same 2 cores, a cost that a throughput bench would
+# fold into the figures without exercising anything it measures (no failover happens here).
+# redis_pid[s6cluster-N] and redis_port[s6cluster-N] (N = 1 to 3) hold the nodes, so that cleanup,
+# rcli and stop_redis handle each one like any other redis-server. Each node in
+# build/bench/redis-cluster/<port>/ (its nodes.conf, its log), its cluster bus on a free port of
+# its own (not port + 10000, which may be taken or ephemeral), nothing persisted.
+cluster_n=3
+start_redis_cluster() {
+    local base=$out/redis-cluster i k p bp dir addrs=() used=" " t0=$SECONDS ok n
+    rm -rf "${base:?}"
+    mkdir -p "$base"
+    for i in $(seq "$cluster_n"); do
+        k=s6cluster-$i
+        # Two free ports (client, bus), none taken twice: nothing listens on them yet.
+        p=$(free_port) || { echo "no free port for redis-server" >&2; return 1; }
+        while [[ $used == *" $p "* ]]; do p=$(free_port) || return 1; done
+        used+="$p "
+        bp=$(free_port) || { echo "no free port for redis-server" >&2; return 1; }
+        while [[ $used == *" $bp "* ]]; do bp=$(free_port) || return 1; done
+        used+="$bp "
+        redis_port[$k]=$p
+        dir=$base/$p
+        mkdir -p "$dir"
+        redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-port "$bp" --save '' --appendonly no --protected-mode no \
+            --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/redis.stdout" 2>&1 &
+        redis_pid[$k]=$!
+        addrs+=("127.0.0.1:$p")
+    done
+    for i in $(seq "$cluster_n"); do
+        k=s6cluster-$i
+        for _ in $(seq 100); do
+            [ "$(rcli "$k" ping 2>/dev/null)" = PONG ] && break
+            alive "${redis_pid[$k]}" || break
+            sleep 0.1
+        done
+        [ "$(rcli "$k" ping 2>/dev/null)" = PONG ] ||
+            { echo "redis-server ($k, port ${redis_port[$k]}) does not answer:" >&2; tail -5 "$base/${redis_port[$k]}/redis.log" >&2; return 1; }
+    done
+    if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$base/create.log" 2>&1 ||
+        ! grep -q 'All 16384 slots covered' "$base/create.log"; then
+        echo "redis-cli --cluster create failed:" >&2; tail -20 "$base/create.log" >&2; return 1
+    fi
+    # Ready: cluster_state:ok on every node, and every node knows the other two.
+    for _ in $(seq 300); do
+        ok=0
+        for i in $(seq "$cluster_n"); do
+            n=$(rcli "s6cluster-$i" cluster info 2>/dev/null | tr -d '\r') || n=
+            [[ $n == *cluster_state:ok* && $n == *cluster_known_nodes:$cluster_n* ]] && ok=$((ok + 1))
+        done
+        [ "$ok" = "$cluster_n" ] && break
+        sleep 0.1
+    done
+    if [ "$ok" != "$cluster_n" ]; then
+        echo "the Redis Cluster was not ready within 30 s:" >&2
+        for i in $(seq "$cluster_n"); do rcli "s6cluster-$i" cluster nodes >&2 || true; done
+        return 1
+    fi
+    echo "[redis s6cluster] $(redis-server --version | cut -d' ' -f1-3), $cluster_n primaries, no replicas: pids $(redis_pids s6cluster), ports $(for i in $(seq "$cluster_n"); do printf '%s ' "${redis_port[s6cluster-$i]}"; done)(ready in $((SECONDS - t0)) s)" >&2
+}
+
+redis_pids() {  # variant: the pids of its redis-server(s), comma-separated
+    local i pids=()
+    if [ "$1" = s6cluster ]; then
+        for i in $(seq "$cluster_n"); do pids+=("${redis_pid[s6cluster-$i]:-}"); done
+        (IFS=,; echo "${pids[*]}")
+    else
+        echo "${redis_pid[$1]:-}"
+    fi
+}
+
+s6_redis_ports() {  # variant: what its nodes are given, one port or the cluster's two seeds
+    if [ "$1" = s6cluster ]; then echo "${redis_port[s6cluster-1]} ${redis_port[s6cluster-2]}"; else echo "${redis_port[$1]}"; fi
+}
+
+s6_node() {  # variant server: the name of that server's pair of nodes (<name>-a, <name>-b)
+    case $1 in s6tls) echo "$2-tls" ;; s6cluster) echo "$2-cluster" ;; *) echo "$2" ;; esac
+}
+
 # Problems worth knowing about in a server's error.log since the last check.
 declare -A log_seen
 check_log() {
@@ -476,9 +570,10 @@ run_load() {  # server scenario rep
     local s=$1 sc=$2 rep=$3 subs channels events rate conns pids0 pids1 cpu0 cpu1 line backstop
     local fpw=0 ours_line floor0=null floor1=null
     local extra=() sub_node=$1 pub_node=$1 nodes v=${2%%-*} np=$1 sub_port pub_port
-    # s6 and s6tls run the same parts (same, cross, tput, warmup) on their own pair of nodes.
-    [ "$v" = s6tls ] && np=$s-tls
-    case ${sc/#s6tls-/s6-} in
+    # s6, s6tls and s6cluster run the same parts (same, cross, tput, warmup) on their own pair of nodes.
+    case $v in s6 | s6tls | s6cluster) np=$(s6_node "$v" "$s") ;; esac
+    local kind=${sc/#s6tls-/s6-}
+    case ${kind/#s6cluster-/s6-} in
         s1) subs=$S1_SUBS channels=1 events=$S1_EVENTS rate=$S1_RATE conns=1 ;;
         s2) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 ;;
         s2tls) subs=$S2_SUBS channels=$S2_CHANNELS events=$S2_EVENTS rate=$S2_RATE conns=2 extra=(--tls) ;;
@@ -498,8 +593,8 @@ run_load() {  # server scenario rep
     case $sc in
         # Both nodes' workers and redis-server count as the server's CPU, whichever node the
         # streams are on (the other node's share is small, but it is part of the path).
-        s6-* | s6tls-*) extra=(--settle "$S6_SETTLE") nodes=("$np-a" "$np-b")
-            pids0=$(workers "$np-a"),$(workers "$np-b"),${redis_pid[$v]} ;;
+        s6-* | s6tls-* | s6cluster-*) extra=(--settle "$S6_SETTLE") nodes=("$np-a" "$np-b")
+            pids0=$(workers "$np-a"),$(workers "$np-b"),$(redis_pids "$v") ;;
         *) pids0=$(workers "$s") ;;
     esac
     if [ "$s" = floor ]; then
@@ -534,7 +629,7 @@ run_load() {  # server scenario rep
     line=$(grep '^{' "$out/$sub_node/run.out" | tail -1) || true
     cpu1=$(cpu_ticks "$pids0")
     case $sc in
-        s6-* | s6tls-*) pids1=$(workers "$np-a"),$(workers "$np-b"),${redis_pid[$v]} ;;
+        s6-* | s6tls-* | s6cluster-*) pids1=$(workers "$np-a"),$(workers "$np-b"),$(redis_pids "$v") ;;
         *) pids1=$(workers "$s") ;;
     esac
     if [ -z "$line" ]; then
@@ -561,7 +656,7 @@ run_load() {  # server scenario rep
                + (if $a != null and $b != null then {floor_counted: {stream_writes: ($b.stream_writes - $a.stream_writes),
                     frames_written: ($b.frames_written - $a.frames_written)}} else {} end)' <<<"$line")
     fi
-    if [ "$s" = ours ] && [[ $sc == s6-* || $sc == s6tls-* ]]; then
+    if [ "$s" = ours ] && [[ $sc == s6-* || $sc == s6tls-* || $sc == s6cluster-* ]]; then
         # Our nodes' Redis figures (cumulative): an event dropped from a full outbound queue
         # would show here, and a node's link state other than "connected" too.
         local st_a st_b
@@ -595,12 +690,12 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     echo "note: load average is $load; other work on this machine skews the figures" >&2
 fi
 
-# The single-node servers are needed by every scenario but s6 and s6tls, which start their own
+# The single-node servers are needed by every scenario but s6, s6tls and s6cluster, which start their own
 # nodes.
 need_single=0 s6_variants=()
 for sc in $scenarios; do
     case $sc in
-        s6 | s6tls) s6_variants+=("$sc") ;;
+        s6 | s6tls | s6cluster) s6_variants+=("$sc") ;;
         *) need_single=1 ;;
     esac
 done
@@ -635,7 +730,7 @@ for s in "${servers[@]}"; do
         stop_server "$s"
     fi
 done
-# The floor is in s1 to s5 only (not in idle, s6 or s6tls), and is not in active.
+# The floor is in s1 to s5 only (not in idle or the s6 variants), and is not in active.
 floor_up=0
 if [ "$with_floor" = 1 ]; then
     for sc in $scenarios; do
@@ -649,18 +744,23 @@ fi
 [ ${#active[@]} -gt 0 ] || [ $floor_up = 1 ] || { echo "no server to benchmark" >&2; exit 1; }
 
 # s6 and s6tls: a redis-server each, and two nodes per server using it (s6: ours-a, ours-b,
-# nchan-a, nchan-b; s6tls: ours-tls-a, ours-tls-b, nchan-tls-a, nchan-tls-b). The nodes of every
+# nchan-a, nchan-b; s6tls: ours-tls-a, ours-tls-b, nchan-tls-a, nchan-tls-b; s6cluster: a Redis
+# Cluster, ours-cluster-a, ... given two of its nodes as seeds). The nodes of every
 # variant named are up together, so that plain and TLS take turns within each repetition: a change
 # in the machine's load during the run then touches both alike.
 declare -A s6_up  # "variant/server" -> 1 once its two nodes run and have passed the warm-up
 s6_start() {  # variant
-    local v=$1 s n node state tls=0 started=0
+    local v=$1 s n node state tls=0 started=0 rp
     [ "$v" = s6tls ] && tls=1
-    start_redis "$v" || return 1
+    if [ "$v" = s6cluster ]; then
+        start_redis_cluster || return 1
+    else
+        start_redis "$v" || return 1
+    fi
+    rp=$(s6_redis_ports "$v")
     for s in "${active[@]}"; do
-        node=$s
-        [ "$v" = s6tls ] && node=$s-tls
-        if ! start_server "$node-a" "${redis_port[$v]}" "$tls" || ! start_server "$node-b" "${redis_port[$v]}" "$tls"; then
+        node=$(s6_node "$v" "$s")
+        if ! start_server "$node-a" "$rp" "$tls" || ! start_server "$node-b" "$rp" "$tls"; then
             echo "[$s] $v SKIPPED: its two nodes did not both start" >&2
             stop_server "$node-a"; stop_server "$node-b"
             failures=$((failures + 1))
@@ -689,8 +789,7 @@ s6_stop() {  # variant
     local v=$1 s n c node dir=$out/redis
     [ "$v" = s6tls ] && dir=$out/redis-tls
     for s in "${active[@]}"; do
-        node=$s
-        [ "$v" = s6tls ] && node=$s-tls
+        node=$(s6_node "$v" "$s")
         stop_server "$node-a"; stop_server "$node-b"
         # check_log only shows alert, crit and emerg; a node's Redis link failing shows lower.
         for n in "$node-a" "$node-b"; do
@@ -699,6 +798,10 @@ s6_stop() {  # variant
             [ "${c:-0}" = 0 ] || echo "[$n] note: $c line(s) at warn or error in its error.log, the first: $(grep -m1 -E '\[(warn|error)\]' "$out/$n/logs/error.log")" >&2
         done
     done
+    if [ "$v" = s6cluster ]; then
+        s6_stop_cluster
+        return 0
+    fi
     # What the servers left in Redis and the commands they used (both servers share this Redis).
     if [ -n "${redis_pid[$v]:-}" ]; then
         {
@@ -710,8 +813,25 @@ s6_stop() {  # variant
     stop_redis "$v"
 }
 
+# The same for the cluster's nodes, each in its build/bench/redis-cluster/<port>/after.txt (the
+# keys and commands of the slots it serves), then each stopped by its pid.
+s6_stop_cluster() {
+    local i k
+    for i in $(seq "$cluster_n"); do
+        k=s6cluster-$i
+        [ -n "${redis_pid[$k]:-}" ] || continue
+        {
+            echo "dbsize: $(rcli "$k" dbsize)"
+            echo "keys (a sample):"; rcli "$k" --scan | head -20
+            rcli "$k" cluster info
+            rcli "$k" info commandstats
+        } >"$out/redis-cluster/${redis_port[$k]}/after.txt" 2>&1 || true
+        stop_redis "$k"
+    done
+}
+
 for sc in $scenarios; do
-    case $sc in idle | s1 | s2 | s2tls | s3 | s4 | s5 | s6 | s6tls) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
+    case $sc in idle | s1 | s2 | s2tls | s3 | s4 | s5 | s6 | s6tls | s6cluster) ;; *) echo "unknown scenario $sc" >&2; exit 2 ;; esac
 done
 failures=0
 for sc in $scenarios; do
@@ -736,7 +856,7 @@ for sc in $scenarios; do
                 fi
                 for s in "${order[@]}"; do run_load "$s" "$sc" "$rep" || failures=$((failures + 1)); done
             done ;;
-        s6 | s6tls)
+        s6 | s6tls | s6cluster)
             # Every s6 variant named runs here, at the place of the first one in the list.
             [ "${s6_done:-0}" = 1 ] && continue
             s6_done=1
@@ -787,7 +907,7 @@ metric() {  # server scenario key how(median|max)
 
 # s6: the latency crossing nodes adds, per repetition (cross-node minus same-node of the same
 # repetition), then the median of those differences.
-added() {  # server key [variant: s6 (default) or s6tls]
+added() {  # server key [variant: s6 (default), s6tls or s6cluster]
     jq -s --arg s "$1" --arg k "$2" --arg v "${3:-s6}" '
         (map(select(.server == $s and .scenario == "\($v)-same" and (.[$k] | type) == "number"))
             | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $same
@@ -853,10 +973,10 @@ paired() {  # server plain-scenario tls-scenario key
         else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
 }
 
-row_tls() {  # label part key: each server's plain and TLS figures, TLS / plain, and paired
-    local s p t q cells=()
+row_tls() {  # label part key [variant]: each server's plain and TLS (or cluster) figures, TLS / plain, and paired
+    local s p t q cells=() v=${4:-s6tls}
     for s in ours nchan; do
-        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "s6tls-$2" "$3" median) q=$(paired "$s" "s6-$2" "s6tls-$2" "$3")
+        p=$(metric "$s" "s6-$2" "$3" median) t=$(metric "$s" "$v-$2" "$3" median) q=$(paired "$s" "s6-$2" "$v-$2" "$3")
         cells+=("$(fmt "$p")" "$(fmt "$t")" "$(ratio "$t" "$p")" "$(ratio "$q" 1)")
     done
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${cells[@]}"
@@ -877,6 +997,25 @@ tls_table() {
     row_tls "throughput: latency p50 (ms)" tput latency_ms_p50
     row_tls "throughput: latency p99 (ms)" tput latency_ms_p99
     row_tls "throughput: CPU µs per delivery (nodes + redis-server)" tput server_cpu_us_per_delivery
+}
+
+# s6cluster beside s6, as s6tls beside it: each server's single-Redis and cluster pairs take turns
+# in every repetition.
+cluster_table() {
+    printf '\n%s\n\n' "s6 through a Redis Cluster (3 primaries) beside s6 through one redis-server, in the same run. cluster / single: the ratio of the medians; paired: the median of each repetition's cluster / single. Above 1 is slower for latency and CPU, below 1 is slower for rates."
+    echo "| metric | ours single | ours cluster | ours cluster / single | ours paired | nchan single | nchan cluster | nchan cluster / single | nchan paired |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    row_tls "same node: latency p50 (ms)" same latency_ms_p50 s6cluster
+    row_tls "same node: latency p99 (ms)" same latency_ms_p99 s6cluster
+    row_tls "cross-node: latency p50 (ms)" cross latency_ms_p50 s6cluster
+    row_tls "cross-node: latency p99 (ms)" cross latency_ms_p99 s6cluster
+    row_tls "cross-node: publish response p50 (ms)" cross publish_ms_p50 s6cluster
+    row_tls "cross-node: publish response p99 (ms)" cross publish_ms_p99 s6cluster
+    row_tls "throughput: delivered events/s at B" tput delivered_per_s s6cluster
+    row_tls "throughput: publishes/s achieved on A" tput publish_rate s6cluster
+    row_tls "throughput: latency p50 (ms)" tput latency_ms_p50 s6cluster
+    row_tls "throughput: latency p99 (ms)" tput latency_ms_p99 s6cluster
+    row_tls "throughput: CPU µs per delivery (nodes + redis-server(s))" tput server_cpu_us_per_delivery s6cluster
 }
 
 # Ours / floor within each repetition (the floor runs right after ours), then the median: steadier
@@ -960,9 +1099,11 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "duplicated" "$sc" duplicated max
                 row "out of order" "$sc" out_of_order max
                 ;;
-            s6 | s6tls)
+            s6 | s6tls | s6cluster)
                 if [ "$sc" = s6 ]; then
                     table_head "s6 (cross-node through one Redis): two nodes per server; latency with $S6_SUBS subscribers on 1 channel, $S6_EVENTS events at $S6_RATE/s published on node A; throughput with $S6_TPUT_SUBS subscribers over $S6_TPUT_CHANNELS channels on node B, $S6_TPUT_EVENTS events published on A in a closed loop, 2 publishers"
+                elif [ "$sc" = s6cluster ]; then
+                    table_head "s6cluster (s6 through a Redis Cluster of $cluster_n primaries, no replicas): the same sizes, each node given two primaries as seeds; CPU per delivery counts all $cluster_n redis-servers"
                 else
                     table_head "s6tls (s6 through a TLS-only Redis): the same sizes, the nodes connecting with rediss:// (ours checks the server's certificate; nchan 1.3.6 does not, see BENCHMARKS.md)"
                 fi
@@ -979,7 +1120,9 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "cross-node throughput: publishes/s achieved on A" "$sc-tput" publish_rate median
                 row "cross-node throughput: latency p50 (ms)" "$sc-tput" latency_ms_p50 median
                 row "cross-node throughput: latency p99 (ms)" "$sc-tput" latency_ms_p99 median
-                row "cross-node throughput: CPU µs per delivery (both nodes' workers + redis-server)" "$sc-tput" server_cpu_us_per_delivery median
+                local_redis="redis-server"
+                [ "$sc" = s6cluster ] && local_redis="the $cluster_n redis-servers"
+                row "cross-node throughput: CPU µs per delivery (both nodes' workers + $local_redis)" "$sc-tput" server_cpu_us_per_delivery median
                 for part in same cross tput; do
                     row "$part: publishes refused or unanswered" "$sc-$part" publish_failed max
                     row "$part: lost" "$sc-$part" lost max
@@ -990,6 +1133,9 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 # With both variants in the run: TLS beside plain, for each server.
                 if [ "$sc" = s6tls ] && [[ " $scenarios " == *" s6 "* ]]; then
                     tls_table
+                fi
+                if [ "$sc" = s6cluster ] && [[ " $scenarios " == *" s6 "* ]]; then
+                    cluster_table
                 fi
                 ;;
             idle)
