@@ -232,30 +232,28 @@ void TestZone::set_cluster(std::uint64_t clock_id) {
     bounds_.clock_id = clock_id;
 }
 
-std::vector<std::uint64_t> TestZone::history_ids(ShmChannel* ch) {
+namespace {
+
+// The ids of a list's events, first to last; `event` finds the event of a link.
+template <typename EventOf>
+std::vector<std::uint64_t> list_ids(ZoneLink* head, EventOf event) {
     std::vector<std::uint64_t> ids;
-    for (ZoneLink* q = ZoneList::first(&ch->history); q != &ch->history; q = q->next) {
-        ids.push_back(zone::history_ref(q)->event->id);
-    }
+    for (ZoneLink* q = ZoneList::first(head); q != head; q = q->next) ids.push_back(event(q)->id);
     return ids;
+}
+
+}  // namespace
+
+std::vector<std::uint64_t> TestZone::history_ids(ShmChannel* ch) {
+    return list_ids(&ch->history, [](ZoneLink* q) { return zone::history_ref(q)->event; });
 }
 
 std::vector<std::uint64_t> TestZone::retention_ids() {
-    std::vector<std::uint64_t> ids;
-    ZoneLink* head = &book_.retention;
-    for (ZoneLink* q = ZoneList::first(head); q != head; q = q->next) {
-        ids.push_back(SSE_LIST_DATA(q, ShmEvent, retained_link)->id);
-    }
-    return ids;
+    return list_ids(&book_.retention, [](ZoneLink* q) { return SSE_LIST_DATA(q, ShmEvent, retained_link); });
 }
 
 std::vector<std::uint64_t> TestZone::orphan_ids() {
-    std::vector<std::uint64_t> ids;
-    ZoneLink* head = &book_.orphans;
-    for (ZoneLink* q = ZoneList::first(head); q != head; q = q->next) {
-        ids.push_back(SSE_LIST_DATA(q, ShmEvent, link)->id);
-    }
-    return ids;
+    return list_ids(&book_.orphans, [](ZoneLink* q) { return SSE_LIST_DATA(q, ShmEvent, link); });
 }
 
 ShmEvent* TestZone::event(std::uint64_t id) const {
