@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds and runs the unit tests: the pure C++ core (src/protocol, and the pure parts of
-# src/redis), then the shared-memory store (src/store) on nginx's own slab allocator, tree,
-# queue and CRC32, compiled from the nginx source tarball (t/unit/store). No nginx runs.
+# src/redis), the store's history, resume planning and eviction without nginx, on malloc with a
+# byte budget (src/store/history.h, t/unit/history), then the whole shared-memory store
+# (src/store) on nginx's own slab allocator, tree, queue and CRC32, compiled from the nginx
+# source tarball (t/unit/store). No nginx runs.
 #   NGINX_TARBALL=/path/nginx-x.y.z.tar.gz  another nginx source for the store test
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,8 +42,9 @@ if [ "$(cat "$ngx/.sse-configured" 2>/dev/null)" != "$want" ]; then
     echo "$want" >"$ngx/.sse-configured"
 fi
 
-# Both test binaries, each object rebuilt only when its source or a header it includes changed.
+# The test binaries, each object rebuilt only when its source or a header it includes changed.
 make -s -f t/unit/Makefile -j"$(nproc)" NGX="$ngx" >build/unit/make.log 2>&1 || {
     grep -E "error|undefined" -A3 build/unit/make.log | head -60 >&2; exit 1; }
 build/unit/protocol_test --gtest_brief=1
+build/unit/history_test --gtest_brief=1
 build/unit/store_test --gtest_brief=1

@@ -7,7 +7,6 @@
 #include <csignal>
 #include <cstring>
 
-#include "fault_injection.h"
 #include "protocol/channel_list.h"
 #include "protocol/event_frame.h"
 #include "store/process_identity.h"
@@ -57,16 +56,12 @@ StoreHeader* Store::create(ngx_slab_pool_t* pool) {
     return hdr;
 }
 
-void* Store::alloc_locked(std::size_t size) {
-    if (fault::allocation_fails()) return nullptr;
-    void* p = ngx_slab_alloc_locked(pool_, size);
-    if (p != nullptr) hdr_->bytes_used += size;
-    return p;
+History<Store> Store::history() noexcept {
+    return History<Store>(*this);
 }
 
 void Store::free_locked(void* p, std::size_t size) {
-    ngx_slab_free_locked(pool_, p);
-    hdr_->bytes_used -= size;
+    allocator().deallocate(p, size);
 }
 
 ngx_int_t Store::claim_slot(ngx_pid_t pid, ngx_log_t* log) {
@@ -202,7 +197,7 @@ ShmChannel* Store::create_channel_locked(std::string_view name, std::uint32_t ha
     std::memset(ch, 0, sizeof(ShmChannel));
     ngx_queue_init(&ch->history);
     // An earlier record of this name may have had events nobody can replay any more.
-    ch->lost_through = hdr_->forgotten[hash % kForgottenBuckets];
+    ch->lost_through = history().forgotten(hash);
     ch->node.key = hash;
     ch->name_len = std::uint16_t(name.size());
     std::memcpy(ch->name, name.data(), name.size());
@@ -266,81 +261,28 @@ void Store::add_pattern_targets_locked(std::string_view name, std::uint64_t mark
 }
 
 void Store::forget_channel_locked(std::string_view name, std::uint64_t through) {
-    std::uint64_t& f = hdr_->forgotten[hash_name(name) % kForgottenBuckets];
-    if (through > f) f = through;
+    history().forget(hash_name(name), through);
 }
 
-// Takes the event out of one channel's history.
-void Store::unretain_locked(EventChannelRef& ref) {
-    ShmChannel* ch = ref.channel;
-    ShmEvent* ev = ref.event;
-    ngx_queue_remove(&ref.history_link);
-    ref.retained = false;
-    ch->history_count--;
-    if (ev->id > ch->lost_through) ch->lost_through = ev->id;
-    if (--ev->retained == 0) {
-        ngx_queue_remove(&ev->retained_link);
-        hdr_->retained_count--;
-        hdr_->retained_bytes -= event_alloc_size(ev->nchannels, ev->frame_len);
-        maybe_free_event_locked(ev);
-    }
-}
-
-// Applies the channel's sse_history and sse_history_ttl to what it retains.
 void Store::trim_history_locked(ShmChannel* ch) {
-    while (!ngx_queue_empty(&ch->history)) {
-        EventChannelRef* oldest = history_ref(ngx_queue_head(&ch->history));
-        if (ch->history_count <= ch->history_limit && !expired(ch, oldest->event)) break;
-        unretain_locked(*oldest);
-    }
+    history().trim(ch, ngx_current_msec);
 }
 
-// Expires the oldest retained events. Bounded: channels nobody touches are trimmed when they
-// are next published to, subscribed to or asked about, or evicted for room.
 void Store::sweep_expired_locked() {
-    constexpr int kSweepLimit = 32;
-    ngx_queue_t* q = ngx_queue_head(&hdr_->retention);
-    for (int n = 0; n < kSweepLimit && q != ngx_queue_sentinel(&hdr_->retention); n++) {
-        auto* ev = ngx_queue_data(q, ShmEvent, retained_link);
-        q = ngx_queue_next(q);
-        for (std::uint32_t i = 0; i < ev->nchannels; i++) {
-            EventChannelRef& ref = ev->refs[i];
-            if (!ref.retained || !expired(ref.channel, ev)) continue;
-            bool last = ev->retained == 1;
-            unretain_locked(ref);  // the last one may free the event
-            if (last) break;
-        }
-    }
+    history().sweep_expired(ngx_current_msec);
 }
 
-// Evicts the oldest retained event from every history. False when nothing is retained.
-bool Store::evict_oldest_locked() {
-    if (ngx_queue_empty(&hdr_->retention)) return false;
-    auto* ev = ngx_queue_data(ngx_queue_head(&hdr_->retention), ShmEvent, retained_link);
-    for (std::uint32_t i = 0; i < ev->nchannels; i++) {
-        if (!ev->refs[i].retained) continue;
-        bool last = ev->retained == 1;
-        unretain_locked(ev->refs[i]);
-        if (last) break;
-    }
-    hdr_->counters.history_evictions++;
-    hdr_->evictions_unlogged++;
-    return true;
+bool Store::could_fit_locked(std::size_t size) {
+    return history().could_fit(size);
 }
 
-// Whether `size` more bytes could fit if all history were evicted: no history is thrown away
-// for an allocation that cannot succeed anyway.
-// The zone's own header and the slab's rounding of a large allocation to whole pages count too.
-bool Store::could_fit_locked(std::size_t size) const {
-    std::size_t capacity = std::size_t(pool_->end - pool_->start) - ngx_align(sizeof(StoreHeader), ngx_pagesize);
-    std::size_t need = size >= ngx_pagesize / 2 ? ngx_align(size, ngx_pagesize) : size;
-    return hdr_->bytes_used - hdr_->retained_bytes + need <= capacity;
-}
-
-// Allocates, evicting the oldest history until there is room or no history is left.
+// Allocates, evicting the oldest history for room; logged once the lock is released, at most
+// once a minute.
 void* Store::alloc_evicting_locked(std::size_t size, ngx_log_t* log) {
-    void* p = alloc_locked(size);
-    while (p == nullptr && evict_oldest_locked()) p = alloc_locked(size);
+    std::uint64_t evicted = 0;
+    void* p = history().allocate_evicting(size, evicted);
+    hdr_->counters.history_evictions += evicted;
+    hdr_->evictions_unlogged += evicted;
     if (hdr_->evictions_unlogged > 0 && ngx_time() - hdr_->eviction_logged_at >= 60) {
         deferred_.evicted += hdr_->evictions_unlogged;
         if (log != nullptr) deferred_.log = log;
@@ -350,17 +292,8 @@ void* Store::alloc_evicting_locked(std::size_t size, ngx_log_t* log) {
     return p;
 }
 
-// Frees the event once nothing holds it; an event only a replay still writes waits as an orphan.
 void Store::maybe_free_event_locked(ShmEvent* ev) {
-    if (ev->in_log || ev->retained > 0 || ev->in_outbound) return;
-    if (!mask_empty(ev->pinned_by)) {
-        if (!ev->orphan) {
-            ev->orphan = true;
-            ngx_queue_insert_tail(&hdr_->orphans, &ev->link);
-        }
-        return;
-    }
-    free_event_locked(ev);
+    history().maybe_free(ev);
 }
 
 // Admits a stream under sse_max_subscribers and sse_max_subscribers_per_key; the key it holds
@@ -496,29 +429,6 @@ void Store::plan_resume(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest
     order_replay(plan, resume);
 }
 
-void Store::order_replay(ResumePlan& plan, const ResumeRequest& resume) noexcept {
-    std::vector<ShmEvent*>& events = plan.replay;
-    // By id; an event of two channels appears twice (the same pointer), and with Redis an id
-    // merged into two channels' histories can be held twice (two pointers): sent once either way.
-    std::sort(events.begin(), events.end(),
-              [](ShmEvent* a, ShmEvent* b) { return a->id < b->id || (a->id == b->id && a < b); });
-    std::size_t kept = 0;
-    for (std::size_t i = 0; i < events.size(); i++) {
-        if (kept > 0 && events[kept - 1]->id == events[i]->id) {
-            if (events[kept - 1] != events[i]) plan.unpin.push_back(events[i]);
-            continue;
-        }
-        events[kept++] = events[i];
-    }
-    events.resize(kept);
-    std::size_t most_recent = resume.kind == ResumeRequest::kLive ? resume.replay : 0;
-    if (most_recent > 0 && events.size() > most_recent) {
-        std::size_t drop = events.size() - most_recent;
-        plan.unpin.insert(plan.unpin.end(), events.begin(), events.begin() + std::ptrdiff_t(drop));
-        events.erase(events.begin(), events.begin() + std::ptrdiff_t(drop));
-    }
-}
-
 bool Store::synced(const ShmSubscriber* sub) {
     ZoneLock lock(pool_, &deferred_);
     for (std::uint32_t i = 0; i < sub->nchannels; i++) {
@@ -527,68 +437,14 @@ bool Store::synced(const ShmSubscriber* sub) {
     return true;
 }
 
-// Decides what a new stream is sent before it goes live: nothing, the most recent events
-// (sse_replay), or what it missed since its position, with a reset first when that cannot be
-// exact. Runs in the critical section that registers the stream, so every event is either in
-// the replay or, published later, delivered live.
+// Plans the stream's start against this zone's ids (see History::plan_resume).
 void Store::plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan) {
-    for (std::uint32_t i = 0; i < sub->nchannels; i++) trim_history_locked(sub->channels[i]);
-
-    std::uint64_t after = 0;      // replay the retained events after this id
-    std::size_t most_recent = 0;  // or, when non-zero, only this many of the latest
-    std::uint64_t newest = hdr_->last_id;
-    bool cluster = hdr_->cluster.enabled;
-    switch (resume.kind) {
-        case ResumeRequest::kLive:
-            if (resume.replay == 0) return;
-            most_recent = resume.replay;
-            break;
-        case ResumeRequest::kMalformed:
-            plan.reset = ResetReason::kMalformed;
-            break;
-        case ResumeRequest::kAfterId:
-            // With Redis, other nodes' ids run ahead of what this one has seen: an id is only from
-            // the future when its clock part is beyond this node's clock by a margin.
-            if (cluster ? resume.after > std::max(newest, clock_id() + kClockMarginUs * kIdsPerMicrosecond)
-                        : resume.after > newest) {
-                plan.reset = ResetReason::kFuture;
-            } else if (!cluster && resume.after + 1 < hdr_->first_id) {
-                plan.reset = ResetReason::kBeforeRestart;
-            } else {
-                after = resume.after;
-                for (std::uint32_t i = 0; i < sub->nchannels; i++) {
-                    const ShmChannel* ch = sub->channels[i];
-                    if (ch->lost_through > after) plan.reset = ResetReason::kEvicted;
-                    // With Redis, a channel this node has not synced knows nothing from before it
-                    // started following it here.
-                    if (cluster && !ch->redis_synced && after < ch->live_floor) plan.reset = ResetReason::kEvicted;
-                }
-                if (plan.reset != ResetReason::kNone) after = 0;
-            }
-            break;
-    }
-
-    std::size_t candidates = 0;
-    for (std::uint32_t i = 0; i < sub->nchannels; i++) {
-        std::size_t held = sub->channels[i]->history_count;
-        candidates += most_recent ? std::min(held, most_recent) : held;
-    }
-    plan.replay.reserve(candidates);
-    for (std::uint32_t i = 0; i < sub->nchannels; i++) {
-        ngx_queue_t* h = &sub->channels[i]->history;
-        std::size_t taken = 0;
-        for (ngx_queue_t* q = ngx_queue_last(h); q != ngx_queue_sentinel(h); q = ngx_queue_prev(q)) {
-            ShmEvent* ev = history_ref(q)->event;
-            if (ev->id <= after || (most_recent && taken == most_recent)) break;
-            plan.replay.push_back(ev);
-            taken++;
-        }
-    }
-    // Ordered after the lock is released (order_replay), into room reserved here, before
-    // anything is pinned: an allocation that fails leaves nothing pinned.
-    plan.unpin.reserve(plan.replay.size());
-    std::uint64_t bit = std::uint64_t(1) << (slot % 64);
-    for (ShmEvent* ev : plan.replay) __atomic_fetch_or(&ev->pinned_by[slot / 64], bit, __ATOMIC_ACQ_REL);
+    ResumeBounds bounds;
+    bounds.first_id = hdr_->first_id;
+    bounds.last_id = hdr_->last_id;
+    bounds.cluster = hdr_->cluster.enabled;
+    if (bounds.cluster && resume.kind == ResumeRequest::kAfterId) bounds.clock_id = clock_id();
+    history().plan_resume(sub->channels, sub->nchannels, resume, bounds, slot, ngx_current_msec, plan);
 }
 
 bool Store::unsubscribe(ShmSubscriber* sub) {
@@ -651,31 +507,12 @@ void Store::link_event_locked(ShmEvent* ev, const std::uint64_t wake[2], bool ke
         ngx_queue_insert_tail(&hdr_->log, &ev->link);
     }
     for (std::size_t i = 0; i < ev->nchannels; i++) {
-        EventChannelRef& ref = ev->refs[i];
-        ShmChannel* ch = ref.channel;
+        ShmChannel* ch = ev->refs[i].channel;
         ch->events_in_log++;
         ch->events_published++;
         if (ev->id > ch->last_event_id) ch->last_event_id = ev->id;
-        if (ch->history_limit == 0) {
-            if (ev->id > ch->lost_through) ch->lost_through = ev->id;
-            continue;
-        }
-        ngx_queue_t* after = ngx_queue_last(&ch->history);
-        if (keep_sorted) {
-            while (after != ngx_queue_sentinel(&ch->history) && history_ref(after)->event->id > ev->id) {
-                after = ngx_queue_prev(after);
-            }
-        }
-        ref.retained = true;
-        ngx_queue_insert_after(after, &ref.history_link);
-        ch->history_count++;
-        ev->retained++;
     }
-    if (ev->retained > 0) {
-        ngx_queue_insert_tail(&hdr_->retention, &ev->retained_link);
-        hdr_->retained_count++;
-        hdr_->retained_bytes += event_alloc_size(ev->nchannels, ev->frame_len);
-    }
+    history().append(ev, keep_sorted);
 }
 
 // The channels of one publish, chosen under the lock: `found` are held (events_in_log) while
@@ -881,8 +718,7 @@ bool Store::close_channel(std::string_view name, PublishResult& result, std::uin
     // Unlink at once so a new subscriber starts a fresh channel; the streams still on the old
     // record end when their workers read the close event. Its history goes with it.
     unlink_channel_locked(ch);
-    while (!ngx_queue_empty(&ch->history)) unretain_locked(*history_ref(ngx_queue_head(&ch->history)));
-    forget_channel_locked(name, std::max(ch->last_event_id, ch->lost_through));
+    history().drop(ch, hash_name(name));
 
     if (ev != nullptr) {
         mark_workers_of(ch, hdr_->slot_high, ev->needed_by);
@@ -978,9 +814,6 @@ void Store::collect() {
 }
 
 void Store::free_event_locked(ShmEvent* ev) {
-    if (ev->orphan) {
-        ngx_queue_remove(&ev->link);
-    }
     hdr_->event_count--;
     for (std::uint32_t i = 0; i < ev->nchannels; i++) {
         ShmChannel* ch = ev->refs[i].channel;
@@ -1009,17 +842,7 @@ void Store::collect_locked() {
         ev->in_log = false;
         maybe_free_event_locked(ev);
     }
-    held = 0;
-    q = ngx_queue_head(&hdr_->orphans);
-    while (q != ngx_queue_sentinel(&hdr_->orphans) && held < kCollectHeldLimit) {
-        auto* ev = ngx_queue_data(q, ShmEvent, link);
-        q = ngx_queue_next(q);
-        if (mask_empty(ev->pinned_by)) {
-            free_event_locked(ev);
-        } else {
-            held++;
-        }
-    }
+    history().collect_orphans(kCollectHeldLimit);
 }
 
 StoreStats Store::stats() {

@@ -25,93 +25,11 @@ extern "C" {
 #include "protocol/event_frame.h"
 #include "protocol/resume.h"
 #include "protocol/stats_report.h"
+#include "store/history.h"
+#include "store/zone_allocator.h"
+#include "store/zone_records.h"
 
 namespace sse {
-
-constexpr ngx_uint_t kMaxWorkerSlots = 128;  // old and new workers overlap during a reload
-
-// Ids. A single node numbers its events one by one from its zone's creation time in
-// microseconds. With Redis, every node takes ids from a hybrid clock so that they are unique
-// and comparable across nodes without asking anyone: (microseconds << 10) | node bits, above
-// every id the node has given out or seen. Node bits 1023 are those of events Redis numbers
-// itself (published by other services).
-constexpr std::uint64_t kIdsPerMicrosecond = 1024;
-constexpr std::uint32_t kRedisAssignedNode = 1023;
-
-struct ShmChannel {
-    ngx_rbtree_node_t node;  // key: hash of the name
-    std::uint64_t last_event_id;
-    std::uint64_t events_published;
-    // Every event of this channel up to this id that is not in `history` is lost to replay, so a
-    // position before it cannot be resumed exactly.
-    std::uint64_t lost_through;
-    ngx_queue_t history;  // EventChannelRef::history_link, oldest first
-    std::uint32_t history_count;
-    std::uint32_t history_limit;  // the last publishing location's sse_history
-    ngx_msec_t history_ttl;       // and its sse_history_ttl
-    std::uint32_t subscribers;    // over all workers
-    std::uint32_t events_in_log;  // events naming this channel that are still stored
-    std::uint32_t per_slot[kMaxWorkerSlots];
-    // With Redis: events from other nodes with ids above this are news to this channel's
-    // streams (ids are clock-based); set when the channel is created here.
-    std::uint64_t live_floor;
-    ngx_queue_t pattern_link;   // in StoreHeader::patterns when the name is a prefix pattern (`blog.*`)
-    std::uint64_t target_mark;  // the publish that last chose it as a target: each event names a channel once
-    unsigned linked : 1;        // findable by name; a closed channel is unlinked at once
-    // With Redis: this node listens to the channel there and has merged what Redis retains, so
-    // its history here is as complete as Redis's.
-    unsigned redis_synced : 1;
-    unsigned pattern : 1;  // its name is a pattern: its streams take the events of every channel it covers
-    std::uint16_t name_len;
-    u_char name[1];
-
-    std::string_view name_view() const { return {reinterpret_cast<const char*>(name), name_len}; }
-};
-
-enum EventKind : std::uint16_t {
-    kEventMessage = 0,
-    kEventCloseChannel = 1,  // the streams of channels[0] end
-    kEventControl = 2,       // with Redis: a request for every node (its frame is JSON), never delivered
-};
-
-struct ShmEvent;
-
-// One of an event's channels; linked into that channel's history while retained there.
-struct EventChannelRef {
-    ShmChannel* channel;
-    ShmEvent* event;
-    ngx_queue_t history_link;
-    bool retained;
-};
-
-struct ShmEvent {
-    ngx_queue_t link;           // the delivery log (while in_log) or the orphan list, seq order
-    ngx_queue_t retained_link;  // the global retention list while retained anywhere, seq order
-    ngx_queue_t outbound_link;  // the queue of events waiting to go to Redis, while in_outbound
-    std::uint64_t id;
-    // Position in this zone's delivery order. Equal to the id's order on a single node; with
-    // Redis, events from other nodes can carry lower ids than ones already delivered here.
-    std::uint64_t seq;
-    std::uint64_t needed_by[2];  // bit per worker slot; cleared atomically by that worker
-    std::uint64_t pinned_by[2];  // bit per worker slot replaying it; cleared atomically
-    ngx_msec_t published_at;     // monotonic clock, for sse_history_ttl
-    std::uint32_t frame_len;
-    std::uint32_t nchannels;  // a publish names at most 1024 channels, each covered by at most 129 patterns
-    std::uint32_t retained;   // channels whose history holds it
-    std::uint16_t kind;
-    std::uint16_t name_len;  // the event's name is in its frame, from event_name_offset(id)
-    bool in_log;
-    bool orphan;
-    bool in_outbound;
-    EventChannelRef* refs;
-    u_char* frame;
-
-    ShmChannel* channel(std::size_t i) const { return refs[i].channel; }
-    std::string_view name() const {
-        if (name_len == 0) return {};
-        return {reinterpret_cast<const char*>(frame) + event_name_offset(id), name_len};
-    }
-};
 
 // A limit key (sse_max_subscribers_per_key) and how many streams hold it, over all workers.
 struct ShmKey {
@@ -235,10 +153,6 @@ struct ClusterState {
     RedisServerFigures servers[kMaxRedisServersShown];
 };
 
-// Ids of channels the zone forgot entirely (freed, closed, or published to with no history),
-// by name hash: a new record of such a channel cannot prove that nothing before this was missed.
-constexpr ngx_uint_t kForgottenBuckets = 1024;
-
 struct StoreHeader {
     std::uint64_t first_id;  // ids of this zone start here: its creation time in microseconds
     std::uint64_t last_id;   // the highest id given out or, with Redis, seen
@@ -289,27 +203,6 @@ struct SubscribeLimits {
 };
 
 enum class SubscribeRefusal { kNone, kZoneFull, kMaxSubscribers, kPerKey };
-
-// Where a new stream starts.
-struct ResumeRequest {
-    enum Kind { kLive, kAfterId, kMalformed } kind = kLive;
-    std::uint64_t after = 0;   // kAfterId
-    std::uint32_t replay = 0;  // kLive: the most recent events to send first (sse_replay)
-};
-
-// What a new stream is sent before going live. The events are pinned for the subscriber's
-// worker slot; the worker unpins each once written.
-struct ResumePlan {
-    ResetReason reset = ResetReason::kNone;
-    std::vector<ShmEvent*> replay;  // id order
-    // Pinned while planning but not to be sent (an id twice, or older than sse_replay keeps):
-    // the worker unpins them unless another of its streams holds them.
-    std::vector<ShmEvent*> unpin;
-    // With Redis: a channel's history here is not yet complete (the node has not merged what
-    // Redis retains), so nothing was planned and the stream takes no live events yet: plan
-    // again with plan_resume() once synced or after waiting long enough.
-    bool deferred = false;
-};
 
 // A new stream, as the store is asked to admit it.
 struct SubscribeRequest {
@@ -513,17 +406,12 @@ private:
     ShmKey* find_key_locked(std::string_view name, std::uint32_t hash);
     void release_key_locked(ShmKey* key);
     void* alloc_evicting_locked(std::size_t size, ngx_log_t* log);
-    bool could_fit_locked(std::size_t size) const;
-    bool evict_oldest_locked();
-    void unretain_locked(EventChannelRef& ref);
+    bool could_fit_locked(std::size_t size);
     void trim_history_locked(ShmChannel* ch);
     void sweep_expired_locked();
     void forget_channel_locked(std::string_view name, std::uint64_t through);
     void maybe_free_event_locked(ShmEvent* ev);
     void plan_resume_locked(ngx_uint_t slot, ShmSubscriber* sub, const ResumeRequest& resume, ResumePlan& plan);
-    // Puts a plan in id order, each id once, at most sse_replay of the newest; the rest goes to
-    // plan.unpin. Outside the lock: the pins keep the events.
-    static void order_replay(ResumePlan& plan, const ResumeRequest& resume) noexcept;
     bool admit_locked(const SubscribeLimits& limits, ShmKey*& key, SubscribeOutcome& out, ngx_log_t* log);
     ShmSubscriber* create_record_locked(const SubscribeRequest& req, ShmKey* key, SubscribeOutcome& out,
                                         ngx_log_t* log);
@@ -538,11 +426,18 @@ private:
     static std::size_t max_targets_for(std::string_view name) { return name.size() + 2; }
     void maybe_free_channel_locked(ShmChannel* ch);
     void collect_locked();
-    void free_event_locked(ShmEvent* ev);
-    void* alloc_locked(std::size_t size);
     void free_locked(void* p, std::size_t size);
     void reap_slot_locked(ngx_uint_t slot);
     void drop_subscriber_locked(ShmSubscriber* sub);
+
+    // History, resume planning and eviction (history.h) run on this store as their zone.
+    friend class History<Store>;
+    History<Store> history() noexcept;
+    SlabAllocator allocator() const noexcept { return SlabAllocator(pool_, &hdr_->bytes_used, sizeof(StoreHeader)); }
+    StoreHeader& book() noexcept { return *hdr_; }
+    // Nothing holds the event any more (History took it off the orphans): its channels let go
+    // of it, its bytes go back.
+    void free_event_locked(ShmEvent* ev);
 
     ngx_slab_pool_t* pool_ = nullptr;
     StoreHeader* hdr_ = nullptr;

@@ -88,28 +88,8 @@ inline void mark_workers_of(const ShmChannel* ch, ngx_uint_t slot_high, std::uin
     }
 }
 
-inline std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
-    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + frame_len;
-}
-
-inline bool mask_empty(const std::uint64_t mask[2]) {
-    return __atomic_load_n(&mask[0], __ATOMIC_ACQUIRE) == 0 && __atomic_load_n(&mask[1], __ATOMIC_ACQUIRE) == 0;
-}
-
 inline void clear_bit_atomic(std::uint64_t mask[2], ngx_uint_t slot) {
     __atomic_fetch_and(&mask[slot / 64], ~(std::uint64_t(1) << (slot % 64)), __ATOMIC_RELEASE);
-}
-
-// Each process caches its own reading of the monotonic clock, so another worker's event can
-// look a few milliseconds younger than "now"; that is not an age.
-inline bool expired(const ShmChannel* ch, const ShmEvent* ev) {
-    if (ch->history_ttl == 0) return false;
-    auto age = static_cast<ngx_msec_int_t>(ngx_current_msec - ev->published_at);
-    return age >= 0 && ngx_msec_t(age) >= ch->history_ttl;
-}
-
-inline EventChannelRef* history_ref(ngx_queue_t* q) {
-    return ngx_queue_data(q, EventChannelRef, history_link);
 }
 
 // A channel's figures, as GET on a publish location and the stats report them.
@@ -126,13 +106,6 @@ inline ChannelState state_of(ShmChannel* ch) {
     }
     return st;
 }
-
-inline std::size_t channel_alloc_size(std::size_t name_len) {
-    return sizeof(ShmChannel) + name_len;
-}
-
-// A client's id is only "from the future" when it is this far ahead of this node's clock.
-constexpr std::uint64_t kClockMarginUs = 60ULL * 1000 * 1000;
 
 // This node's clock as a cluster id with node bits 0.
 inline std::uint64_t clock_id() {
