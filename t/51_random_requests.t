@@ -351,7 +351,15 @@ sub header_lines {
     return @h;
 }
 
-sub excluded { my ($bytes) = @_; (my $d = $bytes) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/ge; return $bytes =~ /ctl/i || $d =~ /ctl/i }
+# Requests that could touch the control streams are not sent: their channel, and their client ids
+# (numbered in the same range as event ids, so an id_value() taken from a publish's answer, or one
+# next to it, can be a control stream's: a DELETE /clients?id= of it would end that stream).
+sub excluded {
+    my ($bytes) = @_;
+    (my $d = $bytes) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/ge;
+    return 1 if $bytes =~ /ctl/i || $d =~ /ctl/i;
+    return scalar grep { index($bytes, $_) >= 0 || index($d, $_) >= 0 } keys %control_ids;
+}
 
 my @H1_LOCS = ('/events', '/events', '/events', '/plain', '/resume', '/resume', '/pub', '/pub', '/pub', '/pubh',
                '/to-user', '/to-client', '/stats', '/stats', '/clients', '/clients', '/nowhere');
