@@ -88,8 +88,10 @@ inline void mark_workers_of(const ShmChannel* ch, ngx_uint_t slot_high, std::uin
     }
 }
 
+// The frame is stored as one HTTP/1.1 chunk (see ShmEvent::chunk).
 inline std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
-    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + frame_len;
+    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + chunk_head_size(frame_len) + frame_len +
+           kChunkTail.size();
 }
 
 inline bool mask_empty(const std::uint64_t mask[2]) {
