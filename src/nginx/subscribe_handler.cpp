@@ -28,6 +28,7 @@ struct EventHold {
     ShmEvent* event;
     std::uint32_t frames;  // frames still pointing at the event's bytes
     bool replay;
+    EventHold* next;  // in LocalIndex::free_holds
 };
 
 // A buffer handed to nginx's output chain; recycled through a per-worker free list.
@@ -80,6 +81,12 @@ struct Subscriber {
     ngx_msec_t last_write;
     ngx_queue_t dirty_link;    // in LocalIndex::dirty while it has frames to flush
     ngx_queue_t closing_link;  // in LocalIndex::closing: to be ended after the events taken
+    // What sse_clients shows of the stream, counted here and written to its record in the zone
+    // within kCountsDelay (in LocalIndex::stale_counts until then).
+    std::uint64_t events_sent;
+    std::uint64_t bytes_sent;
+    ngx_queue_t counts_link;
+    bool counts_stale;
     bool in_all;
     bool awaiting_sync;
     bool dirty;
@@ -95,11 +102,14 @@ struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     std::unordered_map<ShmEvent*, EventHold*> replay_holds;  // one pin per event for all streams
     Frame* free_frames = nullptr;
+    EventHold* free_holds = nullptr;
     std::vector<ShmEvent*> taken;
     ngx_queue_t all;    // every stream of this worker, for shutdown
     ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
-    ngx_queue_t closing;  // streams to end once the events taken before are queued
+    ngx_queue_t closing;       // streams to end once the events taken before are queued
+    ngx_queue_t stale_counts;  // streams whose figures in the zone are behind
+    ngx_event_t write_counts;
     std::uint64_t kicks_seen = 0;
     ngx_event_t resume;   // continues flushing after the event loop has had its turn
     ngx_event_t collect;  // frees events whose last frame here was written, once per turn of the loop
@@ -115,8 +125,8 @@ LocalIndex* local = nullptr;
 
 void flush_dirty_streams();
 
-// Under AddressSanitizer frames are freed, not recycled, so that any use of a frame nginx
-// should no longer hold is reported.
+// Under AddressSanitizer frames and holds are freed, not recycled, so that any use of one that
+// should no longer be held is reported.
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kRecycleFrames = false;
 #else
@@ -144,6 +154,29 @@ void unpin_unless_held(ShmEvent* ev) {
     Store::unpin_event(ev, ngx_uint_t(worker_context()->slot));
 }
 
+EventHold* get_hold(ShmEvent* ev, bool replay) noexcept {
+    EventHold* hold = nullptr;
+    if (kRecycleFrames && local->free_holds != nullptr) {
+        hold = local->free_holds;
+        local->free_holds = hold->next;
+    } else {
+        if (fault::allocation_fails()) return nullptr;
+        hold = static_cast<EventHold*>(std::malloc(sizeof(EventHold)));
+        if (hold == nullptr) return nullptr;
+    }
+    *hold = EventHold{ev, 0, replay, nullptr};
+    return hold;
+}
+
+void put_hold(EventHold* hold) {
+    if (!kRecycleFrames) {
+        std::free(hold);
+        return;
+    }
+    hold->next = local->free_holds;
+    local->free_holds = hold;
+}
+
 void drop_hold(EventHold* hold) {
     auto slot = ngx_uint_t(worker_context()->slot);
     if (hold->replay) {
@@ -152,7 +185,7 @@ void drop_hold(EventHold* hold) {
     } else {
         Store::release_event(hold->event, slot);
     }
-    delete hold;
+    put_hold(hold);
     // The event may be needed by nobody now: freed in this turn of the loop, not at the next
     // publish, so the zone returns to its baseline when streams go quiet.
     if (!local->collect.posted) {
@@ -228,10 +261,37 @@ void release_all_frames(Subscriber* s) {
     s->sent_bytes = s->new_bytes = 0;
 }
 
-// For sse_clients: what the stream was sent, in its record (only this worker writes it).
+// How late sse_clients may show a stream's figures: a store into the zone on every delivery
+// costs more than the delivery's own bookkeeping.
+constexpr ngx_msec_t kCountsDelay = 500;
+
+// For sse_clients: what the stream was sent (the SSE bytes, whatever the transport adds).
 void count_sent(Subscriber* s, const ShmEvent* ev) {
-    __atomic_store_n(&s->record->events_sent, s->record->events_sent + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->record->bytes_sent, s->record->bytes_sent + ev->frame_len, __ATOMIC_RELAXED);
+    s->events_sent++;
+    s->bytes_sent += ev->frame_len;
+    if (s->counts_stale) return;
+    s->counts_stale = true;
+    ngx_queue_insert_tail(&local->stale_counts, &s->counts_link);
+    if (!local->write_counts.timer_set) ngx_add_timer(&local->write_counts, kCountsDelay);
+}
+
+// Into the stream's record (only this worker writes it).
+void write_counts(Subscriber* s) {
+    if (s->counts_stale) {
+        ngx_queue_remove(&s->counts_link);
+        s->counts_stale = false;
+    }
+    if (s->record == nullptr) return;
+    __atomic_store_n(&s->record->events_sent, s->events_sent, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->record->bytes_sent, s->bytes_sent, __ATOMIC_RELAXED);
+}
+
+void write_stale_counts(ngx_event_t*) noexcept {
+    guarded(ngx_cycle->log, "counting what streams were sent", [] {
+        while (!ngx_queue_empty(&local->stale_counts)) {
+            write_counts(ngx_queue_data(ngx_queue_head(&local->stale_counts), Subscriber, counts_link));
+        }
+    });
 }
 
 // Queues one event's frame on the stream, the frame pointing at the event's bytes in the zone,
@@ -278,6 +338,7 @@ void leave_queue(bool& in_queue, ngx_queue_t* link) {
 // record in the zone. Safe at any step of its opening, and more than once.
 void unregister(Subscriber* s) {
     leave_queue(s->dirty, &s->dirty_link);
+    leave_queue(s->counts_stale, &s->counts_link);  // its record goes
     leave_queue(s->closing, &s->closing_link);
     leave_queue(s->awaiting_sync, &s->sync_link);
     leave_queue(s->in_all, &s->all_link);
@@ -478,11 +539,11 @@ bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
         if (found != li.replay_holds.end()) hold = found->second;
         Frame* f = get_frame();
         if (f != nullptr && hold == nullptr) {
-            hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, true};
+            hold = get_hold(ev, true);
             try {
                 if (hold != nullptr) li.replay_holds.emplace(ev, hold);
             } catch (...) {
-                delete hold;
+                put_hold(hold);
                 hold = nullptr;
             }
         }
@@ -1012,7 +1073,7 @@ void deliver_event(ShmEvent* ev, ngx_uint_t slot, StoreCounters& counters, bool&
             if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
             Frame* f = get_frame();
             if (f != nullptr && hold == nullptr) {
-                hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, false};
+                hold = get_hold(ev, false);
                 if (hold == nullptr) {
                     put_frame(f);
                     f = nullptr;
@@ -1078,6 +1139,11 @@ void deliver_to_local_subscribers() noexcept {
 
 LocalIndex::LocalIndex() {
     taken.reserve(kTakeBatch);
+    ngx_queue_init(&stale_counts);
+    ngx_memzero(&write_counts, sizeof(write_counts));
+    write_counts.handler = write_stale_counts;
+    write_counts.log = ngx_cycle->log;
+    write_counts.cancelable = 1;  // must not keep a retiring worker alive
     ngx_queue_init(&all);
     ngx_queue_init(&dirty);
     ngx_queue_init(&awaiting_sync);
@@ -1096,6 +1162,12 @@ LocalIndex::~LocalIndex() {
         std::free(f);
         f = next;
     }
+    for (EventHold* h = free_holds; h != nullptr;) {
+        EventHold* next = h->next;
+        std::free(h);
+        h = next;
+    }
+    if (write_counts.timer_set) ngx_del_timer(&write_counts);
     // ngx_delete_posted_event is two statements: braces, always.
     if (resume.posted) {
         ngx_delete_posted_event(&resume);
