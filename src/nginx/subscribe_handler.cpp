@@ -3,6 +3,13 @@
 // stream a buffer that points at the event's frame bytes in the zone (no copy, no formatting),
 // passing them through nginx's filters (chunked, gzip, HTTP/2) like any other response body.
 //
+// The direct path (sse_direct_write): a chunked HTTP/1.1 stream whose bytes no body filter
+// changes is handed each event's frame already framed as a chunk in the zone, straight to
+// nginx's last filter, the write filter, which writes it with one c->send_chain (TLS, limit_rate,
+// $bytes_sent as for any response). The write filter keeps what the socket did not take in
+// r->out, in order with whatever nginx's filters queued before and after (the last chunk at the
+// end of the stream), so the two paths never interleave.
+//
 // A stream that cannot be given an event (no memory for its buffer) is ended, never skipped: its
 // client reconnects with Last-Event-ID and is replayed what it missed.
 #include <cstdlib>
@@ -87,6 +94,7 @@ struct Subscriber {
     std::uint64_t bytes_sent;
     ngx_queue_t counts_link;
     bool counts_stale;
+    bool direct;  // frames are chunks, written past the body filters (see the top of this file)
     bool in_all;
     bool awaiting_sync;
     bool dirty;
@@ -104,6 +112,10 @@ struct LocalIndex {
     Frame* free_frames = nullptr;
     EventHold* free_holds = nullptr;
     std::vector<ShmEvent*> taken;
+    // ctx_index of the body filters that, when active on a request (their context set), may change
+    // its bytes: such a stream keeps nginx's filters.
+    std::vector<ngx_uint_t> byte_filters;
+    std::string heartbeat_chunk = chunked(kHeartbeatFrame);
     ngx_queue_t all;    // every stream of this worker, for shutdown
     ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
@@ -295,11 +307,15 @@ void write_stale_counts(ngx_event_t*) noexcept {
 }
 
 // Queues one event's frame on the stream, the frame pointing at the event's bytes in the zone,
-// which `hold` keeps there until the frame is written.
+// which `hold` keeps there until the frame is written: on the direct path, the frame's chunk.
 void give_event(Subscriber* s, EventHold* hold, Frame* f, const ShmEvent* ev) {
     hold->frames++;
     f->hold = hold;
-    fill_frame(f, ev->frame, ev->frame_len);
+    if (s->direct) {
+        fill_frame(f, ev->chunk(), ev->chunk_len());
+    } else {
+        fill_frame(f, ev->frame, ev->frame_len);
+    }
     append_new(s, f);
     count_sent(s, ev);
 }
@@ -389,13 +405,20 @@ ngx_int_t flush(Subscriber* s) {
         s->new_bytes = 0;
         s->last_write = ngx_current_msec;
     }
-    ngx_int_t rc = ngx_http_output_filter(r, out);
+    ngx_connection_t* c = r->connection;
+    ngx_int_t rc = NGX_OK;
+    if (!s->direct) {
+        rc = ngx_http_output_filter(r, out);
+    } else if (out != nullptr || c->buffered) {
+        // Called with nothing to write, the write filter would log an alert (nginx's postpone
+        // filter keeps such calls from it on the other path).
+        rc = ngx_http_write_filter(r, out);
+    }
     reclaim_sent(s);
     if (rc == NGX_ERROR) return rc;
 
     // What the socket did not take is sent when it becomes writable (as nginx's own writer
     // does): arm the write event, and time out a client that takes nothing for send_timeout.
-    ngx_connection_t* c = r->connection;
     ngx_event_t* wev = c->write;
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_get_module_loc_conf(r, ngx_http_core_module));
     if (r->buffered || c->buffered) {
@@ -479,8 +502,8 @@ void write_handler(ngx_http_request_t* r) noexcept {
     });
 }
 
-// Queues bytes of our own (preamble, heartbeat, reset); false when there is no memory for the
-// buffer, and the stream must end.
+// Queues bytes of our own (preamble, heartbeat, reset), framed as the stream's frames are;
+// false when there is no memory for the buffer, and the stream must end.
 bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     Frame* f = get_frame();
     if (f == nullptr) return false;
@@ -491,11 +514,42 @@ bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
 
 // Copies a frame of our own into the request's pool and queues it.
 bool send_own_copy(Subscriber* s, const std::string& frame) {
-    auto* bytes =
-        static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, frame.size()));
+    std::string framed;
+    std::string_view out = frame;
+    if (s->direct) {
+        framed = chunked(frame);
+        out = framed;
+    }
+    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, out.size()));
     if (bytes == nullptr) return false;
-    ngx_memcpy(bytes, frame.data(), frame.size());
-    return send_own_bytes(s, bytes, frame.size());
+    ngx_memcpy(bytes, out.data(), out.size());
+    return send_own_bytes(s, bytes, out.size());
+}
+
+bool send_heartbeat(Subscriber* s) {
+    if (s->direct) {
+        const std::string& chunk = local->heartbeat_chunk;
+        return send_own_bytes(s, reinterpret_cast<const u_char*>(chunk.data()), chunk.size());
+    }
+    return send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size());
+}
+
+// Whether the stream's bytes reach the socket as we give them but for the chunked framing:
+// HTTP/1.1, chunked, with no body filter active that could change them (gzip shows itself in
+// the header too) and nothing held above the write filter. Decided once, when the header and
+// the first bytes have gone through the filters; only sse_direct_write off covers a body
+// filter of a third-party module not listed in kByteFilters.
+bool direct_possible(ngx_http_request_t* r) {
+    if (r->http_version != NGX_HTTP_VERSION_11 || !r->chunked || r->header_only) return false;
+#if (NGX_HTTP_V2)
+    if (r->stream != nullptr) return false;
+#endif
+    if (r->headers_out.content_encoding != nullptr && r->headers_out.content_encoding->hash != 0) return false;
+    if (r->buffered || r->postponed != nullptr || r->connection->data != r) return false;
+    for (ngx_uint_t index : local->byte_filters) {
+        if (r->ctx[index] != nullptr) return false;
+    }
+    return true;
 }
 
 // Queues what the store planned for a new stream: the reset event, then the replayed events,
@@ -600,7 +654,7 @@ void heartbeat_handler(ngx_event_t* ev) noexcept {
         ngx_msec_t interval = s->conf->heartbeat;
         ngx_msec_t idle = ngx_current_msec - s->last_write;
         if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
-            if (!send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size())) {
+            if (!send_heartbeat(s)) {
                 end_starved_stream(s);
                 return;
             }
@@ -939,6 +993,7 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
         ngx_http_finalize_request(r, NGX_ERROR);
         return NGX_DONE;
     }
+    s->direct = conf->direct_write && direct_possible(r);
     arm_timers(s);
     return NGX_DONE;
 }
@@ -1137,8 +1192,24 @@ void deliver_to_local_subscribers() noexcept {
     guarded(ngx_cycle->log, "delivering events", [&] { deliver_round(*w); });
 }
 
+// nginx's body filters that may change a response's bytes, and the scripting modules' (which
+// may run one), by name: a module absent from this nginx is simply not found.
+constexpr const char* kByteFilters[] = {
+    "ngx_http_gzip_filter_module", "ngx_http_gunzip_filter_module",  "ngx_http_ssi_filter_module",
+    "ngx_http_sub_filter_module",  "ngx_http_charset_filter_module", "ngx_http_addition_filter_module",
+    "ngx_http_xslt_filter_module", "ngx_http_image_filter_module",   "ngx_http_lua_module",
+    "ngx_http_js_module",          "ngx_http_perl_module",
+};
+
 LocalIndex::LocalIndex() {
     taken.reserve(kTakeBatch);
+    for (ngx_uint_t i = 0; i < ngx_cycle->modules_n; i++) {
+        const ngx_module_t* m = ngx_cycle->modules[i];
+        if (m == nullptr || m->type != NGX_HTTP_MODULE || m->name == nullptr) continue;
+        for (const char* name : kByteFilters) {
+            if (ngx_strcmp(m->name, name) == 0) byte_filters.push_back(m->ctx_index);
+        }
+    }
     ngx_queue_init(&stale_counts);
     ngx_memzero(&write_counts, sizeof(write_counts));
     write_counts.handler = write_stale_counts;
