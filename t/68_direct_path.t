@@ -4,8 +4,8 @@
 # chunk), every event after as one chunk (a batch of three is three chunks; through the filters
 # it would be one), heartbeats framed the same way, a resume, a slow reader that takes the bytes
 # late (every byte in order, with more published while the socket is full, and the last chunk
-# after all of them when the stream ends with bytes pending), and $bytes_sent equal to what the
-# client received. gzip, HTTP/2 and sse_direct_write off keep nginx's filters, with the same
+# after all of them when the stream ends with bytes pending), $bytes_sent equal to what the
+# client received, and limit_rate pacing it. gzip, HTTP/2 and sse_direct_write off keep nginx's filters, with the same
 # event bytes.
 use strict;
 use warnings;
@@ -22,7 +22,18 @@ use SSETest;
 use SSEExpect qw(frame);
 
 # Ports: 0 plain HTTP/1.1, 1 TLS (HTTP/1.1), 2 plain with a small socket send buffer, 3 HTTP/2.
-my $locations = <<'CONF';
+# sub_filter only where nginx has it (Debian's does; the one scripts/build-nginx.sh builds does not).
+my $have_sub = SSETest::nginx_info()->{modules}{http_sub};
+my $sub_location = !$have_sub ? '' : <<'CONF';
+        location = /sub {
+            sse_subscribe $arg_topics;
+            sse_heartbeat off;
+            sub_filter 'data: ' 'data: [sub] ';
+            sub_filter_types text/event-stream;
+            sub_filter_once off;
+        }
+CONF
+my $locations = $sub_location . <<'CONF';
         location = /events {
             sse_subscribe $arg_topics;
             sse_heartbeat off;
@@ -33,6 +44,11 @@ my $locations = <<'CONF';
         location = /hb {
             sse_subscribe $arg_topics;
             sse_heartbeat 1s;
+        }
+        location = /limited {
+            sse_subscribe $arg_topics;
+            sse_heartbeat off;
+            limit_rate 8k;
         }
         location = /off {
             sse_subscribe $arg_topics;
@@ -255,6 +271,21 @@ for my $case (['plain', 0, {}], ['TLS', 1, {tls => 1}]) {
     is($logged, length $s->{raw}, 'slow reader: $bytes_sent is what the client received');
 }
 
+# --- limit_rate still applies (the write filter paces the direct path): 24 KB at 8 KB/s take
+# more than a second and arrive whole, in order.
+{
+    my $s = open_raw('/limited?topics=limited');
+    is(body_until($s, chunk(":ok\n\n"), 5), chunk(":ok\n\n"), 'limit_rate: the preamble');
+    my $t0 = time;
+    my @frames = publish_batch('limited', map { "paced $_ " . ('y' x 6000) } 1 .. 4);
+    my $want = chunk(":ok\n\n") . join '', map { chunk($_) } @frames;
+    is(body_until($s, $want, 10), $want, 'limit_rate: every byte, in order');
+    my $took = time - $t0;
+    cmp_ok($took, '>', 1, 'limit_rate: paced');
+    diag(sprintf 'limit_rate: 24 KB in %.2f s', $took);
+    close $s->{sock};
+}
+
 # --- sse_direct_write off: nginx's chunked filter frames what one delivery round gives it, so a
 # batch is one chunk; the event bytes are the same.
 {
@@ -284,6 +315,20 @@ for my $case (['plain', 0, {}], ['TLS', 1, {tls => 1}]) {
         $out eq $want;
     }, 5);
     is($out, $want, 'gzip: the same event bytes');
+    close $s->{sock};
+}
+
+# --- A body filter of nginx that is active on the request (sub_filter here) is seen: the stream
+# keeps the filters, and the filter rewrites every event.
+SKIP: {
+    skip 'nginx without the sub module', 2 unless $have_sub;
+    my $s = open_raw('/sub?topics=sub');
+    is(body_until($s, chunk(":ok\n\n"), 5), chunk(":ok\n\n"), 'sub_filter: the preamble');
+    my @frames = publish_batch('sub', 's1', 's2');
+    my $want = ":ok\n\n" . join '', map { s/^data: /data: [sub] /mgr } @frames;
+    read_until($s, sub { my ($chunks) = chunks_of(body_of($_[0])); length(join '', @$chunks) >= length $want }, 5);
+    my ($chunks) = chunks_of(body_of($s->{raw}));
+    is(join('', @$chunks), $want, 'sub_filter: every event rewritten by the filter');
     close $s->{sock};
 }
 

@@ -502,8 +502,8 @@ void write_handler(ngx_http_request_t* r) noexcept {
     });
 }
 
-// Queues bytes of our own (preamble, heartbeat, reset), framed as the stream's frames are;
-// false when there is no memory for the buffer, and the stream must end.
+// Queues bytes of our own (preamble, heartbeat, reset) as they are: on the direct path, framed
+// by the caller; false when there is no memory for the buffer, and the stream must end.
 bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     Frame* f = get_frame();
     if (f == nullptr) return false;
