@@ -166,6 +166,7 @@ invalid('sse_subscribe_allow', 'public.* ""', '', 'location', why => qr/channel 
 invalid('sse_user', '""', '', 'location', why => qr/\$user_id/);
 invalid('sse_client_channel', 'yes', 'yes', 'location', why => qr/"on" or "off"/);
 invalid('sse_subscribe_patterns', 'maybe', 'maybe', 'http', why => qr/"on" or "off"/);
+invalid('sse_direct_write', 'maybe', 'maybe', 'location', why => qr/it must be "on" or "off"/);
 invalid('sse_connected_event', '""', '', 'location', why => qr/event name[^\n]* or off/);
 my $long_name = 'x' x 129;
 invalid('sse_connected_event', $long_name, $long_name, 'http', label => 'sse_connected_event of 129 bytes');

@@ -84,9 +84,11 @@ is_deeply([map { $_->{client_id} } @{ $one->{clients} }], [$c0->{client_id}], 'i
 # Figures: events and bytes sent to a stream.
 my $e = $t->publish_event('/pub?topic=b', 'count me');
 $_->wait_body(length($_->body) + 1, 5) for grep { $_->body !~ /count me/ } @s[1, 3];
-(undef, $one) = get("?id=$c0->{client_id}");
-sleep 0.3;
-(undef, $one) = get("?id=$c0->{client_id}");
+# A worker writes its streams' figures to the zone at most half a second late.
+SSETest::wait_until(sub {
+    (undef, $one) = get("?id=$c0->{client_id}");
+    $one->{clients}[0]{events_sent} == 1 && $one->{clients}[0]{bytes_sent} == length $e->[1];
+}, 1.5);
 is($one->{clients}[0]{events_sent}, 1, 'events_sent 1 after one event on b');
 is($one->{clients}[0]{bytes_sent}, length $e->[1], 'bytes_sent: the frame\'s length');
 

@@ -123,6 +123,8 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, subscribe_patterns), nullptr},
     {ngx_string("sse_client_channel"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, client_channel), nullptr},
+    {ngx_string("sse_direct_write"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(LocConf, direct_write), nullptr},
     {ngx_string("sse_connected_event"), kEverywhere | NGX_CONF_TAKE1, ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(LocConf, connected_event), &connected_event_post},
     {ngx_string("sse_subscribe_allow"), kEverywhere | NGX_CONF_1MORE, set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0,
@@ -257,6 +259,7 @@ void* create_loc_conf(ngx_conf_t* cf) noexcept {
         lcf->lifetime_jitter = NGX_CONF_UNSET_MSEC;
         lcf->client_channel = NGX_CONF_UNSET;
         lcf->subscribe_patterns = NGX_CONF_UNSET;
+        lcf->direct_write = NGX_CONF_UNSET;
         return lcf;
     });
 }
@@ -286,6 +289,7 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
         if (conf->user == nullptr) conf->user = prev->user;
         ngx_conf_merge_value(conf->client_channel, prev->client_channel, 0);
         ngx_conf_merge_value(conf->subscribe_patterns, prev->subscribe_patterns, 0);
+        ngx_conf_merge_value(conf->direct_write, prev->direct_write, 1);
         ngx_conf_merge_str_value(conf->connected_event, prev->connected_event, "");
         return NGX_CONF_OK;
     });

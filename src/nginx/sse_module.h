@@ -82,6 +82,9 @@ struct LocConf {
     ngx_flag_t client_channel;       // sse_client_channel: the stream can be published to by client id
     ngx_flag_t subscribe_patterns;   // sse_subscribe_patterns: `blog.*` and `*` may be asked for
     ngx_str_t connected_event;       // sse_connected_event: the first event's name; len 0: off
+    // sse_direct_write: a stream no nginx body filter changes is written as framed chunks past
+    // the filters (subscribe_handler.cpp); off for a third-party body filter it cannot see.
+    ngx_flag_t direct_write;
     enum PublishTarget : ngx_uint_t { kToChannels = 0, kToClient, kToUser } publish_target;
 };
 

@@ -3,6 +3,13 @@
 // stream a buffer that points at the event's frame bytes in the zone (no copy, no formatting),
 // passing them through nginx's filters (chunked, gzip, HTTP/2) like any other response body.
 //
+// The direct path (sse_direct_write): a chunked HTTP/1.1 stream whose bytes no body filter
+// changes is handed each event's frame already framed as a chunk in the zone, straight to
+// nginx's last filter, the write filter, which writes it with one c->send_chain (TLS, limit_rate,
+// $bytes_sent as for any response). The write filter keeps what the socket did not take in
+// r->out, in order with whatever nginx's filters queued before and after (the last chunk at the
+// end of the stream), so the two paths never interleave.
+//
 // A stream that cannot be given an event (no memory for its buffer) is ended, never skipped: its
 // client reconnects with Last-Event-ID and is replayed what it missed.
 #include <cstdlib>
@@ -29,6 +36,7 @@ struct EventHold {
     ShmEvent* event;
     std::uint32_t frames;  // frames still pointing at the event's bytes
     bool replay;
+    EventHold* next;  // in LocalIndex::free_holds
 };
 
 // A buffer handed to nginx's output chain; recycled through a per-worker free list.
@@ -81,6 +89,13 @@ struct Subscriber {
     ngx_msec_t last_write;
     ngx_queue_t dirty_link;    // in LocalIndex::dirty while it has frames to flush
     ngx_queue_t closing_link;  // in LocalIndex::closing: to be ended after the events taken
+    // What sse_clients shows of the stream, counted here and written to its record in the zone
+    // within kCountsDelay (in LocalIndex::stale_counts until then).
+    std::uint64_t events_sent;
+    std::uint64_t bytes_sent;
+    ngx_queue_t counts_link;
+    bool counts_stale;
+    bool direct;  // frames are chunks, written past the body filters (see the top of this file)
     bool in_all;
     bool awaiting_sync;
     bool dirty;
@@ -96,11 +111,18 @@ struct LocalIndex {
     std::unordered_map<ShmChannel*, LocalChannel> channels;
     std::unordered_map<ShmEvent*, EventHold*> replay_holds;  // one pin per event for all streams
     Frame* free_frames = nullptr;
+    EventHold* free_holds = nullptr;
     std::vector<ShmEvent*> taken;
+    // ctx_index of the body filters that, when active on a request (their context set), may change
+    // its bytes: such a stream keeps nginx's filters.
+    std::vector<ngx_uint_t> byte_filters;
+    std::string heartbeat_chunk = chunked(kHeartbeatFrame);
     ngx_queue_t all;    // every stream of this worker, for shutdown
     ngx_queue_t dirty;  // streams with frames queued by a delivery round, not yet flushed
     ngx_queue_t awaiting_sync;
-    ngx_queue_t closing;  // streams to end once the events taken before are queued
+    ngx_queue_t closing;       // streams to end once the events taken before are queued
+    ngx_queue_t stale_counts;  // streams whose figures in the zone are behind
+    ngx_event_t write_counts;
     std::uint64_t kicks_seen = 0;
     ngx_event_t resume;   // continues flushing after the event loop has had its turn
     ngx_event_t collect;  // frees events whose last frame here was written, once per turn of the loop
@@ -116,8 +138,8 @@ LocalIndex* local = nullptr;
 
 void flush_dirty_streams();
 
-// Under AddressSanitizer frames are freed, not recycled, so that any use of a frame nginx
-// should no longer hold is reported.
+// Under AddressSanitizer frames and holds are freed, not recycled, so that any use of one that
+// should no longer be held is reported.
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kRecycleFrames = false;
 #else
@@ -145,6 +167,29 @@ void unpin_unless_held(ShmEvent* ev) {
     Store::unpin_event(ev, ngx_uint_t(worker_context()->slot));
 }
 
+EventHold* get_hold(ShmEvent* ev, bool replay) noexcept {
+    EventHold* hold = nullptr;
+    if (kRecycleFrames && local->free_holds != nullptr) {
+        hold = local->free_holds;
+        local->free_holds = hold->next;
+    } else {
+        if (fault::allocation_fails()) return nullptr;
+        hold = static_cast<EventHold*>(std::malloc(sizeof(EventHold)));
+        if (hold == nullptr) return nullptr;
+    }
+    *hold = EventHold{ev, 0, replay, nullptr};
+    return hold;
+}
+
+void put_hold(EventHold* hold) {
+    if (!kRecycleFrames) {
+        std::free(hold);
+        return;
+    }
+    hold->next = local->free_holds;
+    local->free_holds = hold;
+}
+
 void drop_hold(EventHold* hold) {
     auto slot = ngx_uint_t(worker_context()->slot);
     if (hold->replay) {
@@ -153,7 +198,7 @@ void drop_hold(EventHold* hold) {
     } else {
         Store::release_event(hold->event, slot);
     }
-    delete hold;
+    put_hold(hold);
     // The event may be needed by nobody now: freed in this turn of the loop, not at the next
     // publish, so the zone returns to its baseline when streams go quiet.
     if (!local->collect.posted) {
@@ -229,18 +274,49 @@ void release_all_frames(Subscriber* s) {
     s->sent_bytes = s->new_bytes = 0;
 }
 
-// For sse_clients: what the stream was sent, in its record (only this worker writes it).
+// How late sse_clients may show a stream's figures: a store into the zone on every delivery
+// costs more than the delivery's own bookkeeping.
+constexpr ngx_msec_t kCountsDelay = 500;
+
+// For sse_clients: what the stream was sent (the SSE bytes, whatever the transport adds).
 void count_sent(Subscriber* s, const ShmEvent* ev) {
-    __atomic_store_n(&s->record->events_sent, s->record->events_sent + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->record->bytes_sent, s->record->bytes_sent + ev->frame_len, __ATOMIC_RELAXED);
+    s->events_sent++;
+    s->bytes_sent += ev->frame_len;
+    if (s->counts_stale) return;
+    s->counts_stale = true;
+    ngx_queue_insert_tail(&local->stale_counts, &s->counts_link);
+    if (!local->write_counts.timer_set) ngx_add_timer(&local->write_counts, kCountsDelay);
+}
+
+// Into the stream's record (only this worker writes it).
+void write_counts(Subscriber* s) {
+    if (s->counts_stale) {
+        ngx_queue_remove(&s->counts_link);
+        s->counts_stale = false;
+    }
+    if (s->record == nullptr) return;
+    __atomic_store_n(&s->record->events_sent, s->events_sent, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->record->bytes_sent, s->bytes_sent, __ATOMIC_RELAXED);
+}
+
+void write_stale_counts(ngx_event_t*) noexcept {
+    guarded(ngx_cycle->log, "counting what streams were sent", [] {
+        while (!ngx_queue_empty(&local->stale_counts)) {
+            write_counts(ngx_queue_data(ngx_queue_head(&local->stale_counts), Subscriber, counts_link));
+        }
+    });
 }
 
 // Queues one event's frame on the stream, the frame pointing at the event's bytes in the zone,
-// which `hold` keeps there until the frame is written.
+// which `hold` keeps there until the frame is written: on the direct path, the frame's chunk.
 void give_event(Subscriber* s, EventHold* hold, Frame* f, const ShmEvent* ev) {
     hold->frames++;
     f->hold = hold;
-    fill_frame(f, ev->frame, ev->frame_len);
+    if (s->direct) {
+        fill_frame(f, ev->chunk(), ev->chunk_len());
+    } else {
+        fill_frame(f, ev->frame, ev->frame_len);
+    }
     append_new(s, f);
     count_sent(s, ev);
 }
@@ -279,6 +355,7 @@ void leave_queue(bool& in_queue, ngx_queue_t* link) {
 // record in the zone. Safe at any step of its opening, and more than once.
 void unregister(Subscriber* s) {
     leave_queue(s->dirty, &s->dirty_link);
+    leave_queue(s->counts_stale, &s->counts_link);  // its record goes
     leave_queue(s->closing, &s->closing_link);
     leave_queue(s->awaiting_sync, &s->sync_link);
     leave_queue(s->in_all, &s->all_link);
@@ -329,13 +406,20 @@ ngx_int_t flush(Subscriber* s) {
         s->new_bytes = 0;
         s->last_write = ngx_current_msec;
     }
-    ngx_int_t rc = ngx_http_output_filter(r, out);
+    ngx_connection_t* c = r->connection;
+    ngx_int_t rc = NGX_OK;
+    if (!s->direct) {
+        rc = ngx_http_output_filter(r, out);
+    } else if (out != nullptr || c->buffered) {
+        // Called with nothing to write, the write filter would log an alert (nginx's postpone
+        // filter keeps such calls from it on the other path).
+        rc = ngx_http_write_filter(r, out);
+    }
     reclaim_sent(s);
     if (rc == NGX_ERROR) return rc;
 
     // What the socket did not take is sent when it becomes writable (as nginx's own writer
     // does): arm the write event, and time out a client that takes nothing for send_timeout.
-    ngx_connection_t* c = r->connection;
     ngx_event_t* wev = c->write;
     auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(ngx_http_get_module_loc_conf(r, ngx_http_core_module));
     if (r->buffered || c->buffered) {
@@ -419,8 +503,8 @@ void write_handler(ngx_http_request_t* r) noexcept {
     });
 }
 
-// Queues bytes of our own (preamble, heartbeat, reset); false when there is no memory for the
-// buffer, and the stream must end.
+// Queues bytes of our own (preamble, heartbeat, reset) as they are: on the direct path, framed
+// by the caller; false when there is no memory for the buffer, and the stream must end.
 bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     Frame* f = get_frame();
     if (f == nullptr) return false;
@@ -431,11 +515,42 @@ bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
 
 // Copies a frame of our own into the request's pool and queues it.
 bool send_own_copy(Subscriber* s, const std::string& frame) {
-    auto* bytes =
-        static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, frame.size()));
+    std::string framed;
+    std::string_view out = frame;
+    if (s->direct) {
+        framed = chunked(frame);
+        out = framed;
+    }
+    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, out.size()));
     if (bytes == nullptr) return false;
-    ngx_memcpy(bytes, frame.data(), frame.size());
-    return send_own_bytes(s, bytes, frame.size());
+    ngx_memcpy(bytes, out.data(), out.size());
+    return send_own_bytes(s, bytes, out.size());
+}
+
+bool send_heartbeat(Subscriber* s) {
+    if (s->direct) {
+        const std::string& chunk = local->heartbeat_chunk;
+        return send_own_bytes(s, reinterpret_cast<const u_char*>(chunk.data()), chunk.size());
+    }
+    return send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size());
+}
+
+// Whether the stream's bytes reach the socket as we give them but for the chunked framing:
+// HTTP/1.1, chunked, with no body filter active that could change them (gzip shows itself in
+// the header too) and nothing held above the write filter. Decided once, when the header and
+// the first bytes have gone through the filters; only sse_direct_write off covers a body
+// filter of a third-party module not listed in kByteFilters.
+bool direct_possible(ngx_http_request_t* r) {
+    if (r->http_version != NGX_HTTP_VERSION_11 || !r->chunked || r->header_only) return false;
+#if (NGX_HTTP_V2)
+    if (r->stream != nullptr) return false;
+#endif
+    if (r->headers_out.content_encoding != nullptr && r->headers_out.content_encoding->hash != 0) return false;
+    if (r->buffered || r->postponed != nullptr || r->connection->data != r) return false;
+    for (ngx_uint_t index : local->byte_filters) {
+        if (r->ctx[index] != nullptr) return false;
+    }
+    return true;
 }
 
 // Queues what the store planned for a new stream: the reset event, then the replayed events,
@@ -479,11 +594,11 @@ bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
         if (found != li.replay_holds.end()) hold = found->second;
         Frame* f = get_frame();
         if (f != nullptr && hold == nullptr) {
-            hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, true};
+            hold = get_hold(ev, true);
             try {
                 if (hold != nullptr) li.replay_holds.emplace(ev, hold);
             } catch (...) {
-                delete hold;
+                put_hold(hold);
                 hold = nullptr;
             }
         }
@@ -540,7 +655,7 @@ void heartbeat_handler(ngx_event_t* ev) noexcept {
         ngx_msec_t interval = s->conf->heartbeat;
         ngx_msec_t idle = ngx_current_msec - s->last_write;
         if (idle + 10 >= interval) {  // timers fire a little early or late; 10 ms is "now"
-            if (!send_own_bytes(s, reinterpret_cast<const u_char*>(kHeartbeatFrame.data()), kHeartbeatFrame.size())) {
+            if (!send_heartbeat(s)) {
                 end_starved_stream(s);
                 return;
             }
@@ -894,6 +1009,7 @@ ngx_int_t open_stream(ngx_http_request_t* r, LocConf* conf, WorkerContext* w, St
         ngx_http_finalize_request(r, NGX_ERROR);
         return NGX_DONE;
     }
+    s->direct = conf->direct_write && direct_possible(r);
     arm_timers(s);
     return NGX_DONE;
 }
@@ -1028,7 +1144,7 @@ void deliver_event(ShmEvent* ev, ngx_uint_t slot, StoreCounters& counters, bool&
             if (s->filter != nullptr && !s->filter->matches(ev->name())) continue;
             Frame* f = get_frame();
             if (f != nullptr && hold == nullptr) {
-                hold = fault::allocation_fails() ? nullptr : new (std::nothrow) EventHold{ev, 0, false};
+                hold = get_hold(ev, false);
                 if (hold == nullptr) {
                     put_frame(f);
                     f = nullptr;
@@ -1092,8 +1208,29 @@ void deliver_to_local_subscribers() noexcept {
     guarded(ngx_cycle->log, "delivering events", [&] { deliver_round(*w); });
 }
 
+// nginx's body filters that may change a response's bytes, and the scripting modules' (which
+// may run one), by name: a module absent from this nginx is simply not found.
+constexpr const char* kByteFilters[] = {
+    "ngx_http_gzip_filter_module", "ngx_http_gunzip_filter_module",  "ngx_http_ssi_filter_module",
+    "ngx_http_sub_filter_module",  "ngx_http_charset_filter_module", "ngx_http_addition_filter_module",
+    "ngx_http_xslt_filter_module", "ngx_http_image_filter_module",   "ngx_http_lua_module",
+    "ngx_http_js_module",          "ngx_http_perl_module",
+};
+
 LocalIndex::LocalIndex() {
     taken.reserve(kTakeBatch);
+    for (ngx_uint_t i = 0; i < ngx_cycle->modules_n; i++) {
+        const ngx_module_t* m = ngx_cycle->modules[i];
+        if (m == nullptr || m->type != NGX_HTTP_MODULE || m->name == nullptr) continue;
+        for (const char* name : kByteFilters) {
+            if (ngx_strcmp(m->name, name) == 0) byte_filters.push_back(m->ctx_index);
+        }
+    }
+    ngx_queue_init(&stale_counts);
+    ngx_memzero(&write_counts, sizeof(write_counts));
+    write_counts.handler = write_stale_counts;
+    write_counts.log = ngx_cycle->log;
+    write_counts.cancelable = 1;  // must not keep a retiring worker alive
     ngx_queue_init(&all);
     ngx_queue_init(&dirty);
     ngx_queue_init(&awaiting_sync);
@@ -1112,6 +1249,12 @@ LocalIndex::~LocalIndex() {
         std::free(f);
         f = next;
     }
+    for (EventHold* h = free_holds; h != nullptr;) {
+        EventHold* next = h->next;
+        std::free(h);
+        h = next;
+    }
+    if (write_counts.timer_set) ngx_del_timer(&write_counts);
     // ngx_delete_posted_event is two statements: braces, always.
     if (resume.posted) {
         ngx_delete_posted_event(&resume);

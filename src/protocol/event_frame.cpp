@@ -109,6 +109,35 @@ char* write_stream_preamble(char* dst, long retry_ms) noexcept {
     return dst;
 }
 
+std::size_t chunk_head_size(std::size_t len) noexcept {
+    std::size_t digits = 1;
+    while (len >= 16) {
+        len /= 16;
+        digits++;
+    }
+    return digits + 2;
+}
+
+char* write_chunk_head(char* dst, std::size_t len) noexcept {
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::size_t digits = chunk_head_size(len) - 2;
+    for (std::size_t i = digits; i > 0; i--) {
+        dst[i - 1] = kHex[len % 16];
+        len /= 16;
+    }
+    dst[digits] = '\r';
+    dst[digits + 1] = '\n';
+    return dst + digits + 2;
+}
+
+std::string chunked(std::string_view bytes) {
+    std::string out(chunk_head_size(bytes.size()) + bytes.size() + kChunkTail.size(), '\0');
+    char* p = write_chunk_head(out.data(), bytes.size());
+    p = put(p, bytes);
+    put(p, kChunkTail);
+    return out;
+}
+
 std::string event_frame_data(std::string_view frame) {
     std::string out;
     bool first = true;

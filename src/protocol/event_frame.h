@@ -44,4 +44,14 @@ char* write_stream_preamble(char* dst, long retry_ms) noexcept;
 // Sent to a stream that has been idle for the heartbeat interval.
 constexpr std::string_view kHeartbeatFrame = ": heartbeat\n\n";
 
+// HTTP/1.1 chunked framing, as nginx's chunked filter writes it ("<hex>\r\n" bytes "\r\n", the
+// size in lowercase hex without leading zeros), so that a stream whose bytes no nginx filter
+// changes can be written framed once (see subscribe_handler.cpp). A chunk is never empty.
+constexpr std::size_t kMaxChunkHeadSize = 2 * sizeof(std::size_t) + 2;
+constexpr std::string_view kChunkTail = "\r\n";
+std::size_t chunk_head_size(std::size_t len) noexcept;
+char* write_chunk_head(char* dst, std::size_t len) noexcept;
+// Bytes wrapped in one chunk.
+std::string chunked(std::string_view bytes);
+
 }  // namespace sse

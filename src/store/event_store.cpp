@@ -488,8 +488,11 @@ ShmEvent* Store::store_event_locked(std::uint64_t id, std::string_view name, std
         ev->refs[i].event = ev;
         ev->refs[i].retained = false;
     }
-    ev->frame = reinterpret_cast<u_char*>(ev->refs + targets.size());
-    write_event_frame(reinterpret_cast<char*>(ev->frame), ev->id, name, data);
+    auto* chunk = reinterpret_cast<char*>(ev->refs + targets.size());
+    ev->chunk_head_len = std::uint8_t(chunk_head_size(frame_len));
+    ev->frame = reinterpret_cast<u_char*>(write_chunk_head(chunk, frame_len));
+    char* end = write_event_frame(reinterpret_cast<char*>(ev->frame), ev->id, name, data);
+    std::memcpy(end, kChunkTail.data(), kChunkTail.size());
     return ev;
 }
 

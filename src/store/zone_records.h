@@ -142,7 +142,8 @@ struct ShmEvent {
     std::uint32_t nchannels;  // a publish names at most 1024 channels, each covered by at most 129 patterns
     std::uint32_t retained;   // channels whose history holds it
     std::uint16_t kind;
-    std::uint16_t name_len;  // the event's name is in its frame, from event_name_offset(id)
+    std::uint16_t name_len;       // the event's name is in its frame, from event_name_offset(id)
+    std::uint8_t chunk_head_len;  // of a message: the frame is the middle of its chunk (see chunk())
     bool in_log;
     bool orphan;
     bool in_outbound;
@@ -150,6 +151,10 @@ struct ShmEvent {
     unsigned char* frame;
 
     ShmChannel* channel(std::size_t i) const { return refs[i].channel; }
+    // A message's frame framed as one HTTP/1.1 chunk, "<hex>\r\n" frame "\r\n", stored once so that
+    // a stream no nginx filter changes writes it as it is; nginx's filters are given the frame.
+    unsigned char* chunk() const { return frame - chunk_head_len; }
+    std::size_t chunk_len() const { return chunk_head_len + frame_len + kChunkTail.size(); }
     std::string_view name() const {
         if (name_len == 0) return {};
         return {reinterpret_cast<const char*>(frame) + event_name_offset(id), name_len};
@@ -158,9 +163,11 @@ struct ShmEvent {
 
 namespace zone {
 
-// The bytes of an event record with its channel links and its frame.
+// The bytes of an event record with its channel links and its frame, stored as one HTTP/1.1 chunk
+// (see ShmEvent::chunk).
 inline std::size_t event_alloc_size(std::size_t nchannels, std::size_t frame_len) {
-    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + frame_len;
+    return sizeof(ShmEvent) + nchannels * sizeof(EventChannelRef) + chunk_head_size(frame_len) + frame_len +
+           kChunkTail.size();
 }
 
 inline std::size_t channel_alloc_size(std::size_t name_len) {

@@ -98,6 +98,20 @@ TEST(EventFrame, Preamble) {
     EXPECT_EQ(preamble(0), ":ok\nretry: 0\n\n");
 }
 
+// As nginx's chunked filter frames them: lowercase hex, no leading zeros.
+TEST(Chunk, FramesLikeNginx) {
+    EXPECT_EQ(chunked("x"), "1\r\nx\r\n");
+    EXPECT_EQ(chunked(std::string(15, 'a')), "f\r\n" + std::string(15, 'a') + "\r\n");
+    EXPECT_EQ(chunked(std::string(16, 'a')), "10\r\n" + std::string(16, 'a') + "\r\n");
+    EXPECT_EQ(chunked(std::string(255, 'a')).substr(0, 4), "ff\r\n");
+    EXPECT_EQ(chunked(std::string(4096, 'a')).substr(0, 6), "1000\r\n");
+    EXPECT_EQ(chunk_head_size(0xffffffffu), 10u);
+    std::string head(kMaxChunkHeadSize, '\0');
+    std::size_t len = std::size_t(write_chunk_head(head.data(), SIZE_MAX) - head.data());
+    EXPECT_EQ(head.substr(0, len), "ffffffffffffffff\r\n");
+    EXPECT_EQ(len, kMaxChunkHeadSize);
+}
+
 TEST(Utf8, AcceptsWellFormed) {
     EXPECT_TRUE(is_valid_utf8(""));
     EXPECT_TRUE(is_valid_utf8("plain ascii"));

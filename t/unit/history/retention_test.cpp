@@ -21,9 +21,11 @@ TEST(ZoneRecords, HaveTheModulesLayout) {
     EXPECT_EQ(sizeof(ShmEvent), 144u);
     EXPECT_EQ(sizeof(EventChannelRef), 40u);
     EXPECT_EQ(sizeof(ShmChannel), 656u);
-    EXPECT_EQ(zone::event_alloc_size(2, 30), 144u + 2 * 40 + 30);
+    EXPECT_EQ(zone::event_alloc_size(2, 30), 144u + 2 * 40 + 4 + 30 + 2);  // "1e\r\n" frame "\r\n"
     EXPECT_EQ(zone::channel_alloc_size(1), 657u);
-    EXPECT_EQ(TestZone::data_taking(kEvent).size(), kEvent - 144 - 40 - 20);  // "id: 1000000\ndata: \n\n"
+    // "id: 1000000\ndata: \n\n" and the chunk's "<hex>\r\n" and "\r\n" around it
+    std::size_t data = TestZone::data_taking(kEvent).size();
+    EXPECT_EQ(data, kEvent - 144 - 40 - 20 - chunk_head_size(20 + data) - 2);
 }
 
 TEST(Retention, KeepsTheNewestWithinTheCount) {

@@ -38,7 +38,10 @@ protected:
     std::string data_taking(std::size_t alloc) {
         std::uint64_t id = hdr().last_id + 1;
         std::size_t fixed = zone::event_alloc_size(1, event_frame_size(id, "", "x")) - 1;
-        return std::string(alloc - fixed, 'z');
+        std::string data(alloc - fixed, 'z');
+        // The frame's chunk head grows by a digit at each power of 16.
+        while (zone::event_alloc_size(1, event_frame_size(id, "", data)) > alloc) data.pop_back();
+        return data;
     }
 };
 
