@@ -128,32 +128,12 @@ ok($primary->wait_numsub('sse:fo', 2), 'PUBSUB NUMSUB sse:fo is 2 on the primary
 # --- publish on both nodes; SIGKILL the primary after 2 s ---------------------------------------
 my $stop_file = $A->dir . '/stop-publishing';
 
-# Forks a publisher POSTing "<tag> <n>" to $node every $PERIOD until $stop_file exists (or the
-# test is gone, or 60 s have passed), logging "tag n status id redis sent answered" per publish;
-# returns its pid and its log.
+# A publisher POSTing "<tag> <n>" to $node's channel fo every $PERIOD until $stop_file exists
+# (SSERedis::start_paced_publisher); returns its pid and its log.
 sub start_publisher {
     my ($node, $tag, $delay) = @_;
-    my $log = $A->dir . "/publisher-$tag.log";
-    my $parent = $$;
-    my $pid = fork // die "fork: $!";
-    return ($pid, $log) if $pid;
-    open my $fh, '>', $log or POSIX::_exit(2);
-    $fh->autoflush(1);
-    sleep $delay;
-    my $next = time;
-    my $deadline = $next + 60;
-    for (my $n = 1; !-e $stop_file && getppid() == $parent && time < $deadline; $n++) {
-        my $sent = time;
-        my $r = eval { $node->request('POST', '/pub?topic=fo', body => "$tag $n") };
-        my $j = $r && $r->{status} == 202 ? eval { decode_json($r->{body}) } : undef;
-        printf $fh "%s %d %d %s %s %.6f %.6f\n", $tag, $n, $r ? $r->{status} : 0, ($j && $j->{id}) // '-',
-            ($j && $j->{redis}) // '-', $sent, time;
-        $next += $PERIOD;
-        my $pause = $next - time;
-        sleep $pause if $pause > 0;
-    }
-    close $fh;
-    POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
+    return SSERedis::start_paced_publisher($node, $tag, log => $A->dir . "/publisher-$tag.log", delay => $delay,
+                                           period => $PERIOD, stop_file => $stop_file, channel => sub { 'fo' });
 }
 
 my $t0 = time;
@@ -197,11 +177,7 @@ while (1) {
     last if time - $killed_at > $FAILOVER_LIMIT;
     sleep 0.02;
 }
-{ open my $fh, '>', $stop_file or die $!; }
-for my $p (values %pub) {
-    my $end = time + 15;
-    sleep 0.05 while waitpid($p->[0], POSIX::WNOHANG()) != $p->[0] && time < $end;
-}
+SSERedis::stop_paced_publishers($stop_file, values %pub);
 my $stopped_at = time;
 
 ok($switched_at, "the sentinels promoted the replica within $FAILOVER_LIMIT s of the SIGKILL")
@@ -216,12 +192,9 @@ ok(SSERedis::wait_connected($_, 10), 'node :' . $_->port . ' is connected again'
 # --- what was published ------------------------------------------------------------------------
 my (@pubs, %by_id);
 for my $tag ('A', 'B') {
-    open my $fh, '<', $pub{$tag}[1] or die "$pub{$tag}[1]: $!";
-    for (<$fh>) {
-        my %p;
-        @p{qw(tag n status id redis sent answered)} = split;
-        $p{data} = "$p{tag} $p{n}";
-        push @pubs, \%p;
+    for my $p (SSERedis::read_paced_publisher_log($pub{$tag}[1])) {
+        $p->{data} = "$p->{tag} $p->{n}";
+        push @pubs, $p;
     }
 }
 my @ok = grep { $_->{status} == 202 } @pubs;

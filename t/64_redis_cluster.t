@@ -385,34 +385,12 @@ for my $n (@nodes) {
 
 $stop_file = $A->dir . '/stop-publishing';
 
-# Forks a publisher POSTing "<tag> <n>" to $node every $PERIOD, to the channels @F in turn, until
-# $stop_file exists (or the test is gone, or 60 s have passed), logging "tag n channel status id
-# redis sent answered" per publish; returns its pid and its log.
+# A publisher POSTing "<tag> <n>" to $node every $PERIOD, to the channels @F in turn, until
+# $stop_file exists (SSERedis::start_paced_publisher); returns its pid and its log.
 sub start_publisher {
     my ($node, $tag, $delay) = @_;
-    my $log = $A->dir . "/publisher-$tag.log";
-    my $parent = $$;
-    my $pid = fork // die "fork: $!";
-    return ($pid, $log) if $pid;
-    alarm 0;
-    open my $fh, '>', $log or POSIX::_exit(2);
-    $fh->autoflush(1);
-    sleep $delay;
-    my $next = time;
-    my $deadline = $next + 60;
-    for (my $n = 1; !-e $stop_file && getppid() == $parent && time < $deadline; $n++) {
-        my $ch = $F[$n % @F];
-        my $sent = time;
-        my $r = eval { $node->request('POST', "/pub?topic=$ch", body => "$tag $n") };
-        my $j = $r && $r->{status} == 202 ? eval { decode_json($r->{body}) } : undef;
-        printf $fh "%s %d %s %d %s %s %.6f %.6f\n", $tag, $n, $ch, $r ? $r->{status} : 0, ($j && $j->{id}) // '-',
-            ($j && $j->{redis}) // '-', $sent, time;
-        $next += $PERIOD;
-        my $pause = $next - time;
-        sleep $pause if $pause > 0;
-    }
-    close $fh;
-    POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
+    return SSERedis::start_paced_publisher($node, $tag, log => $A->dir . "/publisher-$tag.log", delay => $delay,
+                                           period => $PERIOD, stop_file => $stop_file, channel => sub { $F[$_[0] % @F] });
 }
 
 my %pre_kill_info = map { $_->port => $_->info('commandstats', 'errorstats', 'replication') } $cl->replicas;
@@ -446,11 +424,7 @@ while (1) {
     last if time - $killed_at > $FAILOVER_LIMIT;
     sleep 0.02;
 }
-{ open my $fh, '>', $stop_file or die $!; }
-for my $p (values %pub) {
-    my $end = time + 15;
-    sleep 0.05 while waitpid($p->[0], POSIX::WNOHANG()) != $p->[0] && time < $end;
-}
+SSERedis::stop_paced_publishers($stop_file, values %pub);
 my $stopped_at = time;
 
 ok($failover, "(e) the replica :$H took over within $FAILOVER_LIMIT s of the SIGKILL") or do { done_testing; exit };
@@ -463,12 +437,9 @@ ok(SSERedis::wait_connected($_, 10), '(e) ' . $name{ $_->port } . ' is connected
 # What was published.
 my (@pubs, %by_id);
 for my $tag ('A', 'B') {
-    open my $fh, '<', $pub{$tag}[1] or die "$pub{$tag}[1]: $!";
-    for (<$fh>) {
-        my %p;
-        @p{qw(tag n ch status id redis sent answered)} = split;
-        $p{data} = "$p{tag} $p{n}";
-        push @pubs, \%p;
+    for my $p (SSERedis::read_paced_publisher_log($pub{$tag}[1])) {
+        $p->{data} = "$p->{tag} $p->{n}";
+        push @pubs, $p;
     }
 }
 my @ok = grep { $_->{status} == 202 } @pubs;

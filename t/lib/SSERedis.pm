@@ -31,6 +31,7 @@ use File::Path ();
 use Scalar::Util ();
 use IO::Socket::INET;
 use POSIX ();
+use JSON::PP ();
 use Time::HiRes qw(sleep time);
 use Test::More ();
 
@@ -430,6 +431,60 @@ sub locations {
 # timeouts, so that each case takes a few seconds.
 sub quick_link {
     return "    sse_redis_reconnect 50ms 400ms;\n    sse_redis_connect_timeout 1s;\n    sse_redis_command_timeout 1s;\n";
+}
+
+# The steady publishers of the failover tests (t/61, t/64): forks one that POSTs "<tag> <n>" to
+# $node's /pub?topic=<$o{channel}->($n)> every $o{period} s, after $o{delay} s, until $o{stop_file}
+# exists (or the test is gone, or 60 s have passed), logging "tag n channel status id redis sent
+# answered" per publish to $o{log}. Returns its pid and its log.
+sub start_paced_publisher {
+    my ($node, $tag, %o) = @_;
+    my $parent = $$;
+    my $pid = fork // die "fork: $!";
+    return ($pid, $o{log}) if $pid;
+    alarm 0;
+    open my $fh, '>', $o{log} or POSIX::_exit(2);
+    $fh->autoflush(1);
+    sleep $o{delay} if $o{delay};
+    my $next = time;
+    my $deadline = $next + 60;
+    for (my $n = 1; !-e $o{stop_file} && getppid() == $parent && time < $deadline; $n++) {
+        my $ch = $o{channel}->($n);
+        my $sent = time;
+        my $r = eval { $node->request('POST', "/pub?topic=$ch", body => "$tag $n") };
+        my $j = $r && $r->{status} == 202 ? eval { JSON::PP::decode_json($r->{body}) } : undef;
+        printf $fh "%s %d %s %d %s %s %.6f %.6f\n", $tag, $n, $ch, $r ? $r->{status} : 0, ($j && $j->{id}) // '-',
+            ($j && $j->{redis}) // '-', $sent, time;
+        $next += $o{period};
+        my $pause = $next - time;
+        sleep $pause if $pause > 0;
+    }
+    close $fh;
+    POSIX::_exit(0);    # never run the parent's destructors (they would stop nginx)
+}
+
+# Stops the publishers start_paced_publisher forked (each [pid, log]): the stop file, then each
+# reaped (at most 15 s each).
+sub stop_paced_publishers {
+    my ($stop_file, @publishers) = @_;
+    { open my $fh, '>', $stop_file or die "$stop_file: $!"; }
+    for my $p (@publishers) {
+        my $end = time + 15;
+        sleep 0.05 while waitpid($p->[0], POSIX::WNOHANG()) != $p->[0] && time < $end;
+    }
+}
+
+# What a start_paced_publisher child logged: ({tag, n, ch, status, id, redis, sent, answered}, ...).
+sub read_paced_publisher_log {
+    my ($log) = @_;
+    open my $fh, '<', $log or die "$log: $!";
+    my @l;
+    while (<$fh>) {
+        my %p;
+        @p{qw(tag n ch status id redis sent answered)} = split;
+        push @l, \%p;
+    }
+    return @l;
 }
 
 # Starts $n nginx nodes (SSETest objects) whose http{} begins with "sse_redis <url>;"; %o goes to
