@@ -513,18 +513,17 @@ bool send_own_bytes(Subscriber* s, const u_char* data, std::size_t len) {
     return true;
 }
 
-// Copies a frame of our own into the request's pool and queues it.
+// Copies a frame of our own into the request's pool (on the direct path, framed there as a
+// chunk) and queues it.
 bool send_own_copy(Subscriber* s, const std::string& frame) {
-    std::string framed;
-    std::string_view out = frame;
-    if (s->direct) {
-        framed = chunked(frame);
-        out = framed;
-    }
-    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, out.size()));
+    std::size_t size = s->direct ? chunk_head_size(frame.size()) + frame.size() + kChunkTail.size() : frame.size();
+    auto* bytes = static_cast<u_char*>(fault::allocation_fails() ? nullptr : ngx_pnalloc(s->request->pool, size));
     if (bytes == nullptr) return false;
-    ngx_memcpy(bytes, out.data(), out.size());
-    return send_own_bytes(s, bytes, out.size());
+    auto* p = reinterpret_cast<char*>(bytes);
+    if (s->direct) p = write_chunk_head(p, frame.size());
+    p = reinterpret_cast<char*>(ngx_cpymem(p, frame.data(), frame.size()));
+    if (s->direct) ngx_memcpy(p, kChunkTail.data(), kChunkTail.size());
+    return send_own_bytes(s, bytes, size);
 }
 
 bool send_heartbeat(Subscriber* s) {
