@@ -79,79 +79,91 @@ LocationRole publish_user_role = {"reading sse_publish_user", publish_handler, &
 LocationRole stats_role = {"reading sse_stats", stats_handler, nullptr, LocConf::kToChannels, &LocConf::stats};
 LocationRole clients_role = {"reading sse_clients", clients_handler, nullptr, LocConf::kToChannels, &LocConf::clients};
 
+// The module's directives are of three kinds; each row of the table names only what is its own:
+// the name, the arguments, the handler, the field it sets and the handler's post data.
+using DirectiveHandler = char* (*)(ngx_conf_t*, ngx_command_t*, void*);
+
+template <std::size_t N>
+ngx_str_t directive_name(const char (&name)[N]) {
+    return {N - 1, reinterpret_cast<u_char*>(const_cast<char*>(name))};
+}
+
+// A directive that makes a location a stream, a publisher or a report (location level only).
+template <std::size_t N>
+ngx_command_t role_directive(const char (&name)[N], ngx_uint_t args, LocationRole* role) {
+    return {directive_name(name), NGX_HTTP_LOC_CONF | args, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0, role};
+}
+
+// A directive of LocConf, allowed in http, server and location, inherited inwards.
+template <std::size_t N>
+ngx_command_t location_directive(const char (&name)[N], ngx_uint_t args, DirectiveHandler set, ngx_uint_t field = 0,
+                                 void* post = nullptr) {
+    return {directive_name(name), kEverywhere | args, set, NGX_HTTP_LOC_CONF_OFFSET, field, post};
+}
+
+// A directive of MainConf, allowed in http only.
+template <std::size_t N>
+ngx_command_t main_directive(const char (&name)[N], ngx_uint_t args, DirectiveHandler set, ngx_uint_t field = 0,
+                             void* post = nullptr) {
+    return {directive_name(name), NGX_HTTP_MAIN_CONF | args, set, NGX_HTTP_MAIN_CONF_OFFSET, field, post};
+}
+
 ngx_command_t commands[] = {
-    {ngx_string("sse_subscribe"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     &subscribe_role},
-    {ngx_string("sse_publish"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     &publish_role},
-    {ngx_string("sse_publish_client"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET,
-     0, &publish_client_role},
-    {ngx_string("sse_publish_user"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     &publish_user_role},
-    {ngx_string("sse_stats"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     &stats_role},
-    {ngx_string("sse_clients"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, set_location_role, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     &clients_role},
-    {ngx_string("sse_shm_size"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_shm_size, NGX_HTTP_MAIN_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_heartbeat"), kEverywhere | NGX_CONF_TAKE1, set_heartbeat, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, heartbeat), nullptr},
-    {ngx_string("sse_retry"), kEverywhere | NGX_CONF_TAKE1, set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, retry), nullptr},
-    {ngx_string("sse_send_buffer"), kEverywhere | NGX_CONF_TAKE1, set_size, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, send_buffer), &send_buffer_bounds},
-    {ngx_string("sse_max_channels"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, max_channels), &max_channels_bounds},
-    {ngx_string("sse_history"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, history), &history_bounds},
-    {ngx_string("sse_history_ttl"), kEverywhere | NGX_CONF_TAKE1, set_time, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, history_ttl), nullptr},
-    {ngx_string("sse_replay"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, replay), &history_bounds},
-    {ngx_string("sse_reset_event"), kEverywhere | NGX_CONF_TAKE1, ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, reset_event), &reset_event_post},
-    {ngx_string("sse_event_filter"), kEverywhere | NGX_CONF_TAKE1, set_event_filter, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_max_subscribers"), kEverywhere | NGX_CONF_TAKE1, set_number, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, max_subscribers), nullptr},
-    {ngx_string("sse_max_subscribers_per_key"), kEverywhere | NGX_CONF_TAKE2, set_max_per_key, NGX_HTTP_LOC_CONF_OFFSET,
-     0, nullptr},
-    {ngx_string("sse_max_lifetime"), kEverywhere | NGX_CONF_TAKE12, set_max_lifetime, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_user"), kEverywhere | NGX_CONF_TAKE1, set_user, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_subscribe_patterns"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
-     NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, subscribe_patterns), nullptr},
-    {ngx_string("sse_client_channel"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, client_channel), nullptr},
-    {ngx_string("sse_direct_write"), kEverywhere | NGX_CONF_FLAG, ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, direct_write), nullptr},
-    {ngx_string("sse_connected_event"), kEverywhere | NGX_CONF_TAKE1, ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(LocConf, connected_event), &connected_event_post},
-    {ngx_string("sse_subscribe_allow"), kEverywhere | NGX_CONF_1MORE, set_subscribe_allow, NGX_HTTP_LOC_CONF_OFFSET, 0,
-     nullptr},
-    {ngx_string("sse_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, set_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_redis_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_prefix), &redis_prefix_post},
-    {ngx_string("sse_redis_connect_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
-     offsetof(MainConf, redis_connect_timeout), &positive_time},
-    {ngx_string("sse_redis_command_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
-     offsetof(MainConf, redis_command_timeout), &positive_time},
-    {ngx_string("sse_redis_reconnect"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2, set_redis_reconnect,
-     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
-    {ngx_string("sse_redis_queue"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_number, NGX_HTTP_MAIN_CONF_OFFSET,
-     offsetof(MainConf, redis_queue), &redis_queue_bounds},
-    {ngx_string("sse_redis_sync_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_time, NGX_HTTP_MAIN_CONF_OFFSET,
-     offsetof(MainConf, redis_sync_timeout), nullptr},
-    {ngx_string("sse_redis_tls_trusted_certificate"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_trusted_certificate), nullptr},
-    {ngx_string("sse_redis_tls_verify"), NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_verify), nullptr},
-    {ngx_string("sse_redis_tls_server_name"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_server_name), nullptr},
-    {ngx_string("sse_redis_tls_certificate"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_certificate), nullptr},
-    {ngx_string("sse_redis_tls_certificate_key"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, redis_tls_certificate_key), nullptr},
+    // What a location is: a stream, a publisher or a report.
+    role_directive("sse_subscribe", NGX_CONF_TAKE1, &subscribe_role),
+    role_directive("sse_publish", NGX_CONF_TAKE1, &publish_role),
+    role_directive("sse_publish_client", NGX_CONF_TAKE1, &publish_client_role),
+    role_directive("sse_publish_user", NGX_CONF_TAKE1, &publish_user_role),
+    role_directive("sse_stats", NGX_CONF_NOARGS, &stats_role),
+    role_directive("sse_clients", NGX_CONF_NOARGS, &clients_role),
+    // The shared zone.
+    main_directive("sse_shm_size", NGX_CONF_TAKE1, set_shm_size),
+    // How a stream is written.
+    location_directive("sse_heartbeat", NGX_CONF_TAKE1, set_heartbeat, offsetof(LocConf, heartbeat)),
+    location_directive("sse_retry", NGX_CONF_TAKE1, set_time, offsetof(LocConf, retry)),
+    location_directive("sse_send_buffer", NGX_CONF_TAKE1, set_size, offsetof(LocConf, send_buffer),
+                       &send_buffer_bounds),
+    location_directive("sse_max_channels", NGX_CONF_TAKE1, set_number, offsetof(LocConf, max_channels),
+                       &max_channels_bounds),
+    // History and resume.
+    location_directive("sse_history", NGX_CONF_TAKE1, set_number, offsetof(LocConf, history), &history_bounds),
+    location_directive("sse_history_ttl", NGX_CONF_TAKE1, set_time, offsetof(LocConf, history_ttl)),
+    location_directive("sse_replay", NGX_CONF_TAKE1, set_number, offsetof(LocConf, replay), &history_bounds),
+    location_directive("sse_reset_event", NGX_CONF_TAKE1, ngx_conf_set_str_slot, offsetof(LocConf, reset_event),
+                       &reset_event_post),
+    // Who may open a stream, and how many.
+    location_directive("sse_event_filter", NGX_CONF_TAKE1, set_event_filter),
+    location_directive("sse_max_subscribers", NGX_CONF_TAKE1, set_number, offsetof(LocConf, max_subscribers)),
+    location_directive("sse_max_subscribers_per_key", NGX_CONF_TAKE2, set_max_per_key),
+    location_directive("sse_max_lifetime", NGX_CONF_TAKE12, set_max_lifetime),
+    location_directive("sse_user", NGX_CONF_TAKE1, set_user),
+    location_directive("sse_subscribe_patterns", NGX_CONF_FLAG, ngx_conf_set_flag_slot,
+                       offsetof(LocConf, subscribe_patterns)),
+    location_directive("sse_client_channel", NGX_CONF_FLAG, ngx_conf_set_flag_slot, offsetof(LocConf, client_channel)),
+    location_directive("sse_direct_write", NGX_CONF_FLAG, ngx_conf_set_flag_slot, offsetof(LocConf, direct_write)),
+    location_directive("sse_connected_event", NGX_CONF_TAKE1, ngx_conf_set_str_slot, offsetof(LocConf, connected_event),
+                       &connected_event_post),
+    location_directive("sse_subscribe_allow", NGX_CONF_1MORE, set_subscribe_allow),
+    // Redis, between nginx nodes.
+    main_directive("sse_redis", NGX_CONF_1MORE, set_redis),
+    main_directive("sse_redis_prefix", NGX_CONF_TAKE1, ngx_conf_set_str_slot, offsetof(MainConf, redis_prefix),
+                   &redis_prefix_post),
+    main_directive("sse_redis_connect_timeout", NGX_CONF_TAKE1, set_time, offsetof(MainConf, redis_connect_timeout),
+                   &positive_time),
+    main_directive("sse_redis_command_timeout", NGX_CONF_TAKE1, set_time, offsetof(MainConf, redis_command_timeout),
+                   &positive_time),
+    main_directive("sse_redis_reconnect", NGX_CONF_TAKE2, set_redis_reconnect),
+    main_directive("sse_redis_queue", NGX_CONF_TAKE1, set_number, offsetof(MainConf, redis_queue), &redis_queue_bounds),
+    main_directive("sse_redis_sync_timeout", NGX_CONF_TAKE1, set_time, offsetof(MainConf, redis_sync_timeout)),
+    main_directive("sse_redis_tls_trusted_certificate", NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+                   offsetof(MainConf, redis_tls_trusted_certificate)),
+    main_directive("sse_redis_tls_verify", NGX_CONF_FLAG, ngx_conf_set_flag_slot, offsetof(MainConf, redis_tls_verify)),
+    main_directive("sse_redis_tls_server_name", NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+                   offsetof(MainConf, redis_tls_server_name)),
+    main_directive("sse_redis_tls_certificate", NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+                   offsetof(MainConf, redis_tls_certificate)),
+    main_directive("sse_redis_tls_certificate_key", NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+                   offsetof(MainConf, redis_tls_certificate_key)),
     ngx_null_command};
 
 ngx_http_module_t module_ctx = {

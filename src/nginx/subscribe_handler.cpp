@@ -146,16 +146,32 @@ constexpr bool kRecycleFrames = false;
 constexpr bool kRecycleFrames = true;
 #endif
 
-Frame* get_frame() noexcept {
-    Frame* f = nullptr;
-    if (kRecycleFrames && local != nullptr && local->free_frames != nullptr) {
-        f = local->free_frames;
-        local->free_frames = f->next;
-    } else {
-        if (fault::allocation_fails()) return nullptr;
-        f = static_cast<Frame*>(std::malloc(sizeof(Frame)));
-        if (f == nullptr) return nullptr;
+// A frame or hold from this worker's free list, or from malloc when the list is empty. The caller
+// sets every field. `free_list` is null when the worker has no index (it is exiting).
+template <typename T>
+T* take_recycled(T** free_list) noexcept {
+    if (kRecycleFrames && free_list != nullptr && *free_list != nullptr) {
+        T* t = *free_list;
+        *free_list = t->next;
+        return t;
     }
+    if (fault::allocation_fails()) return nullptr;
+    return static_cast<T*>(std::malloc(sizeof(T)));
+}
+
+template <typename T>
+void recycle(T* t, T** free_list) noexcept {
+    if (!kRecycleFrames || free_list == nullptr) {
+        std::free(t);
+        return;
+    }
+    t->next = *free_list;
+    *free_list = t;
+}
+
+Frame* get_frame() noexcept {
+    Frame* f = take_recycled(local != nullptr ? &local->free_frames : nullptr);
+    if (f == nullptr) return nullptr;
     ngx_memzero(f, sizeof(Frame));
     f->link.buf = &f->buf;
     return f;
@@ -168,26 +184,10 @@ void unpin_unless_held(ShmEvent* ev) {
 }
 
 EventHold* get_hold(ShmEvent* ev, bool replay) noexcept {
-    EventHold* hold = nullptr;
-    if (kRecycleFrames && local->free_holds != nullptr) {
-        hold = local->free_holds;
-        local->free_holds = hold->next;
-    } else {
-        if (fault::allocation_fails()) return nullptr;
-        hold = static_cast<EventHold*>(std::malloc(sizeof(EventHold)));
-        if (hold == nullptr) return nullptr;
-    }
+    EventHold* hold = take_recycled(&local->free_holds);
+    if (hold == nullptr) return nullptr;
     *hold = EventHold{ev, 0, replay, nullptr};
     return hold;
-}
-
-void put_hold(EventHold* hold) {
-    if (!kRecycleFrames) {
-        std::free(hold);
-        return;
-    }
-    hold->next = local->free_holds;
-    local->free_holds = hold;
 }
 
 void drop_hold(EventHold* hold) {
@@ -198,7 +198,7 @@ void drop_hold(EventHold* hold) {
     } else {
         Store::release_event(hold->event, slot);
     }
-    put_hold(hold);
+    recycle(hold, &local->free_holds);
     // The event may be needed by nobody now: freed in this turn of the loop, not at the next
     // publish, so the zone returns to its baseline when streams go quiet.
     if (!local->collect.posted) {
@@ -208,12 +208,7 @@ void drop_hold(EventHold* hold) {
 
 void put_frame(Frame* f) {
     if (f->hold != nullptr && --f->hold->frames == 0) drop_hold(f->hold);
-    if (!kRecycleFrames || local == nullptr) {
-        std::free(f);
-        return;
-    }
-    f->next = local->free_frames;
-    local->free_frames = f;
+    recycle(f, local != nullptr ? &local->free_frames : nullptr);
 }
 
 void fill_frame(Frame* f, u_char* data, std::size_t len) {
@@ -597,7 +592,7 @@ bool queue_resume(Subscriber* s, const ResumePlan& plan, std::string_view given_
             try {
                 if (hold != nullptr) li.replay_holds.emplace(ev, hold);
             } catch (...) {
-                put_hold(hold);
+                recycle(hold, &local->free_holds);
                 hold = nullptr;
             }
         }
