@@ -110,6 +110,12 @@ $wsum += $m->{$_}{value} for grep { /^sse_worker_subscribers\{pid="\d+"\}$/ } ke
 is($wsum, 6, 'Prometheus: per-worker series add up to 6');
 cmp_ok($m->{sse_zone_used_bytes}{value}, '>', 0, 'Prometheus: sse_zone_used_bytes');
 ok(exists $m->{sse_uptime_seconds}, 'Prometheus: sse_uptime_seconds');
+# Two figures share one family: its HELP and TYPE once, then a sample for each limit.
+my ($refused) = $p->{body} =~ /(# HELP sse_subscribers_refused_total .*?)(?=# HELP |\z)/s;
+is($refused, "# HELP sse_subscribers_refused_total Streams refused by a limit, by the limit.\n"
+   . "# TYPE sse_subscribers_refused_total counter\n"
+   . "sse_subscribers_refused_total{limit=\"max_subscribers\"} 0\n"
+   . "sse_subscribers_refused_total{limit=\"per_key\"} 0\n", 'Prometheus: a shared family, exactly');
 
 # Refusals.
 my $r = $t->request('GET', '/stats?format=xml');

@@ -61,13 +61,16 @@ void single(std::string& out, const Family& f, std::uint64_t value) {
 }
 
 // A figure as both formats name it: its JSON key, and its Prometheus sample (a family name, with
-// labels where figures that follow each other in the table share the family), type and help.
+// labels where figures that follow each other in the table share the family), type and help. A
+// family's HELP line is written once, from its first row; the rows after it say kSameFamily.
 struct FigureName {
     const char* json;
     const char* sample;
     const char* type;
     const char* help;
 };
+
+constexpr const char* kSameFamily = "";
 
 // In the order of Figure.
 constexpr FigureName kFigureNames[] = {
@@ -91,8 +94,7 @@ constexpr FigureName kFigureNames[] = {
     {"workers_reaped", "sse_workers_reaped_total", "counter", "Worker slots released for processes that died."},
     {"refused_max_subscribers", "sse_subscribers_refused_total{limit=\"max_subscribers\"}", "counter",
      "Streams refused by a limit, by the limit."},
-    {"refused_per_key", "sse_subscribers_refused_total{limit=\"per_key\"}", "counter",
-     "Streams refused by a limit, by the limit."},
+    {"refused_per_key", "sse_subscribers_refused_total{limit=\"per_key\"}", "counter", kSameFamily},
     {"zone_bytes_used", "sse_zone_used_bytes", "gauge", "Bytes the module holds in the shared zone."},
     {"zone_bytes_total", "sse_zone_size_bytes", "gauge", "Size of the shared zone (sse_shm_size)."},
     {"uptime", "sse_uptime_seconds", "gauge", "Seconds since the shared zone was created (a reload keeps it)."},
