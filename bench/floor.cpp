@@ -312,6 +312,11 @@ private:
             c.in.clear();
             c.stream = Stream{};
             if (tls) {
+                // As nginx does to a connection whose first byte is a TLS handshake's
+                // (tcp_nodelay on, its default): without it a small answer written while the
+                // session tickets are unacknowledged waits for the client's delayed ACK.
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                 // The handshake is driven by the connection's events (handle()); the client
                 // speaks first.
                 c.ssl = SSL_new(tls_);
