@@ -2,9 +2,10 @@
 // and nchan (issue 13), so that CPU per delivery can be read against the cost of the socket
 // writes alone.
 //
-// One process, one thread, one edge-triggered epoll instance. It answers the load generator's
-// requests with the bytes ngx_http_sse_module sends, so loadgen drives it unchanged and checks
-// every event it is sent:
+// One process, one thread, one edge-triggered epoll instance, listening on 127.0.0.1:P (--port)
+// and, with --tls-port T --tls-cert CERT --tls-key KEY, on 127.0.0.1:T for TLS 1.3 too (below).
+// It answers the load generator's requests with the bytes ngx_http_sse_module sends, so loadgen
+// drives it unchanged (with --tls on the TLS port) and checks every event it is sent:
 //   GET /sub?channels=C       a stream: the module's response head (chunked), then the chunk
 //                             "5\r\n:ok\n\n\r\n"
 //   GET /replay?channels=C    the same head, then one chunk: ":ok\n\n" and the channel's last 100
@@ -12,7 +13,8 @@
 //   POST /pub?channel=C       (or /pubr) the body becomes the event "id: <id>\ndata: <line>\n...\n",
 //                             appended to the channel; answered 202 at once with
 //                             {"id":"<id>","events":1,"subscribers":<n>}\n, before any delivery
-//   GET /stats                counters as JSON: write syscalls on streams, frames they carried
+//   GET /stats                counters as JSON: writes on streams (writev or SSL_write calls),
+//                             frames they carried, writes that found the socket full
 //   GET /set?frames_per_write=F&hold_ms=H   the coalescing rule (below)
 // Event ids are microseconds since the epoch, one more than the last id when the clock has not
 // moved on: the module's rule, so frames have the same length as ours.
@@ -28,11 +30,25 @@
 // takes up to 512 frames; nginx's takes 64 iovecs (NGX_IOVS_PREALLOCATE), so a chunk of more than
 // about 60 frames (a replay of 100) costs ours two writes and the floor one.
 //
-// Build: g++ -std=c++17 -O2 -Wall -Wextra -o floor floor.cpp
+// TLS (s2tls): OpenSSL, with the context nginx makes (no compression, SSL_MODE_RELEASE_BUFFERS,
+// read-ahead; OpenSSL's defaults otherwise, session tickets included), TLS 1.3 only. The
+// handshake runs in the same loop, non-blocking, driven by the connection's edges; then a stream
+// is written as above, each writev becoming one SSL_write of the same bytes: what the writev would
+// carry is copied into one buffer first, as nginx's ngx_ssl_send_chain copies a chain into its
+// 16 KB buffer before SSL_write (nginx cuts more than 16 KB into several SSL_writes; the floor
+// gives OpenSSL up to 512 frames at once, which it cuts into 16 KB records). SSL_write goes whole
+// or not at all (no SSL_MODE_ENABLE_PARTIAL_WRITE): one that meets SSL_ERROR_WANT_WRITE (or
+// WANT_READ) keeps its buffer and is retried with exactly that buffer once the socket is ready,
+// before the stream takes anything new. Requests are read with SSL_read, answers sent with one
+// SSL_write each. /stats and /set answer on either port; the bench asks them on the plain one.
+//
+// Build: g++ -std=c++17 -O2 -Wall -Wextra -o floor floor.cpp -lssl -lcrypto
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -160,7 +176,8 @@ struct Stream {
     Channel* channel = nullptr;
     size_t index = 0;       // in channel->streams
     size_t next = 0;        // the next frame of the channel this stream has not taken
-    std::string rest;       // bytes of a partial write, sent before anything else
+    std::string rest;       // bytes that go before anything else: the head, or the rest of a partial writev
+    std::string tls_out;    // TLS: the buffer of an SSL_write that has not completed, retried as it is
     bool preamble = false;  // kPreamble still to open the stream's first chunk
     bool blocked = false;
 };
@@ -169,30 +186,59 @@ struct Conn {
     int fd = -1;
     uint32_t gen = 0;  // tells a stale epoll event from a descriptor reused in the same batch
     Kind kind = Kind::request;
+    SSL* ssl = nullptr;        // accepted on the TLS port
+    bool handshaking = false;  // its TLS handshake is not done yet
     std::string in;
     Stream stream;
 };
 
+// What an SSL_read, SSL_write or SSL_do_handshake that returned r <= 0 means, in recv()'s and
+// send()'s terms: -1 with errno EAGAIN (wait for the socket), 0 (the peer closed), -1 with another
+// errno (failed). The error queue is left empty, so that the next call's SSL_get_error is its own.
+ssize_t tls_result(SSL* ssl, int r) {
+    const int e = SSL_get_error(ssl, r);
+    ERR_clear_error();
+    switch (e) {
+        case SSL_ERROR_WANT_READ:
+        case SSL_ERROR_WANT_WRITE:
+            errno = EAGAIN;
+            return -1;
+        case SSL_ERROR_ZERO_RETURN:
+            return 0;
+        case SSL_ERROR_SYSCALL:
+            if (errno == 0 || errno == EAGAIN) errno = ECONNRESET;
+            return -1;
+        default:
+            errno = EPROTO;
+            return -1;
+    }
+}
+
+// The TLS context of the --tls-port listener, set as nginx sets its own (ngx_ssl_create: no
+// compression, SSL_MODE_RELEASE_BUFFERS, read-ahead, an unexpected EOF as a close), TLS 1.3 only,
+// and OpenSSL's defaults otherwise (as nginx's, with no ssl_* directive but the certificate: its
+// session tickets, its TLS 1.3 cipher suites and groups).
+SSL_CTX* make_tls_context(const std::string& cert, const std::string& key) {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) die("SSL_CTX_new failed");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) die("cannot load the certificate %s", cert.c_str());
+    if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) die("cannot load the key %s", key.c_str());
+    if (SSL_CTX_check_private_key(ctx) != 1) die("the key %s does not match the certificate", key.c_str());
+    return ctx;
+}
+
 class Floor {
 public:
-    explicit Floor(int port) {
-        listener_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (listener_ < 0) die("socket: %s", std::strerror(errno));
-        int one = 1;
-        setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(uint16_t(port));
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
-            die("bind 127.0.0.1:%d: %s", port, std::strerror(errno));
-        if (listen(listener_, 4096) != 0) die("listen: %s", std::strerror(errno));
+    // Listens on 127.0.0.1:port (plain) and, with a TLS context, on 127.0.0.1:tls_port too.
+    Floor(int port, int tls_port, SSL_CTX* tls) : tls_(tls) {
         ep_ = epoll_create1(EPOLL_CLOEXEC);
         if (ep_ < 0) die("epoll_create1: %s", std::strerror(errno));
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.u64 = kListener;
-        epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &ev);
+        listener_ = listen_on(port, kListener);
+        if (tls_) tls_listener_ = listen_on(tls_port, kTlsListener);
     }
 
     void run(const volatile sig_atomic_t& stop) {
@@ -201,8 +247,8 @@ public:
             int n = epoll_wait(ep_, evs, 512, wait_ms());
             if (n < 0 && errno != EINTR) die("epoll_wait: %s", std::strerror(errno));
             for (int e = 0; e < n; ++e) {
-                if (evs[e].data.u64 == kListener) {
-                    accept_all();
+                if (evs[e].data.u64 == kListener || evs[e].data.u64 == kTlsListener) {
+                    accept_all(evs[e].data.u64 == kTlsListener);
                     continue;
                 }
                 int fd = int(evs[e].data.u64 & 0xffffffff);
@@ -213,13 +259,33 @@ public:
             }
             deliver();
         }
-        std::fprintf(stderr, "floor: stopping: %llu stream writes carried %llu frames, %llu publishes\n",
+        std::fprintf(stderr, "floor: stopping: %llu stream writes carried %llu frames (%llu found the socket full), %llu publishes\n",
                      (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
-                     (unsigned long long)publishes_);
+                     (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
     }
 
 private:
     static constexpr uint64_t kListener = ~uint64_t(0);
+    static constexpr uint64_t kTlsListener = ~uint64_t(1);
+
+    int listen_on(int port, uint64_t id) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) die("socket: %s", std::strerror(errno));
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(uint16_t(port));
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+            die("bind 127.0.0.1:%d: %s", port, std::strerror(errno));
+        if (listen(fd, 4096) != 0) die("listen: %s", std::strerror(errno));
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = id;
+        epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+        return fd;
+    }
 
     int wait_ms() const {
         if (frames_per_write_ <= 0 || dirty_.empty()) return -1;
@@ -230,9 +296,9 @@ private:
         return due <= 0 ? 0 : int((due + 999999) / 1000000);
     }
 
-    void accept_all() {
+    void accept_all(bool tls) {
         while (true) {
-            int fd = accept4(listener_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            int fd = accept4(tls ? tls_listener_ : listener_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED) continue;
                 if (errno != EAGAIN) std::fprintf(stderr, "floor: accept4: %s\n", std::strerror(errno));
@@ -245,6 +311,19 @@ private:
             c.kind = Kind::request;
             c.in.clear();
             c.stream = Stream{};
+            if (tls) {
+                // As nginx does to a connection whose first byte is a TLS handshake's
+                // (tcp_nodelay on, its default): without it a small answer written while the
+                // session tickets are unacknowledged waits for the client's delayed ACK.
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                // The handshake is driven by the connection's events (handle()); the client
+                // speaks first.
+                c.ssl = SSL_new(tls_);
+                if (!c.ssl || SSL_set_fd(c.ssl, fd) != 1) die("SSL_new failed");
+                SSL_set_accept_state(c.ssl);
+                c.handshaking = true;
+            }
             epoll_event ev{};
             // As nginx registers a connection: both directions, edge-triggered.
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -253,27 +332,59 @@ private:
         }
     }
 
+    // recv() on the connection: SSL_read on a TLS one, with recv()'s contract.
+    static ssize_t conn_recv(Conn& c, char* buf, size_t size) {
+        if (!c.ssl) return recv(c.fd, buf, size, 0);
+        int r = SSL_read(c.ssl, buf, int(size));
+        return r > 0 ? r : tls_result(c.ssl, r);
+    }
+
+    // A whole answer in one write: write() (not send(): /proc/<pid>/io counts it among the write
+    // syscalls, as it counts nginx's writev of the same answer), or one SSL_write (whose record
+    // goes out by write() too). False when it did not all go.
+    static bool send_answer(Conn& c, const std::string& out) {
+        if (!c.ssl) return write(c.fd, out.data(), out.size()) == ssize_t(out.size());
+        int r = SSL_write(c.ssl, out.data(), int(out.size()));
+        if (r <= 0) tls_result(c.ssl, r);
+        return r == int(out.size());
+    }
+
     void handle(Conn& c, uint32_t events) {
+        if (c.handshaking) {
+            int r = SSL_do_handshake(c.ssl);
+            if (r != 1) {
+                // Waiting for the socket: the handshake goes on at its next edge.
+                if (tls_result(c.ssl, r) < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLERR))) return;
+                close_conn(c);
+                return;
+            }
+            c.handshaking = false;
+            // The request may have come with the client's Finished and be read already (read
+            // ahead): read it now, as no new edge will say it is there.
+            events |= EPOLLIN;
+        }
         if (c.kind == Kind::stream) {
             if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
                 // A stream's client sends nothing more: any readable event is its end.
                 char buf[512];
                 ssize_t n;
-                while ((n = recv(c.fd, buf, sizeof buf, 0)) > 0) {
+                while ((n = conn_recv(c, buf, sizeof buf)) > 0) {
                 }
                 if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || (events & (EPOLLHUP | EPOLLERR))) {
                     close_conn(c);
                     return;
                 }
             }
-            if ((events & EPOLLOUT) && c.stream.blocked) {
+            // An SSL_write waiting for the socket resumes on either edge (SSL_ERROR_WANT_READ is
+            // possible, if unlikely, in a write).
+            if (c.stream.blocked && ((events & EPOLLOUT) || (c.ssl && (events & EPOLLIN)))) {
                 c.stream.blocked = false;
                 write_stream(c);
             }
             return;
         }
         if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
-        const bool eof = read_available(c.fd, c.in);
+        const bool eof = read_available(c.in, [&c](char* buf, size_t size) { return conn_recv(c, buf, size); });
         while (c.fd >= 0 && c.kind == Kind::request && request(c)) {
         }
         if (eof && c.fd >= 0 && c.kind == Kind::request) close_conn(c);
@@ -318,9 +429,10 @@ private:
             return false;  // the connection is a stream now
         } else if (method == "GET" && path == "/stats") {
             char b[200];
-            std::snprintf(b, sizeof b, "{\"stream_writes\":%llu,\"frames_written\":%llu,\"publishes\":%llu}\n",
+            std::snprintf(b, sizeof b,
+                          "{\"stream_writes\":%llu,\"frames_written\":%llu,\"writes_blocked\":%llu,\"publishes\":%llu}\n",
                           (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
-                          (unsigned long long)publishes_);
+                          (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
             answer_and_close(c, "200 OK", b);
             return false;
         } else if (method == "GET" && path == "/set") {
@@ -361,9 +473,7 @@ private:
         std::string out = "HTTP/1.1 202 Accepted\r\nServer: floor\r\nDate: " + http_date() +
                           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(n) +
                           "\r\nConnection: keep-alive\r\n\r\n" + std::string(body, size_t(n));
-        // write(), not send(): /proc/<pid>/io counts it among the write syscalls, as it counts
-        // nginx's writev of the same answer.
-        if (write(c.fd, out.data(), out.size()) != ssize_t(out.size())) close_conn(c);
+        if (!send_answer(c, out)) close_conn(c);
     }
 
     void subscribe(Conn& c, std::string_view name, bool replay) {
@@ -417,8 +527,10 @@ private:
         std::string out = std::string("HTTP/1.1 ") + status + "\r\nServer: floor\r\nDate: " + http_date() +
                           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                           "\r\nConnection: close\r\n\r\n" + std::string(body);
-        ssize_t n = write(c.fd, out.data(), out.size());
-        (void)n;
+        if (send_answer(c, out) && c.ssl) {
+            SSL_shutdown(c.ssl);  // close_notify, not waiting for the client's
+            ERR_clear_error();
+        }
         close_conn(c);
     }
 
@@ -460,11 +572,18 @@ private:
     }
 
     // Writes what is left of a partial write, then every frame due to the stream, in one writev
-    // per kMaxFrames frames: one chunk each.
+    // per kMaxFrames frames: one chunk each. On a TLS stream the same bytes go in one SSL_write
+    // per writev: what the writev would carry is copied into one buffer first (as nginx's
+    // ngx_ssl_send_chain copies a chain into its 16 KB buffer), and an SSL_write that could not
+    // complete is retried with that same buffer, alone, before anything new is taken.
     void write_stream(Conn& c) {
         Stream& s = c.stream;
         Channel& ch = *s.channel;
-        while (!s.blocked && (!s.rest.empty() || s.preamble || s.next < ch.released)) {
+        while (!s.blocked && (!s.tls_out.empty() || !s.rest.empty() || s.preamble || s.next < ch.released)) {
+            if (!s.tls_out.empty()) {
+                if (!ssl_write_out(c)) return;
+                continue;
+            }
             iovec iov[kMaxFrames + 4];
             size_t n = 0, bytes = 0;
             if (!s.rest.empty()) {
@@ -486,12 +605,24 @@ private:
                 iov[n++] = {const_cast<char*>("\r\n"), 2};
                 bytes += size_t(len) + payload + 2;
             }
+            if (c.ssl) {
+                // The frames are taken now: from here on they are in s.tls_out until it has gone.
+                s.tls_out.reserve(bytes);
+                for (size_t k = 0; k < n; ++k) s.tls_out.append(static_cast<const char*>(iov[k].iov_base), iov[k].iov_len);
+                s.rest.clear();
+                s.next += frames;
+                s.preamble = false;
+                frames_written_ += frames;
+                if (!ssl_write_out(c)) return;
+                continue;
+            }
             ssize_t w = writev(c.fd, iov, int(n));
             ++stream_writes_;
             if (w < 0) {
                 if (errno == EINTR) continue;
                 if (errno == EAGAIN) {
                     s.blocked = true;  // EPOLLOUT resumes
+                    ++writes_blocked_;
                     return;
                 }
                 close_conn(c);
@@ -514,10 +645,32 @@ private:
                 }
                 s.rest = std::move(tail);
                 s.blocked = true;
+                ++writes_blocked_;
                 return;
             }
             s.rest.clear();
         }
+    }
+
+    // One SSL_write of a TLS stream's s.tls_out: true when it has all gone. Without
+    // SSL_MODE_ENABLE_PARTIAL_WRITE it goes whole or not at all; SSL_ERROR_WANT_WRITE (or
+    // WANT_READ) marks the stream blocked, s.tls_out left as it is for the retry OpenSSL requires
+    // (the same buffer and length). False too when the write failed and closed the stream.
+    bool ssl_write_out(Conn& c) {
+        Stream& s = c.stream;
+        int r = SSL_write(c.ssl, s.tls_out.data(), int(s.tls_out.size()));
+        ++stream_writes_;
+        if (r > 0) {
+            s.tls_out.clear();  // keeps its capacity: one buffer per stream, as nginx's
+            return true;
+        }
+        if (tls_result(c.ssl, r) < 0 && errno == EAGAIN) {
+            s.blocked = true;  // the next edge resumes (handle())
+            ++writes_blocked_;
+            return false;
+        }
+        close_conn(c);
+        return false;
     }
 
     void close_conn(Conn& c) {
@@ -532,6 +685,9 @@ private:
             // every run); one still in dirty_ waits for deliver().
             if (ch.streams.empty() && !ch.dirty) channels_.erase(ch.name);
         }
+        if (c.ssl) SSL_free(c.ssl);
+        c.ssl = nullptr;
+        c.handshaking = false;
         close(c.fd);
         c.fd = -1;
         c.kind = Kind::request;
@@ -539,7 +695,8 @@ private:
         c.stream = Stream{};
     }
 
-    int listener_ = -1, ep_ = -1;
+    SSL_CTX* tls_ = nullptr;
+    int listener_ = -1, tls_listener_ = -1, ep_ = -1;
     std::vector<Conn> conns_ = std::vector<Conn>(1024);
     std::unordered_map<std::string, std::unique_ptr<Channel>> channels_;
     std::vector<Channel*> dirty_;
@@ -547,6 +704,7 @@ private:
     double frames_per_write_ = 0;  // 0 or 1: every turn of the loop delivers everything
     int64_t hold_ns_ = 50 * 1000000LL;
     uint64_t stream_writes_ = 0, frames_written_ = 0, publishes_ = 0;
+    uint64_t writes_blocked_ = 0;  // stream writes that left the stream waiting for its socket
 };
 
 volatile sig_atomic_t g_stop = 0;
@@ -557,18 +715,32 @@ void on_signal(int) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int port = 0;
+    const char* usage =
+        "usage: floor --port P [--tls-port T --tls-cert CERT.pem --tls-key KEY.pem]\n"
+        "  listens on 127.0.0.1:P, and with --tls-port on 127.0.0.1:T for TLS 1.3 too\n"
+        "  (see the top of bench/floor.cpp)\n";
+    int port = 0, tls_port = 0;
+    std::string cert, key;
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
         if (a == "--port" && i + 1 < argc)
             port = std::atoi(argv[++i]);
+        else if (a == "--tls-port" && i + 1 < argc)
+            tls_port = std::atoi(argv[++i]);
+        else if (a == "--tls-cert" && i + 1 < argc)
+            cert = argv[++i];
+        else if (a == "--tls-key" && i + 1 < argc)
+            key = argv[++i];
         else if (a == "--help" || a == "-h") {
-            std::fputs("usage: floor --port P   (listens on 127.0.0.1:P; see the top of bench/floor.cpp)\n", stderr);
+            std::fputs(usage, stderr);
             return 0;
         } else
-            die("unknown option %s (floor --port P)", argv[i]);
+            die("unknown option %s\n%s", argv[i], usage);
     }
     if (port <= 0 || port > 65535) die("--port P is required");
+    const bool tls = tls_port != 0 || !cert.empty() || !key.empty();
+    if (tls && (tls_port <= 0 || tls_port > 65535 || tls_port == port || cert.empty() || key.empty()))
+        die("TLS needs all of --tls-port (not P), --tls-cert and --tls-key");
     rlimit rl{};
     getrlimit(RLIMIT_NOFILE, &rl);
     rl.rlim_cur = rl.rlim_max;
@@ -578,7 +750,7 @@ int main(int argc, char** argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
-    Floor floor(port);
+    Floor floor(port, tls_port, tls ? make_tls_context(cert, key) : nullptr);
     floor.run(g_stop);
     return 0;
 }

@@ -6,7 +6,7 @@
 #   scripts/bench-plot.sh build/bench/results.json build/bench/cpu_per_delivery.svg ["title"]
 #
 # The figures go to the same name with .dat (a scenario a line: scenario floor ours nchan, "-"
-# where a server has none, as the floor in s2tls, idle and s6). Scenarios come in the order they
+# where a server has none, as the floor in idle and the s6 variants). Scenarios come in the order they
 # first appear in the results; idle has no CPU per delivery and is left out.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 results.json out.svg [title]" >&2; exit 2; }

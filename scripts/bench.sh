@@ -23,7 +23,8 @@
 #         repetition, and a table sets TLS beside plain.
 #   s2tls s2 with every connection over TLS: both servers also listen with `listen ... ssl` (the
 #         certificate of s6tls, build/bench/tls/), and loadgen --tls speaks TLS (OpenSSL) to them.
-#         Opt-in (BENCH_SCENARIOS="s2 s2tls"); no floor (it does not speak TLS).
+#         The floor too, on a second port of the same process (floor-writer --tls-port, the same
+#         certificate): one SSL_write per write of plain s2. Opt-in (BENCH_SCENARIOS="s2 s2tls").
 #   s6cluster s6 through a Redis Cluster of 3 primaries and no replicas (redis-server
 #         --cluster-enabled yes on free loopback ports, in build/bench/redis-cluster/<port>/,
 #         joined by redis-cli --cluster create), each node given two of them as seeds (ours:
@@ -33,12 +34,14 @@
 #         cluster beside the single redis-server. CPU per delivery counts all three redis-servers.
 # s1 to s6cluster run BENCH_REPS times (default 3), the two servers taking turns; the table shows medians.
 #
-# The floor (issue 13): in s1 to s5 a bare writer (bench/floor.cpp: one process, epoll, no nginx)
-# runs beside both, right after ours in every repetition, on the same sockets with the same bytes:
-# the cost of the socket writes alone. In s3 and s4 it publishes at the rate ours achieved in that
-# repetition and is told to coalesce as ours did (frames per write, from the write syscalls in
-# /proc/<pid>/io), so that the two pay for the same number of writes; in s1, s2 and s5 it writes
-# whatever is due after every turn of its event loop.
+# The floor (issue 13): in s1 to s5 and s2tls a bare writer (bench/floor.cpp: one process, epoll,
+# no nginx) runs beside both, right after ours in every repetition, on the same sockets with the
+# same bytes: the cost of the socket writes alone (in s2tls, of one SSL_write per delivery). In s3
+# and s4 it publishes at the rate ours achieved in that repetition and is told to coalesce as ours
+# did (frames per write, from the write syscalls in /proc/<pid>/io), so that the two pay for the
+# same number of writes; in s1, s2, s2tls and s5 it writes whatever is due after every turn of its
+# event loop. s2tls's table adds floor / nchan: the best ratio to nchan that a server writing each
+# delivery with its own SSL_write could reach.
 #
 #   scripts/bench.sh                   full run (about 5 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh     tiny run (a few seconds): checks that everything works
@@ -117,7 +120,7 @@ esac
 # --- load generator -------------------------------------------------------------------------
 g++ -std=c++17 -O2 -Wall -Wextra -pthread -o "$out/loadgen" bench/loadgen.cpp -lssl -lcrypto
 loadgen="$out/loadgen"
-g++ -std=c++17 -O2 -Wall -Wextra -o "$out/floor-writer" bench/floor.cpp
+g++ -std=c++17 -O2 -Wall -Wextra -o "$out/floor-writer" bench/floor.cpp -lssl -lcrypto
 floor="$out/floor-writer"  # not build/bench/floor: that is its prefix, like ours' and nchan's
 "$loadgen" --self-test
 
@@ -135,7 +138,8 @@ fi
 
 # --- servers ----------------------------------------------------------------------------------
 declare -A prefix port master
-# With s2tls in the run: each single-node server's second port, `listen ... ssl`.
+# With s2tls in the run: each single-node server's second port, `listen ... ssl` (the floor's:
+# floor-writer --tls-port).
 declare -A tls_port
 tls_listen=0
 [[ " ${BENCH_SCENARIOS:-} " == *" s2tls "* ]] && tls_listen=1
@@ -311,12 +315,19 @@ alive() {  # pid: running (a child of ours that exited stays a zombie until wait
 }
 
 # The floor: build/bench/floor-writer on a free loopback port, its stderr in build/bench/floor/logs/.
+# With s2tls in the run, the same process listens for TLS on a second port (tls_port[floor]) with
+# the servers' certificate; /set and /stats go to the plain port all the same.
 start_floor() {
-    local dir="$out/floor" p pid
+    local dir="$out/floor" p tp= pid tls=()
     rm -rf "$dir"
     mkdir -p "$dir/logs"
     p=$(free_port) || { echo "no free port" >&2; return 1; }
-    "$floor" --port "$p" </dev/null >"$dir/logs/error.log" 2>&1 &
+    if [ "$tls_listen" = 1 ]; then
+        tp=$p
+        while [ "$tp" = "$p" ]; do tp=$(free_port) || { echo "no free port" >&2; return 1; }; done
+        tls=(--tls-port "$tp" --tls-cert "$tls_dir/server.pem" --tls-key "$tls_dir/server.key")
+    fi
+    "$floor" --port "$p" "${tls[@]}" </dev/null >"$dir/logs/error.log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
@@ -324,7 +335,8 @@ start_floor() {
         sleep 0.1
     done
     prefix[floor]=$dir port[floor]=$p master[floor]=$pid
-    echo "[floor] pid $pid, port $p" >&2
+    [ -z "$tp" ] || tls_port[floor]=$tp
+    echo "[floor] pid $pid, port $p${tp:+, TLS port $tp}" >&2
 }
 
 floor_get() {  # path: the body of the floor's answer (it closes after /stats and /set)
@@ -640,13 +652,26 @@ run_load() {  # server scenario rep
     # Frames per write: deliveries over the write syscalls that carried them. syscw counts every
     # write() and writev() (nginx writes sockets with writev), not send(); take away the publish
     # answers (one writev each) and ours' eventfd wake-ups (each write() to one is drained by one
-    # read(), and nothing else of ours or nginx's calls read(): syscr). The floor reads with
-    # recv(), answers with one write() and has no wake-ups. In s5 the window holds no publishes
-    # but every stream's head, written with its replay. nchan's inter-worker messages are not
-    # accounted for this way: its figure is recorded, not tabled.
-    line=$(jq -c '. + (if (.server_syscw | type) == "number" then
-            (.server_syscw - .server_syscr - (if .mode == "run" then .published_ok + .publish_failed else 0 end)) as $w
-            | {stream_writes: $w, frames_per_write: (if $w > 0 then .delivered / $w else null end)}
+    # read(), and nothing else of ours or nginx's calls read(): syscr). The floor answers with one
+    # write() and has no wake-ups, so only its answers are taken off. In s5 the window holds no
+    # publishes but every stream's head, written with its replay. nchan's inter-worker messages
+    # are not accounted for this way: its figure is recorded, not tabled.
+    # Over TLS (s2tls) OpenSSL reads and writes the socket with read() and write(): one SSL_write
+    # of a small chunk is one write(), so the floor's figure holds, but ours' syscr then counts
+    # the publish connections' TLS reads beside the eventfd drains, which cannot be told apart
+    # here: ours' (and nchan's) figure is left out, and only the range it lies in is recorded
+    # (frames_per_write_range: the wake-ups counted as stream writes, and every read taken off).
+    # A TLS handshake in the window (a publish connection's) adds a few writes to any figure.
+    line=$(jq -c --arg s "$s" '. + (if (.server_syscw | type) == "number" then
+            .delivered as $d
+            | (if .mode == "run" then .published_ok + .publish_failed else 0 end) as $answers
+            | (if $s == "floor" then 0 else .server_syscr end) as $wakeups
+            | (.server_syscw - $wakeups - $answers) as $w
+            | if .tls == true and $s != "floor" then
+                  {stream_writes: null, frames_per_write: null,
+                   frames_per_write_range: [(.server_syscw - $answers), $w]
+                       | map(if . > 0 then $d / . else null end)}
+              else {stream_writes: $w, frames_per_write: (if $w > 0 then .delivered / $w else null end)} end
         else {} end)' <<<"$line")
     if [ "$s" = floor ]; then
         # The floor's own count of its stream writes, over the whole run: a check on the above.
@@ -730,11 +755,11 @@ for s in "${servers[@]}"; do
         stop_server "$s"
     fi
 done
-# The floor is in s1 to s5 only (not in idle or the s6 variants), and is not in active.
+# The floor is in s1 to s5 and s2tls only (not in idle or the s6 variants), and is not in active.
 floor_up=0
 if [ "$with_floor" = 1 ]; then
     for sc in $scenarios; do
-        case $sc in s1 | s2 | s3 | s4 | s5) floor_up=1 ;; esac  # not s2tls: the floor does not speak TLS
+        case $sc in s1 | s2 | s2tls | s3 | s4 | s5) floor_up=1 ;; esac
     done
     if [ $floor_up = 1 ] && ! start_floor; then
         echo "[floor] SKIPPED: it does not start" >&2
@@ -843,7 +868,7 @@ for sc in $scenarios; do
                 order=("${active[@]}")
                 # The servers take turns going first, so that neither always runs on a warmer machine.
                 if [ $((rep % 2)) = 0 ] && [ ${#active[@]} = 2 ]; then order=("${active[1]}" "${active[0]}"); fi
-                if [ $floor_up = 1 ] && [ "$sc" != s2tls ]; then
+                if [ $floor_up = 1 ]; then
                     # The floor right after ours: in s3 and s4 it takes ours' rate and frames per
                     # write of this repetition (last when ours does not run).
                     with=()
@@ -936,14 +961,18 @@ ratio() {
 }
 
 # In the tables of s1 to s5 (floor_cols=1, set by table_head) the floor has a column, and ours /
-# floor stands beside ours / nchan.
+# floor stands beside ours / nchan; in s2tls's (floor_cols=2) floor / nchan follows.
 floor_cols=0
 row() {  # label scenario key how [servers: which of ours, nchan, floor have the figure]; counts (how = max) get no ratio
-    local o=null n=null f=null r="—" rf="—" have=${5:-ours nchan floor}
+    local o=null n=null f=null r="—" rf="—" rfn="—" have=${5:-ours nchan floor}
     [[ " $have " == *" ours "* ]] && o=$(metric ours "$2" "$3" "$4")
     [[ " $have " == *" nchan "* ]] && n=$(metric nchan "$2" "$3" "$4")
     [ "$4" = max ] || r=$(ratio "$o" "$n")
-    if [ "$floor_cols" = 1 ]; then
+    if [ "$floor_cols" = 2 ]; then
+        [[ " $have " == *" floor "* ]] && f=$(metric floor "$2" "$3" "$4")
+        [ "$4" = max ] || { rf=$(ratio "$o" "$f"); rfn=$(ratio "$f" "$n"); }
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(fmt "$f")" "$r" "$rf" "$rfn"
+    elif [ "$floor_cols" = 1 ]; then
         [[ " $have " == *" floor "* ]] && f=$(metric floor "$2" "$3" "$4")
         [ "$4" = max ] || rf=$(ratio "$o" "$f")
         printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$(fmt "$o")" "$(fmt "$n")" "$(fmt "$f")" "$r" "$rf"
@@ -1019,26 +1048,39 @@ cluster_table() {
 }
 
 # Ours / floor within each repetition (the floor runs right after ours), then the median: steadier
-# than the ratio of the medians when the machine's load moves during a run.
-paired_floor() {  # scenario key
-    jq -s --arg sc "$1" --arg k "$2" '
-        (map(select(.server == "floor" and .scenario == $sc and (.[$k] | type) == "number"))
-            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $floor
-        | [.[] | select(.server == "ours" and .scenario == $sc and (.[$k] | type) == "number")
-            | select(($floor[.rep | tostring] // 0) != 0) | .[$k] / $floor[.rep | tostring]] | sort |
+# than the ratio of the medians when the machine's load moves during a run. The same for any two
+# of ours, nchan and the floor (s2tls: ours / nchan and floor / nchan).
+paired_servers() {  # scenario key server-a server-b: the median of a / b over the repetitions
+    jq -s --arg sc "$1" --arg k "$2" --arg a "$3" --arg b "$4" '
+        (map(select(.server == $b and .scenario == $sc and (.[$k] | type) == "number"))
+            | map({key: (.rep | tostring), value: .[$k]}) | from_entries) as $base
+        | [.[] | select(.server == $a and .scenario == $sc and (.[$k] | type) == "number")
+            | select(($base[.rep | tostring] // 0) != 0) | .[$k] / $base[.rep | tostring]] | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
         else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$results"
+}
+
+paired_floor() {  # scenario key
+    paired_servers "$1" "$2" ours floor
 }
 
 row_paired_floor() {  # label scenario key: only the ours / floor cell
     printf '| %s | — | — | — | — | %s |\n' "$1" "$(ratio "$(paired_floor "$2" "$3")" 1)"
 }
 
-table_head() {  # title [floor: 1 for a table with the floor's column]
+row_paired_all() {  # label scenario key: ours / nchan, ours / floor and floor / nchan, each paired by repetition
+    printf '| %s | — | — | — | %s | %s | %s |\n' "$1" "$(ratio "$(paired_servers "$2" "$3" ours nchan)" 1)" \
+        "$(ratio "$(paired_floor "$2" "$3")" 1)" "$(ratio "$(paired_servers "$2" "$3" floor nchan)" 1)"
+}
+
+table_head() {  # title [floor: 1 for a table with the floor's column, 2 with floor / nchan too]
     printf '\n%s\n\n' "$1"
     floor_cols=${2:-0}
-    if [ "$floor_cols" = 1 ]; then
+    if [ "$floor_cols" = 2 ]; then
+        echo "| metric | ours | nchan | floor | ours / nchan | ours / floor | floor / nchan |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+    elif [ "$floor_cols" = 1 ]; then
         echo "| metric | ours | nchan | floor | ours / nchan | ours / floor |"
         echo "|---|---:|---:|---:|---:|---:|"
     else
@@ -1052,7 +1094,7 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
     [ -z "${BENCH_SERVER_CONF:-}" ] || printf '\nBoth servers with, in their server{}: `%s`\n' "$BENCH_SERVER_CONF"
     if [ $floor_up = 1 ]; then
         echo
-        echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes; its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
+        echo "floor: a bare writer (bench/floor.cpp, one process, epoll, no nginx) on the same streams with the same bytes (in s2tls, one SSL_write per write); its CPU is its process's, as ours' and nchan's is their workers'. Frames per write: deliveries over the write syscalls that carried them (/proc/<pid>/io), for ours and the floor."
     fi
     for sc in $scenarios; do
         case $sc in
@@ -1060,7 +1102,7 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 case $sc in
                     s1) table_head "s1: $S1_SUBS subscribers, 1 channel, $S1_EVENTS events at $S1_RATE/s" $floor_up ;;
                     s2) table_head "s2: $S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s" $floor_up ;;
-                    s2tls) table_head "s2tls: s2 over TLS ($S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s), both servers on listen ssl, loadgen speaking TLS; no floor (the whole run includes the TLS handshakes)" ;;
+                    s2tls) table_head "s2tls: s2 over TLS ($S2_SUBS subscribers, $S2_CHANNELS channels, $S2_EVENTS events at $S2_RATE/s), both servers on listen ssl, the floor on its TLS port (one SSL_write per write), loadgen speaking TLS; the whole run includes the TLS handshakes. floor / nchan: the best ratio to nchan a server writing each delivery with its own SSL_write could reach" $((floor_up * 2)) ;;
                     s3) table_head "s3 (throughput): $S3_SUBS subscribers, 1 channel, $S3_EVENTS events, closed loop (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                     s4) table_head "s4 (throughput): $S4_SUBS subscribers, $S4_CHANNELS channels, $S4_EVENTS events, closed loop, 2 publishers (the floor: at ours' publishes/s and frames per write of the same repetition)" $floor_up ;;
                 esac
@@ -1072,15 +1114,28 @@ table_head() {  # title [floor: 1 for a table with the floor's column]
                 row "publishes/s achieved" "$sc" publish_rate median
                 row "worker CPU µs per delivery (publish window)" "$sc" server_cpu_us_per_delivery median
                 row "worker CPU µs per delivery (whole run)" "$sc" server_cpu_us_per_delivery_whole_run median
-                row "frames per write" "$sc" frames_per_write median "ours floor"
+                if [ "$sc" = s2tls ]; then
+                    row "frames per write (over TLS the floor's only: see run_load in bench.sh)" "$sc" frames_per_write median floor
+                else
+                    row "frames per write" "$sc" frames_per_write median "ours floor"
+                fi
                 if [ "$floor_cols" = 1 ]; then
                     row_paired_floor "worker CPU µs per delivery (publish window), ours / floor paired by repetition" "$sc" server_cpu_us_per_delivery
+                elif [ "$floor_cols" = 2 ]; then
+                    row_paired_all "worker CPU µs per delivery (publish window), paired by repetition" "$sc" server_cpu_us_per_delivery
                 fi
                 if [ "$sc" = s2tls ] && [[ " $scenarios " == *" s2 "* ]]; then
                     # Each server's TLS / plain within a repetition, then the median.
-                    printf '| %s | %s | %s | — |\n' "worker CPU µs per delivery (publish window), TLS / plain (s2tls / s2) paired by repetition" \
-                        "$(ratio "$(paired ours s2 s2tls server_cpu_us_per_delivery)" 1)" \
-                        "$(ratio "$(paired nchan s2 s2tls server_cpu_us_per_delivery)" 1)"
+                    if [ "$floor_cols" = 2 ]; then
+                        printf '| %s | %s | %s | %s | — | — | — |\n' "worker CPU µs per delivery (publish window), TLS / plain (s2tls / s2) paired by repetition" \
+                            "$(ratio "$(paired ours s2 s2tls server_cpu_us_per_delivery)" 1)" \
+                            "$(ratio "$(paired nchan s2 s2tls server_cpu_us_per_delivery)" 1)" \
+                            "$(ratio "$(paired floor s2 s2tls server_cpu_us_per_delivery)" 1)"
+                    else
+                        printf '| %s | %s | %s | — |\n' "worker CPU µs per delivery (publish window), TLS / plain (s2tls / s2) paired by repetition" \
+                            "$(ratio "$(paired ours s2 s2tls server_cpu_us_per_delivery)" 1)" \
+                            "$(ratio "$(paired nchan s2 s2tls server_cpu_us_per_delivery)" 1)"
+                    fi
                 fi
                 row "lost" "$sc" lost max
                 row "duplicated" "$sc" duplicated max
