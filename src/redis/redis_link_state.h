@@ -1,5 +1,7 @@
 // The worker's link to Redis (redis_link.h says what it does): its state and the steps that use
-// it. Private to redis_link.cpp.
+// it. Private to the redis_link sources: redis_link.cpp holds the link's life, its handshake,
+// subscriptions, events and sentinels; redis_cluster_link.cpp a Redis Cluster's map of slots and
+// the routing of channels and events to its shards.
 #pragma once
 
 extern "C" {
@@ -159,7 +161,7 @@ private:
     void drain();
     void pump();
 
-    // Redis Cluster: the map of slots and the routing by it.
+    // Redis Cluster: the map of slots and the routing by it (redis_cluster_link.cpp).
     void check_cluster(const redisReply& reply);
     Shard& shard_for(std::string_view channel);
     Shard& control_shard();
