@@ -82,6 +82,8 @@ public:
     // Commands sent whose replies have not come yet.
     std::size_t waiting() const { return waiting_.size(); }
     const RedisServer& server() const { return server_; }
+    // Who hears about the connection: where a reply handler (a plain function) finds its object.
+    Owner* owner() const { return owner_; }
     bool closed() const { return connection_ == nullptr; }
 
 private:

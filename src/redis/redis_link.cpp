@@ -1,5 +1,7 @@
 #include "redis/redis_link.h"
 
+#include "redis/redis_link_state.h"
+
 extern "C" {
 #include <ngx_event.h>
 }
@@ -18,7 +20,6 @@ extern "C" {
 #include "guard.h"
 #include "protocol/channel_list.h"
 #include "protocol/client_text.h"
-#include "redis/cluster_slots.h"
 #include "redis/redis_connection.h"
 #include "redis/redis_entry.h"
 #include "redis/redis_functions.h"
@@ -35,13 +36,10 @@ constexpr unsigned kMaxInFlight = 1024;  // commands Redis has not answered yet:
 constexpr std::size_t kDrainBatch = 256;
 constexpr std::size_t kRecentIds = 4096;
 
-// kDiscovering: asking a sentinel where the primary is (redis-sentinel:// only).
-enum class Phase { kIdle, kDiscovering, kConnecting, kReady, kBackoff };
+}  // namespace
 
-// Handshake steps, told apart in their replies.
-enum HandshakeStep : std::uintptr_t { kAuth = 1, kSelect, kSetName, kLoadFunctions, kRole, kClusterCheck };
-
-const char* step_name(std::uintptr_t step) {
+// static
+const char* Link::step_name(std::uintptr_t step) {
     switch (step) {
         case kAuth:
             return "authentication";
@@ -59,124 +57,36 @@ const char* step_name(std::uintptr_t step) {
     return "a command";
 }
 
-// Messages of a channel that arrive between its SUBSCRIBE and its history, held until the
-// history is merged: delivered at once, a newer event would reach streams before the older ones
-// the history brings.
-constexpr std::size_t kMaxHeldMessages = 10000;
-
-struct ChannelSubscription {
-    enum State { kSubscribing, kSubscribed, kUnsubscribing } state = kSubscribing;
-    bool resubscribe = false;      // wanted again while its UNSUBSCRIBE was on its way
-    bool history_pending = false;  // subscribed, its history not merged yet
-    std::deque<std::string> held;  // payloads of its messages meanwhile, in arrival order
-};
-
-// One primary the link writes to and listens on: the only one, or one of a cluster's.
-struct Shard {
-    RedisServer server;
-    RedisConnection* cmd = nullptr;
-    RedisConnection* sub = nullptr;
-};
-
-struct Link final : RedisConnection::Owner {
-    void connected(RedisConnection&) override {}
-    void pushed(RedisConnection& connection, const redisReply& reply) override;
-    void failed(RedisConnection& connection, const std::string& reason) override;
-
-    const RedisConfig* config = nullptr;
-    Store* store = nullptr;
-    ngx_uint_t slot = 0;
-    ngx_log_t* log = nullptr;
-    std::string where;  // the address as logged
-    std::string origin;
-    std::string private_channel;
-    std::string control_channel;  // requests for every node (disconnects, closed channels)
-
-    bool owner = false;
-    bool stopped = false;
-    Phase phase = Phase::kIdle;
-    std::vector<Shard> shards;  // the primary, or a cluster's primaries
-    // redis-sentinel://: the sentinel that named the primary, subscribed to +switch-master.
-    RedisConnection* watcher = nullptr;
-    std::size_t next_sentinel = 0;
-    std::size_t sentinels_asked = 0;  // in this discovery
-    std::string sentinel_said;        // why the last sentinel asked did not name the primary
-    RedisServer primary;              // where the shard goes (a cluster: the control channel's shard)
-    // Redis Cluster (several seeds in sse_redis, or a server that said cluster_enabled:1): which
-    // shard serves each slot, and the node asked for that map.
-    bool cluster = false;
-    std::vector<std::uint16_t> slot_shard;
-    std::size_t control_shard = 0;  // where requests for every node are heard: the control channel's slot
-    RedisConnection* probe = nullptr;
-    std::vector<RedisServer> cluster_nodes;  // every node of the last map: asked after the seeds
-    std::size_t nodes_asked = 0;
-    bool pattern_refusal_logged = false;
-    std::string failed_at;  // the server whose connection failed, when not the one target() names
-    // What sse_stats shows of each server, mirrored into the zone when it changes.
-    std::vector<RedisServerFigures> figures;
-    std::vector<bool> connected_before;  // by figure: a connection now is a reconnect
-    int handshake_pending = 0;
-    ngx_msec_t connect_started = 0;
-
-    unsigned attempts = 0;  // failed attempts since the link was last ready
-    unsigned refusals = 0;  // events refused in a row (an error reply), across reconnects
-    bool ever_ready = false;
-    bool outage_logged = false;  // a failed attempt of this outage was logged
-    bool refusal_logged = false;
-
-    std::unordered_map<std::string, ChannelSubscription> channels;     // by channel name
-    std::unordered_map<std::uintptr_t, std::string> history_requests;  // FCALL sse_history sent, by number
-    std::uintptr_t last_history_request = 0;
-    std::uint64_t seen_changes = UINT64_MAX;
-    std::uint64_t sent_seq = 0;
-    // Events up to this seq were sent on a connection that broke: Redis may have applied them.
-    std::uint64_t resend_through = 0;
-    unsigned in_flight = 0;
-    // Events sent and not wholly acknowledged, in order, with their calls not answered yet (an
-    // event of channels in several slots of a cluster is one call per slot).
-    std::deque<std::pair<std::uint64_t, unsigned>> unacked;
-    ngx_msec_t last_progress = 0;
-    ngx_msec_t bad_entry_logged_at = 0;
-    std::unordered_set<std::uint64_t> recent;  // ids of events taken lately
-    std::deque<std::uint64_t> recent_order;
-
-    ngx_event_t tick;
-    ngx_event_t retry;
-};
-
-Link* link = nullptr;
-
-StoreHeader* header() {
-    return link->store->header();
+StoreHeader* Link::header() {
+    return store->header();
 }
 
-void set_state(RedisState state) {
+void Link::set_state(RedisState state) {
     __atomic_store_n(&header()->cluster.state, ngx_atomic_uint_t(state), __ATOMIC_RELEASE);
 }
 
-std::string key_of(std::string_view channel) {
-    std::string key = link->config->prefix;
+std::string Link::key_of(std::string_view channel) {
+    std::string key = config->prefix;
     key.append(channel);
     return key;
 }
 
 // The channel a Redis key or pub/sub channel names; false when it is not under our prefix.
-bool channel_of(std::string_view key, std::string_view& channel) {
-    const std::string& prefix = link->config->prefix;
+bool Link::channel_of(std::string_view key, std::string_view& channel) {
+    const std::string& prefix = config->prefix;
     if (key.size() <= prefix.size() || key.substr(0, prefix.size()) != prefix) return false;
     channel = key.substr(prefix.size());
     return true;
 }
 
-void wake(const PublishResult& result) {
+void Link::wake(const PublishResult& result) {
     if (result.wake[0] != 0 || result.wake[1] != 0) WorkerWakeup::wake(header(), result.wake);
 }
 
 // Records a server's state for the stats; the zone gets the list when it changed.
-void note_server(const RedisServer& server, RedisRole role, RedisState state) {
+void Link::note_server(const RedisServer& server, RedisRole role, RedisState state) {
     if (server.socklen == 0) return;
     std::string address = server.display.substr(0, kMaxRedisAddressShown - 1);
-    std::vector<RedisServerFigures>& figures = link->figures;
     std::size_t i = 0;
     while (i < figures.size() && (figures[i].role != role || address != figures[i].address)) i++;
     if (i == figures.size()) {
@@ -187,7 +97,7 @@ void note_server(const RedisServer& server, RedisRole role, RedisState state) {
                 old++;
             if (old == figures.size()) return;
             figures.erase(figures.begin() + std::ptrdiff_t(old));
-            link->connected_before.erase(link->connected_before.begin() + std::ptrdiff_t(old));
+            connected_before.erase(connected_before.begin() + std::ptrdiff_t(old));
             i = figures.size();
         }
         RedisServerFigures f{};
@@ -195,141 +105,120 @@ void note_server(const RedisServer& server, RedisRole role, RedisState state) {
         f.role = role;
         f.state = RedisState::kOff;
         figures.push_back(f);
-        link->connected_before.push_back(false);
+        connected_before.push_back(false);
     }
     RedisServerFigures& f = figures[i];
     if (f.state == state) return;
     if (state == RedisState::kConnected) {
-        if (link->connected_before[i]) f.reconnects++;
-        link->connected_before[i] = true;
+        if (connected_before[i]) f.reconnects++;
+        connected_before[i] = true;
     }
     f.state = state;
-    link->store->set_redis_servers(figures);
+    store->set_redis_servers(figures);
 }
 
-bool is_string(const redisReply& r) {
-    return r.type == REDIS_REPLY_STRING || r.type == REDIS_REPLY_STATUS;
-}
-
-std::string_view text(const redisReply& r) {
-    return std::string_view(r.str, r.len);
-}
-
-void fail(const std::string& reason, bool already_logged = false);
-void pump();
-
-// The shard that serves a channel: its key's slot's, in a cluster.
-Shard& shard_for(std::string_view channel) {
-    if (!link->cluster) return link->shards.front();
-    return link->shards[link->slot_shard[cluster_slot(key_of(channel))]];
-}
-
-Shard& control_shard() {
-    return link->shards[link->control_shard];
-}
-
-bool is_subscriber(const RedisConnection& connection) {
-    for (const Shard& s : link->shards) {
+bool Link::is_subscriber(const RedisConnection& connection) {
+    for (const Shard& s : shards) {
         if (s.sub == &connection) return true;
     }
     return false;
 }
 
-bool is_command(const RedisConnection& connection) {
-    for (const Shard& s : link->shards) {
+bool Link::is_command(const RedisConnection& connection) {
+    for (const Shard& s : shards) {
         if (s.cmd == &connection) return true;
     }
     return false;
 }
 
-RedisRole shard_role() {
-    return link->cluster ? RedisRole::kClusterNode : RedisRole::kPrimary;
+RedisRole Link::shard_role() {
+    return cluster ? RedisRole::kClusterNode : RedisRole::kPrimary;
 }
 
 // The primary whose sub connection hears the control channel and the node's own: the one that
 // sse_clients?scope=cluster must ask for the nodes listening (classic pub/sub is per node in a
 // cluster).
-void note_control(const RedisServer& server) {
+void Link::note_control(const RedisServer& server) {
     std::string address = server.display.substr(0, kMaxRedisAddressShown - 1);
-    for (RedisServerFigures& f : link->figures) {
+    for (RedisServerFigures& f : figures) {
         f.hears_control = f.role != RedisRole::kSentinel && address == f.address;
     }
-    link->store->set_redis_servers(link->figures);
+    store->set_redis_servers(figures);
 }
 
-void note_shards(RedisState state) {
-    for (const Shard& s : link->shards) note_server(s.server, shard_role(), state);
+void Link::note_shards(RedisState state) {
+    for (const Shard& s : shards) note_server(s.server, shard_role(), state);
 }
 
 // Drops every connection and forgets what they carried.
-void drop_connections() {
-    std::vector<Shard> shards;
-    shards.swap(link->shards);
-    for (Shard& s : shards) {
+void Link::drop_connections() {
+    std::vector<Shard> dropped;
+    dropped.swap(shards);
+    for (Shard& s : dropped) {
         RedisConnection::release(s.cmd);
         RedisConnection::release(s.sub);
     }
-    RedisConnection* connections[2] = {link->watcher, link->probe};
-    link->watcher = nullptr;
-    link->probe = nullptr;
+    RedisConnection* connections[2] = {watcher, probe};
+    watcher = nullptr;
+    probe = nullptr;
     for (RedisConnection* c : connections) RedisConnection::release(c);
-    link->channels.clear();
-    link->history_requests.clear();
-    link->in_flight = 0;
-    link->unacked.clear();
-    link->resend_through = std::max(link->resend_through, link->sent_seq);
-    link->sent_seq = 0;  // what Redis did not acknowledge is sent again
-    link->handshake_pending = 0;
+    channels.clear();
+    history_requests.clear();
+    in_flight = 0;
+    unacked.clear();
+    resend_through = std::max(resend_through, sent_seq);
+    sent_seq = 0;  // what Redis did not acknowledge is sent again
+    handshake_pending = 0;
     header()->cluster.channels = 0;
-    link->store->unsync_all();
+    store->unsync_all();
 }
 
-ngx_msec_t backoff_delay() {
-    ngx_msec_t delay = link->config->reconnect_min;
-    unsigned steps = std::max(link->attempts, link->refusals);
-    for (unsigned i = 1; i < steps && delay < link->config->reconnect_max; i++) delay *= 2;
-    if (delay > link->config->reconnect_max) delay = link->config->reconnect_max;
+ngx_msec_t Link::backoff_delay() {
+    ngx_msec_t delay = config->reconnect_min;
+    unsigned steps = std::max(attempts, refusals);
+    for (unsigned i = 1; i < steps && delay < config->reconnect_max; i++) delay *= 2;
+    if (delay > config->reconnect_max) delay = config->reconnect_max;
     // Jitter: nodes that lost Redis together do not all come back in the same millisecond.
     return delay / 2 + ngx_msec_t(ngx_random()) % (delay / 2 + 1);
 }
 
 // Where the link is going: the primary once known, else what sse_redis names.
-std::string target() {
-    if (link->cluster && link->phase != Phase::kDiscovering && !link->shards.empty()) {
+std::string Link::target() {
+    if (cluster && phase != Phase::kDiscovering && !shards.empty()) {
         std::string all = "the cluster of";
-        for (const Shard& s : link->shards) all += (&s == &link->shards.front() ? " " : ", ") + s.server.display;
+        for (const Shard& s : shards) all += (&s == &shards.front() ? " " : ", ") + s.server.display;
         return all;
     }
-    return link->primary.socklen != 0 ? link->primary.display : link->where;
+    return primary.socklen != 0 ? primary.display : where;
 }
 
-void fail(const std::string& why, bool already_logged) {
+void Link::fail(const std::string& why, bool already_logged) {
     // Reasons may quote what a server sent: shown escaped.
     std::string reason = escaped(why);
-    bool was_ready = link->phase == Phase::kReady;
-    std::string where = link->failed_at.empty() ? target() : link->failed_at;
-    link->failed_at.clear();
+    bool was_ready = phase == Phase::kReady;
+    std::string at = failed_at.empty() ? target() : failed_at;
+    failed_at.clear();
     note_shards(RedisState::kDisconnected);
-    if (link->watcher != nullptr) note_server(link->watcher->server(), RedisRole::kSentinel, RedisState::kOff);
+    if (watcher != nullptr) note_server(watcher->server(), RedisRole::kSentinel, RedisState::kOff);
     drop_connections();
-    link->attempts++;
+    attempts++;
     // Once per outage each: the loss, and why the attempts after it fail (the first of them).
     if (was_ready && !already_logged) {
-        ngx_log_error(NGX_LOG_WARN, link->log, 0,
-                      "sse: redis connection to %s lost: %s; queueing events and reconnecting", where.c_str(),
-                      reason.c_str());
-    } else if (!link->outage_logged && !already_logged) {
-        ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: redis at %s unreachable: %s; retrying", where.c_str(),
-                      reason.c_str());
-        link->outage_logged = true;
+        ngx_log_error(NGX_LOG_WARN, log, 0, "sse: redis connection to %s lost: %s; queueing events and reconnecting",
+                      at.c_str(), reason.c_str());
+    } else if (!outage_logged && !already_logged) {
+        ngx_log_error(NGX_LOG_WARN, log, 0, "sse: redis at %s unreachable: %s; retrying", at.c_str(), reason.c_str());
+        outage_logged = true;
     } else {
-        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, link->log, 0, "sse: redis at %s: %s", where.c_str(), reason.c_str());
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, log, 0, "sse: redis at %s: %s", at.c_str(), reason.c_str());
     }
-    set_state(link->ever_ready ? RedisState::kDisconnected : RedisState::kConnecting);
-    link->phase = Phase::kBackoff;
-    if (link->retry.timer_set) ngx_del_timer(&link->retry);
-    ngx_add_timer(&link->retry, backoff_delay());
+    set_state(ever_ready ? RedisState::kDisconnected : RedisState::kConnecting);
+    phase = Phase::kBackoff;
+    if (retry.timer_set) ngx_del_timer(&retry);
+    ngx_add_timer(&retry, backoff_delay());
 }
+
+namespace {
 
 // A reply no command of ours can come back as: the server (or whatever sits between) is not
 // speaking Redis as we do, so the link starts over.
@@ -352,71 +241,51 @@ std::string shape_of(const redisReply& r) {
     return "a reply of type " + std::to_string(r.type);
 }
 
-void unexpected(const char* what, const redisReply& reply) {
+}  // namespace
+
+void Link::unexpected(const char* what, const redisReply& reply) {
     fail(std::string("an unexpected reply to ") + what + ": " + shape_of(reply));
 }
 
-void ready() {
-    link->phase = Phase::kReady;
-    if (link->retry.timer_set) ngx_del_timer(&link->retry);
-    std::uint32_t queued = link->store->outbound_count();
-    std::string where = target();
-    if (!link->ever_ready) {
-        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis connected to %s", where.c_str());
+void Link::ready() {
+    phase = Phase::kReady;
+    if (retry.timer_set) ngx_del_timer(&retry);
+    std::uint32_t queued = store->outbound_count();
+    std::string at = target();
+    if (!ever_ready) {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0, "sse: redis connected to %s", at.c_str());
     } else {
-        ngx_log_error(NGX_LOG_NOTICE, link->log, 0,
-                      "sse: redis reconnected to %s after %ui attempts; sending %uD queued events", where.c_str(),
-                      ngx_uint_t(link->attempts), queued);
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "sse: redis reconnected to %s after %ui attempts; sending %uD queued events", at.c_str(),
+                      ngx_uint_t(attempts), queued);
         ngx_atomic_fetch_add(&header()->counters.redis_reconnects, 1);
     }
     note_shards(RedisState::kConnected);
-    link->ever_ready = true;
-    link->attempts = 0;
-    link->outage_logged = false;
-    link->refusal_logged = false;
-    link->last_progress = ngx_current_msec;
-    link->seen_changes = UINT64_MAX;  // subscribe to every channel in use
+    ever_ready = true;
+    attempts = 0;
+    outage_logged = false;
+    refusal_logged = false;
+    last_progress = ngx_current_msec;
+    seen_changes = UINT64_MAX;  // subscribe to every channel in use
     set_state(RedisState::kConnected);
     pump();
 }
 
-void handshake_done() {
-    if (--link->handshake_pending == 0 && link->phase == Phase::kConnecting) ready();
+void Link::handshake_done() {
+    if (--handshake_pending == 0 && phase == Phase::kConnecting) ready();
 }
 
-void connect_now();
-
-// One server in sse_redis may be a node of a Redis Cluster: then the cluster's map says where
-// each channel goes, and the link starts over reading it. (A user without INFO rights: no
-// answer, go on as with one Redis.)
-void check_cluster(const redisReply& reply) {
-    if (reply.type == REDIS_REPLY_STRING && text(reply).find("cluster_enabled:1") != std::string_view::npos) {
-        if (!link->config->address.master_name.empty()) {
-            fail("the server the sentinels named is a Redis Cluster node");
-            return;
-        }
-        ngx_log_error(NGX_LOG_NOTICE, link->log, 0, "sse: redis at %s is a Redis Cluster node; reading its slots",
-                      target().c_str());
-        link->cluster = true;
-        header()->cluster.sharded = true;
-        drop_connections();
-        connect_now();
-        return;
-    }
-    handshake_done();
-}
-
-void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_t step) {
+void Link::on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_t step) {
     if (step == kClusterCheck) {
         check_cluster(reply);
         return;
     }
     if (reply.type == REDIS_REPLY_ERROR) {
         std::string message(reply.str, reply.len);
-        if (!link->refusal_logged) {
-            ngx_log_error(NGX_LOG_ERR, link->log, 0, "sse: redis at %s refused %s: %s", target().c_str(),
-                          step_name(step), escaped(message).c_str());
-            link->refusal_logged = true;
+        if (!refusal_logged) {
+            ngx_log_error(NGX_LOG_ERR, log, 0, "sse: redis at %s refused %s: %s", target().c_str(), step_name(step),
+                          escaped(message).c_str());
+            refusal_logged = true;
         }
         fail(std::string(step_name(step)) + " refused: " + message, true);
         return;
@@ -439,18 +308,18 @@ void on_handshake_reply(RedisConnection&, const redisReply& reply, std::uintptr_
     handshake_done();
 }
 
-void log_bad_entry(const std::string& reason) {
+void Link::log_bad_entry(const std::string& reason) {
     // Rate-limited: a misbehaving publisher must not flood the log.
-    if (ngx_current_msec - link->bad_entry_logged_at < 60000 && link->bad_entry_logged_at != 0) return;
-    link->bad_entry_logged_at = ngx_current_msec;
-    ngx_log_error(NGX_LOG_WARN, link->log, 0, "sse: ignored a message from redis at %s: %s", target().c_str(),
+    if (ngx_current_msec - bad_entry_logged_at < 60000 && bad_entry_logged_at != 0) return;
+    bad_entry_logged_at = ngx_current_msec;
+    ngx_log_error(NGX_LOG_WARN, log, 0, "sse: ignored a message from redis at %s: %s", target().c_str(),
                   reason.c_str());
 }
 
 // Parses what Redis brought with `parse`; false (logged, at most once a minute) if it is not one.
 template <typename Message>
-bool parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), const char* text, std::size_t len,
-            Message& out) {
+bool Link::parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), const char* text, std::size_t len,
+                  Message& out) {
     std::string reason;
     if (parse(text, len, out, reason)) return true;
     log_bad_entry(reason);
@@ -458,19 +327,19 @@ bool parsed(bool (*parse)(const char*, std::size_t, Message&, std::string&), con
 }
 
 // False when the id was taken lately.
-bool remember(std::uint64_t id) {
-    if (!link->recent.insert(id).second) return false;
-    link->recent_order.push_back(id);
-    if (link->recent_order.size() > kRecentIds) {
-        link->recent.erase(link->recent_order.front());
-        link->recent_order.pop_front();
+bool Link::remember(std::uint64_t id) {
+    if (!recent.insert(id).second) return false;
+    recent_order.push_back(id);
+    if (recent_order.size() > kRecentIds) {
+        recent.erase(recent_order.front());
+        recent_order.pop_front();
     }
     return true;
 }
 
-void take_entry(std::string_view channel, const RedisEntry& entry) {
-    if (entry.origin == link->origin) return;  // ours, delivered here when published
-    std::vector<std::string_view> channels;
+void Link::take_entry(std::string_view channel, const RedisEntry& entry) {
+    if (entry.origin == origin) return;  // ours, delivered here when published
+    std::vector<std::string_view> names;
     // An event comes once per subscription it matches: once per channel of a multi-channel
     // event, and again for a pattern (`blog.*`) besides its channel. The first copy stands for
     // all (the others follow it at once, in Redis's order).
@@ -478,19 +347,19 @@ void take_entry(std::string_view channel, const RedisEntry& entry) {
     if (entry.keys.size() > 1) {
         for (const std::string& key : entry.keys) {
             std::string_view c;
-            if (channel_of(key, c)) channels.push_back(c);
+            if (channel_of(key, c)) names.push_back(c);
         }
     } else {
-        channels.push_back(channel);
+        names.push_back(channel);
     }
     PublishResult result;
     RemoteEvent e{entry.id, entry.published_ms, entry.name, entry.data};
-    if (link->store->ingest(channels, e, link->config->history, result, link->log)) wake(result);
+    if (store->ingest(names, e, config->history, result, log)) wake(result);
 }
 
 // The channel's history is merged (or will not come): what arrived meanwhile follows it, except
 // what the history already held (ids up to its newest).
-void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_t newest_merged) {
+void Link::release_held(std::string_view channel, ChannelSubscription& s, std::uint64_t newest_merged) {
     s.history_pending = false;
     std::deque<std::string> held;
     held.swap(s.held);
@@ -502,13 +371,13 @@ void release_held(std::string_view channel, ChannelSubscription& s, std::uint64_
     }
 }
 
-void take_history(const char* text, std::size_t len) {
+void Link::take_history(const char* text, std::size_t len) {
     RedisHistory history;
     if (!parsed(parse_redis_history, text, len, history)) return;
     std::string_view channel;
     if (!channel_of(history.key, channel)) return;
-    auto it = link->channels.find(std::string(channel));
-    if (it == link->channels.end() || it->second.state != ChannelSubscription::kSubscribed) return;
+    auto it = channels.find(std::string(channel));
+    if (it == channels.end() || it->second.state != ChannelSubscription::kSubscribed) return;
     std::vector<RemoteEvent> events;
     events.reserve(history.entries.size());
     std::uint64_t lost = 0;
@@ -520,21 +389,21 @@ void take_history(const char* text, std::size_t len) {
     }
     // In a cluster the history comes as a reply, on another connection than the channel's
     // messages: a message it holds may still arrive after it, and is then not taken again.
-    if (link->cluster) {
+    if (cluster) {
         std::size_t from = history.entries.size() > kRecentIds ? history.entries.size() - kRecentIds : 0;
         for (std::size_t i = from; i < history.entries.size(); i++) remember(history.entries[i].id);
     }
     PublishResult result;
-    link->store->merge_history(channel, events, lost, link->config->history, result, link->log);
+    store->merge_history(channel, events, lost, config->history, result, log);
     wake(result);
     release_held(it->first, it->second, newest);
 }
 
-void take_event(std::string_view key, const char* text, std::size_t len) {
+void Link::take_event(std::string_view key, const char* text, std::size_t len) {
     std::string_view channel;
     if (!channel_of(key, channel)) return;
-    auto it = link->channels.find(std::string(channel));
-    if (it != link->channels.end() && it->second.history_pending) {
+    auto it = channels.find(std::string(channel));
+    if (it != channels.end() && it->second.history_pending) {
         ChannelSubscription& s = it->second;
         if (s.held.size() == kMaxHeldMessages) s.held.pop_front();  // the history holds it, unless trimmed
         s.held.emplace_back(text, len);
@@ -544,33 +413,31 @@ void take_event(std::string_view key, const char* text, std::size_t len) {
     if (parsed(parse_redis_entry, text, len, entry)) take_entry(channel, entry);
 }
 
-void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t);
-
 // sse_clients?scope=cluster on another node: this node's page of streams, published to the
 // channel the asking node listens on (only a reply channel under the prefix: a control message
 // cannot make a node publish elsewhere).
-void answer_listing(const RedisControl& control) {
-    std::string reply_prefix = link->config->prefix + "#reply:";
-    if (control.reply.compare(0, reply_prefix.size(), reply_prefix) != 0 || link->phase != Phase::kReady) return;
+void Link::answer_listing(const RedisControl& control) {
+    std::string reply_prefix = config->prefix + "#reply:";
+    if (control.reply.compare(0, reply_prefix.size(), reply_prefix) != 0 || phase != Phase::kReady) return;
     ClientQuery q;
     q.id = control.id;
     q.user = control.user;
     q.channel = control.channel;
     q.after = control.after;
     if (control.limit != 0) q.limit = std::size_t(control.limit);
-    std::string page = link->store->clients_page_json(q);  // {"clients":[...],...}\n
+    std::string page = store->clients_page_json(q);  // {"clients":[...],...}\n
     std::string host(reinterpret_cast<const char*>(ngx_cycle->hostname.data), ngx_cycle->hostname.len);
-    std::string message = "{\"node\":" + json_string(link->origin) + ",\"host\":" + json_string(host) + "," +
-                          page.substr(1, page.size() - 2);
-    link->in_flight++;
-    control_shard().cmd->send({"PUBLISH", control.reply, message}, on_command_reply);
+    std::string message =
+        "{\"node\":" + json_string(origin) + ",\"host\":" + json_string(host) + "," + page.substr(1, page.size() - 2);
+    in_flight++;
+    control_shard().cmd->send({"PUBLISH", control.reply, message}, reply_to<&Link::on_command_reply>);
 }
 
 // Another node's request: done here as it was there.
-void take_control(const char* text, std::size_t len) {
+void Link::take_control(const char* text, std::size_t len) {
     RedisControl control;
     if (!parsed(parse_redis_control, text, len, control)) return;
-    if (control.origin == link->origin) return;
+    if (control.origin == origin) return;
     if (control.op == "list") {
         answer_listing(control);
         return;
@@ -581,24 +448,24 @@ void take_control(const char* text, std::size_t len) {
         q.user = control.user;
         q.channel = control.channel;
         std::uint64_t mask[2];
-        std::uint32_t n = link->store->disconnect_clients(q, mask);
+        std::uint32_t n = store->disconnect_clients(q, mask);
         if (n > 0) WorkerWakeup::wake(header(), mask);
-        ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: disconnecting %uD stream(s) as another node asked", n);
+        ngx_log_error(NGX_LOG_INFO, log, 0, "sse: disconnecting %uD stream(s) as another node asked", n);
     } else {
         PublishResult result;
         std::uint32_t closed = 0;
         bool no_memory = false;
-        if (link->store->close_channel(control.channel, result, closed, no_memory)) wake(result);
+        if (store->close_channel(control.channel, result, closed, no_memory)) wake(result);
     }
 }
 
-void answered() {
-    if (link->in_flight > 0) link->in_flight--;
-    link->last_progress = ngx_current_msec;
+void Link::answered() {
+    if (in_flight > 0) in_flight--;
+    last_progress = ngx_current_msec;
 }
 
 // PING's PONG and sse_history's count: anything but an error or a string or a number is wrong.
-void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t) {
+void Link::on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t) {
     answered();
     if (reply.type == REDIS_REPLY_ERROR) {
         log_bad_entry("a command failed: " + escaped(std::string(text(reply))));
@@ -609,14 +476,14 @@ void on_command_reply(RedisConnection&, const redisReply& reply, std::uintptr_t)
 
 // sse_history's count of entries; they come on the subscription connection. An error means
 // they never will: what was held for the channel is delivered as it is.
-void on_history_requested(RedisConnection&, const redisReply& reply, std::uintptr_t request) {
+void Link::on_history_requested(RedisConnection&, const redisReply& reply, std::uintptr_t request) {
     answered();
-    auto asked = link->history_requests.find(request);
-    if (asked == link->history_requests.end()) return;
+    auto asked = history_requests.find(request);
+    if (asked == history_requests.end()) return;
     std::string channel = std::move(asked->second);
-    link->history_requests.erase(asked);
+    history_requests.erase(asked);
     if (reply.type == REDIS_REPLY_INTEGER) return;
-    if (link->cluster && reply.type == REDIS_REPLY_STRING) {
+    if (cluster && reply.type == REDIS_REPLY_STRING) {
         take_history(reply.str, reply.len);
         return;
     }
@@ -625,31 +492,29 @@ void on_history_requested(RedisConnection&, const redisReply& reply, std::uintpt
         return;
     }
     log_bad_entry("reading the history of " + quoted_bytes(channel) + " failed: " + escaped(std::string(text(reply))));
-    auto it = link->channels.find(channel);
-    if (it != link->channels.end() && it->second.history_pending) release_held(it->first, it->second, 0);
+    auto it = channels.find(channel);
+    if (it != channels.end() && it->second.history_pending) release_held(it->first, it->second, 0);
 }
 
-void request_history(ChannelSubscription& s, const std::string& channel) {
+void Link::request_history(ChannelSubscription& s, const std::string& channel) {
     s.history_pending = true;
     s.held.clear();
-    std::uintptr_t request = ++link->last_history_request;
-    link->history_requests[request] = channel;
-    link->in_flight++;
+    std::uintptr_t request = ++last_history_request;
+    history_requests[request] = channel;
+    in_flight++;
     // In a cluster the history comes back as the reply (a classic message would cross every
     // node); the channel's messages meanwhile are held, and those the history holds dropped.
-    std::string_view reply_channel = link->cluster ? std::string_view() : std::string_view(link->private_channel);
-    shard_for(channel).cmd->send({"FCALL", "sse_history", "1", key_of(channel), reply_channel}, on_history_requested,
-                                 request);
+    std::string_view reply_channel = cluster ? std::string_view() : std::string_view(private_channel);
+    shard_for(channel).cmd->send({"FCALL", "sse_history", "1", key_of(channel), reply_channel},
+                                 reply_to<&Link::on_history_requested>, request);
 }
 
-void subscribe_channel(const std::string& channel);
-
 // A subscription change confirmed: ["subscribe", name, count] and the like.
-void take_confirmation(std::string_view type, std::string_view name) {
+void Link::take_confirmation(std::string_view type, std::string_view name) {
     std::string_view channel;
     if (!channel_of(name, channel)) return;
-    auto it = link->channels.find(std::string(channel));
-    if (it == link->channels.end()) return;
+    auto it = channels.find(std::string(channel));
+    if (it == channels.end()) return;
     bool subscribed = type == "subscribe" || type == "ssubscribe";
     bool unsubscribed = type == "unsubscribe" || type == "punsubscribe" || type == "sunsubscribe";
     if (type == "sunsubscribe" && it->second.state != ChannelSubscription::kUnsubscribing) {
@@ -668,19 +533,19 @@ void take_confirmation(std::string_view type, std::string_view name) {
         // A pattern has no history of its own in Redis: it starts from now (see create_channel).
         it->second.state = ChannelSubscription::kSubscribed;
         header()->cluster.channels++;
-        link->store->set_synced({it->first}, true);
+        store->set_synced({it->first}, true);
     } else if (unsubscribed && it->second.state == ChannelSubscription::kUnsubscribing) {
         if (it->second.resubscribe) {
             subscribe_channel(it->first);
         } else {
-            link->channels.erase(it);
+            channels.erase(it);
         }
     }
 }
 
 // Everything the subscription connection receives after its handshake. A message of a shape
 // Redis never sends drops the link: whatever sent it cannot be trusted with the rest.
-void on_pubsub(const redisReply& reply) {
+void Link::on_pubsub(const redisReply& reply) {
     if (reply.type != REDIS_REPLY_ARRAY || reply.elements < 3 || !is_string(*reply.element[0]) ||
         !is_string(*reply.element[1])) {
         fail("an unexpected message on the subscription connection: " + shape_of(reply));
@@ -710,11 +575,11 @@ void on_pubsub(const redisReply& reply) {
         fail("an unexpected message on the subscription connection: " + shape_of(reply));
         return;
     }
-    if (name == link->private_channel || name == link->control_channel) {
+    if (name == private_channel || name == control_channel) {
         if (type == "subscribe") {
             handshake_done();
         } else if (type == "message") {
-            if (name == link->private_channel) {
+            if (name == private_channel) {
                 take_history(third.str, third.len);
             } else {
                 take_control(third.str, third.len);
@@ -731,46 +596,46 @@ void on_pubsub(const redisReply& reply) {
     }
 }
 
-void subscribe_channel(const std::string& channel) {
-    ChannelSubscription& s = link->channels[channel];
+void Link::subscribe_channel(const std::string& channel) {
+    ChannelSubscription& s = channels[channel];
     s.state = ChannelSubscription::kSubscribing;
     s.resubscribe = false;
-    const char* command = link->cluster ? "SSUBSCRIBE" : is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE";
+    const char* command = cluster ? "SSUBSCRIBE" : is_channel_pattern(channel) ? "PSUBSCRIBE" : "SUBSCRIBE";
     shard_for(channel).sub->send({command, key_of(channel)}, nullptr);
 }
 
 // A pattern covers channels of every shard of a cluster, and sharded pub/sub has no patterns:
 // pattern streams are refused while the link knows a cluster (see subscribe_handler.cpp); one
 // opened before it knew gets this node's events only, said once.
-bool refuse_pattern(const std::string& channel) {
-    if (!link->cluster || !is_channel_pattern(channel)) return false;
-    if (!link->pattern_refusal_logged) {
-        ngx_log_error(NGX_LOG_ERR, link->log, 0,
+bool Link::refuse_pattern(const std::string& channel) {
+    if (!cluster || !is_channel_pattern(channel)) return false;
+    if (!pattern_refusal_logged) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
                       "sse: channel patterns cannot follow a Redis Cluster: streams on %s get this node's events only",
                       quoted_bytes(channel).c_str());
-        link->pattern_refusal_logged = true;
+        pattern_refusal_logged = true;
     }
     return true;
 }
 
 // Listens in Redis to exactly the channels this node's streams use.
-void reconcile() {
+void Link::reconcile() {
     std::uint64_t changes = __atomic_load_n(&header()->cluster.subscriptions_changed, __ATOMIC_ACQUIRE);
-    if (changes == link->seen_changes) return;
-    link->seen_changes = changes;
-    std::vector<std::string> in_use = link->store->channels_in_use();
+    if (changes == seen_changes) return;
+    seen_changes = changes;
+    std::vector<std::string> in_use = store->channels_in_use();
     std::unordered_set<std::string> wanted(in_use.begin(), in_use.end());
     for (const std::string& channel : in_use) {
         if (refuse_pattern(channel)) continue;
-        auto it = link->channels.find(channel);
-        if (it == link->channels.end()) {
+        auto it = channels.find(channel);
+        if (it == channels.end()) {
             subscribe_channel(channel);
         } else if (it->second.state == ChannelSubscription::kUnsubscribing) {
             it->second.resubscribe = true;
         }
     }
     std::vector<std::string> dropped;
-    for (auto& [channel, s] : link->channels) {
+    for (auto& [channel, s] : channels) {
         if (wanted.count(channel) != 0) {
             continue;
         }
@@ -781,14 +646,12 @@ void reconcile() {
         if (s.state == ChannelSubscription::kSubscribed) header()->cluster.channels--;
         s.state = ChannelSubscription::kUnsubscribing;
         s.resubscribe = false;
-        const char* command = link->cluster                 ? "SUNSUBSCRIBE"
-                              : is_channel_pattern(channel) ? "PUNSUBSCRIBE"
-                                                            : "UNSUBSCRIBE";
+        const char* command = cluster ? "SUNSUBSCRIBE" : is_channel_pattern(channel) ? "PUNSUBSCRIBE" : "UNSUBSCRIBE";
         shard_for(channel).sub->send({command, key_of(channel)}, nullptr);
         dropped.push_back(channel);
     }
     // From here on this node may miss the channel's events: its history here stops being whole.
-    if (!dropped.empty()) link->store->set_synced(dropped, false);
+    if (!dropped.empty()) store->set_synced(dropped, false);
 }
 
 // An error in reply to an event is never taken as its acknowledgement: what sse_publish can
@@ -796,35 +659,33 @@ void reconcile() {
 // NOREPLICAS, OOM, LOADING, BUSY, a function flushed meanwhile). The event stays queued and the
 // link starts over; while the same event keeps being refused the retries back off as after a
 // failed connection, rather than at every reconnect.
-void refused(const redisReply& reply, const char* what) {
-    link->refusals++;
+void Link::refused(const redisReply& reply, const char* what) {
+    refusals++;
     fail(std::string("it refused ") + what + " (" + std::string(text(reply)) + "); it stays queued");
 }
 
 // One call of the event `seq` answered. The zone's queue lets go of the events before the first
 // one still waiting for a call (the shards of a cluster answer each at its own pace).
-void acknowledge(std::uint64_t seq, bool event) {
-    auto it = link->unacked.begin();
-    while (it != link->unacked.end() && it->first != seq) ++it;
-    if (it == link->unacked.end() || it->second == 0) return;
+void Link::acknowledge(std::uint64_t seq, bool event) {
+    auto it = unacked.begin();
+    while (it != unacked.end() && it->first != seq) ++it;
+    if (it == unacked.end() || it->second == 0) return;
     if (--it->second == 0 && event) ngx_atomic_fetch_add(&header()->counters.redis_events_sent, 1);
     std::uint64_t through = 0;
-    while (!link->unacked.empty() && link->unacked.front().second == 0) {
-        through = link->unacked.front().first;
-        link->unacked.pop_front();
+    while (!unacked.empty() && unacked.front().second == 0) {
+        through = unacked.front().first;
+        unacked.pop_front();
     }
-    if (through != 0) link->store->outbound_sent(through);
+    if (through != 0) store->outbound_sent(through);
 }
 
-bool follow_ask(std::uint64_t seq, std::string_view message);
-
 // sse_publish answers with the event's id (a string).
-void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
+void Link::on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
     if (reply.type == REDIS_REPLY_ERROR) {
         std::string_view message = text(reply);
-        if (link->cluster && message.substr(0, 4) == "ASK " && follow_ask(seq, message)) return;
-        if (link->cluster && message.substr(0, 6) == "MOVED ") {
+        if (cluster && message.substr(0, 4) == "ASK " && follow_ask(seq, message)) return;
+        if (cluster && message.substr(0, 6) == "MOVED ") {
             // The map changed: read again, the event resent where it now goes (not a refusal).
             fail("the cluster moved a slot (" + std::string(message) + "); reading its map again");
             return;
@@ -836,12 +697,12 @@ void on_published(RedisConnection&, const redisReply& reply, std::uintptr_t seq)
         unexpected("FCALL sse_publish", reply);
         return;
     }
-    link->refusals = 0;
+    refusals = 0;
     acknowledge(std::uint64_t(seq), true);
     pump();
 }
 
-void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
+void Link::on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t seq) {
     answered();
     if (reply.type == REDIS_REPLY_ERROR) {
         refused(reply, "a request for every node");
@@ -855,119 +716,36 @@ void on_control_sent(RedisConnection&, const redisReply& reply, std::uintptr_t s
     pump();
 }
 
-// An event's channels' keys grouped by slot, in order (one group without a cluster): a call's
-// keys must share a slot.
-struct EventKeys {
-    std::vector<std::string> keys;
-    std::vector<std::uint16_t> slots;
-    std::vector<std::vector<std::string_view>> by_slot;
-};
-
-void group_keys(const OutboundEvent& o, EventKeys& k) {
-    k.keys.reserve(o.channels.size());
-    for (const std::string& channel : o.channels) k.keys.push_back(key_of(channel));
-    for (const std::string& key : k.keys) {
-        std::uint16_t slot = link->cluster ? cluster_slot(key) : 0;
-        std::size_t i = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
-        if (i == k.slots.size()) {
-            k.slots.push_back(slot);
-            k.by_slot.emplace_back();
-        }
-        k.by_slot[i].push_back(key);
-    }
-}
-
-// One call of an event: its keys of one slot; when the event has several slots, every key after
-// the resent flag, so that its entries name all the event's channels.
-void send_part(RedisConnection* cmd, const OutboundEvent& o, const EventKeys& k, std::size_t part) {
-    std::string nkeys = std::to_string(k.by_slot[part].size());
-    std::string limit = std::to_string(o.history_limit);
-    std::string ttl = std::to_string(o.history_ttl);
-    std::string id = std::to_string(o.id);
-    bool resent = o.seq <= link->resend_through;
-    bool split = k.by_slot.size() > 1;
-    std::vector<std::string_view> args{"FCALL", "sse_publish", nkeys};
-    args.insert(args.end(), k.by_slot[part].begin(), k.by_slot[part].end());
-    args.insert(args.end(), {o.data, o.name, limit, ttl, id, link->origin});
-    if (resent || split) args.push_back(resent ? "1" : "0");
-    if (split) args.insert(args.end(), k.keys.begin(), k.keys.end());
-    cmd->send(args, on_published, std::uintptr_t(o.seq));
-    link->in_flight++;
-}
-
-// One event to Redis: one FCALL sse_publish, or in a cluster one per slot of its channels.
-void send_event(const OutboundEvent& o) {
-    EventKeys k;
-    group_keys(o, k);
-    for (std::size_t i = 0; i < k.by_slot.size(); i++) {
-        Shard& shard = link->cluster ? link->shards[link->slot_shard[k.slots[i]]] : link->shards.front();
-        send_part(shard.cmd, o, k, i);
-    }
-    link->unacked.emplace_back(o.seq, unsigned(k.by_slot.size()));
-}
-
-// "ASK <slot> <host>:<port>": the slot is moving and this key is already at the primary named.
-// That one call goes there, after ASKING; the map stays as it is until the move ends (then
-// MOVED, or the shard's sunsubscribe, has the link read it again). False when the primary named
-// is not one the link holds or the event is gone.
-bool follow_ask(std::uint64_t seq, std::string_view message) {
-    std::size_t space = message.rfind(' ');
-    std::size_t colon = message.rfind(':');
-    if (space == std::string_view::npos || colon == std::string_view::npos || colon < space) return false;
-    int slot = std::atoi(std::string(message.substr(4, space - 4)).c_str());
-    RedisServer there;
-    if (!parse_redis_server(message.substr(space + 1, colon - space - 1),
-                            std::atoi(std::string(message.substr(colon + 1)).c_str()), there)) {
-        return false;
-    }
-    auto shard = std::find_if(link->shards.begin(), link->shards.end(),
-                              [&](const Shard& s) { return s.server.same_address(there); });
-    std::vector<OutboundEvent> batch;
-    link->store->outbound_after(seq - 1, 1, batch);
-    if (shard == link->shards.end() || batch.empty() || batch[0].seq != seq) return false;
-    EventKeys k;
-    group_keys(batch[0], k);
-    std::size_t part = std::size_t(std::find(k.slots.begin(), k.slots.end(), slot) - k.slots.begin());
-    if (part == k.slots.size()) return false;
-    link->in_flight++;
-    shard->cmd->send({"ASKING"}, on_command_reply);
-    send_part(shard->cmd, batch[0], k, part);
-    return true;
-}
-
 // Sends the node's waiting events, in order, keeping at most kMaxInFlight unanswered.
-void drain() {
+void Link::drain() {
     std::vector<OutboundEvent> batch;
-    while (link->phase == Phase::kReady && link->in_flight < kMaxInFlight) {
-        link->store->outbound_after(link->sent_seq, std::min<std::size_t>(kDrainBatch, kMaxInFlight - link->in_flight),
-                                    batch);
+    while (phase == Phase::kReady && in_flight < kMaxInFlight) {
+        store->outbound_after(sent_seq, std::min<std::size_t>(kDrainBatch, kMaxInFlight - in_flight), batch);
         if (batch.empty()) return;
         for (OutboundEvent& o : batch) {
-            if (link->in_flight == 0) link->last_progress = ngx_current_msec;
+            if (in_flight == 0) last_progress = ngx_current_msec;
             if (o.control) {
-                std::string message = control_with_origin(o.data, link->origin);
-                control_shard().cmd->send({"PUBLISH", link->control_channel, message}, on_control_sent,
+                std::string message = control_with_origin(o.data, origin);
+                control_shard().cmd->send({"PUBLISH", control_channel, message}, reply_to<&Link::on_control_sent>,
                                           std::uintptr_t(o.seq));
-                link->in_flight++;
-                link->unacked.emplace_back(o.seq, 1);
+                in_flight++;
+                unacked.emplace_back(o.seq, 1);
             } else {
                 send_event(o);
             }
-            link->sent_seq = o.seq;
+            sent_seq = o.seq;
         }
     }
 }
 
-void pump() {
-    if (link == nullptr || link->phase != Phase::kReady) return;
+void Link::pump() {
+    if (phase != Phase::kReady) return;
     reconcile();
     drain();
 }
 
-// Opens one connection to the primary with its handshake queued: it goes out, pipelined, as
-// soon as the socket connects.
-void send_auth(RedisConnection* c, RedisReplyHandler handler) {
-    const RedisAddress& a = link->config->address;
+void Link::send_auth(RedisConnection* c, RedisReplyHandler handler) {
+    const RedisAddress& a = config->address;
     if (a.user.empty()) {
         c->send({"AUTH", a.password}, handler, kAuth);
     } else {
@@ -975,35 +753,37 @@ void send_auth(RedisConnection* c, RedisReplyHandler handler) {
     }
 }
 
-RedisConnection* open_connection(const RedisServer& server, const char* role, bool takes_pushes, std::string& reason) {
-    const RedisAddress& a = link->config->address;
-    RedisConnection* c = RedisConnection::open(server, link->config->tls, takes_pushes, link->config->connect_timeout,
-                                               link, link->log, reason);
+// Opens one connection to the primary with its handshake queued: it goes out, pipelined, as
+// soon as the socket connects.
+RedisConnection* Link::open_connection(const RedisServer& server, const char* role, bool takes_pushes,
+                                       std::string& reason) {
+    const RedisAddress& a = config->address;
+    RedisConnection* c =
+        RedisConnection::open(server, config->tls, takes_pushes, config->connect_timeout, this, log, reason);
     if (c == nullptr) return nullptr;
     if (a.has_password) {
-        link->handshake_pending++;
-        send_auth(c, on_handshake_reply);
+        handshake_pending++;
+        send_auth(c, reply_to<&Link::on_handshake_reply>);
     }
     if (a.db != 0) {
-        link->handshake_pending++;
-        c->send({"SELECT", std::to_string(a.db)}, on_handshake_reply, kSelect);
+        handshake_pending++;
+        c->send({"SELECT", std::to_string(a.db)}, reply_to<&Link::on_handshake_reply>, kSelect);
     }
-    link->handshake_pending++;
-    c->send({"CLIENT", "SETNAME", std::string("sse-") + role + "-" + std::to_string(ngx_pid)}, on_handshake_reply,
-            kSetName);
+    handshake_pending++;
+    c->send({"CLIENT", "SETNAME", std::string("sse-") + role + "-" + std::to_string(ngx_pid)},
+            reply_to<&Link::on_handshake_reply>, kSetName);
     return c;
 }
 
-// Connects to the primary: the address sse_redis names, or the one a sentinel named.
 // The two connections of a shard, their handshakes queued. False (the link failed) when one
 // cannot be opened.
-bool open_shard(Shard& shard) {
+bool Link::open_shard(Shard& shard) {
     note_server(shard.server, shard_role(), RedisState::kConnecting);
     std::string reason;
     shard.cmd = open_connection(shard.server, "cmd", false, reason);
     if (shard.cmd != nullptr) shard.sub = open_connection(shard.server, "sub", true, reason);
     if (shard.cmd == nullptr || shard.sub == nullptr) {
-        link->failed_at = shard.server.display;
+        failed_at = shard.server.display;
         fail(reason);
         return false;
     }
@@ -1011,150 +791,27 @@ bool open_shard(Shard& shard) {
 }
 
 // Connects to the primary: the address sse_redis names, or the one a sentinel named.
-void connect_to_primary() {
-    link->phase = Phase::kConnecting;
-    link->shards.assign(1, Shard{link->primary, nullptr, nullptr});
-    if (!open_shard(link->shards.front())) return;
-    note_control(link->primary);
-    RedisConnection* cmd = link->shards.front().cmd;
-    if (!link->config->address.master_name.empty()) {
-        link->handshake_pending++;
-        cmd->send({"ROLE"}, on_handshake_reply, kRole);
+void Link::connect_to_primary() {
+    phase = Phase::kConnecting;
+    shards.assign(1, Shard{primary, nullptr, nullptr});
+    if (!open_shard(shards.front())) return;
+    note_control(primary);
+    RedisConnection* cmd = shards.front().cmd;
+    if (!config->address.master_name.empty()) {
+        handshake_pending++;
+        cmd->send({"ROLE"}, reply_to<&Link::on_handshake_reply>, kRole);
     }
-    link->handshake_pending += 4;
-    cmd->send({"INFO", "cluster"}, on_handshake_reply, kClusterCheck);
-    cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, on_handshake_reply, kLoadFunctions);
-    link->shards.front().sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
-}
-
-// --- Redis Cluster ----------------------------------------------------------------------------
-
-// Connects to every primary of the map: the function library loaded on each, requests for every
-// node heard in the control channel's shard (classic pub/sub: every node of a cluster hears it).
-void connect_to_shards() {
-    link->phase = Phase::kConnecting;
-    static const std::string library = redis_cluster_function_library();
-    for (Shard& shard : link->shards) {
-        if (!open_shard(shard)) return;
-        link->handshake_pending++;
-        shard.cmd->send({"FUNCTION", "LOAD", "REPLACE", library}, on_handshake_reply, kLoadFunctions);
-    }
-    link->control_shard = link->slot_shard[cluster_slot(link->control_channel)];
-    link->primary = control_shard().server;
-    note_control(link->primary);
-    link->handshake_pending += 2;
-    control_shard().sub->send({"SUBSCRIBE", link->private_channel, link->control_channel}, nullptr);
-}
-
-// The host of a server as the link reached it: where a node that does not know its own address
-// ("" in its map) is found.
-std::string host_of(const RedisServer& server) {
-    std::string host = server.display.substr(0, server.display.rfind(':'));
-    if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-    return host;
-}
-
-// The shards of a map, each primary once, and every node to ask for the map next time.
-bool take_map(const RedisServer& asked, const std::vector<ClusterSlotRange>& ranges, std::string& reason) {
-    std::vector<Shard> shards;
-    std::vector<RedisServer> nodes;
-    link->slot_shard.assign(kClusterSlots, 0);
-    for (const ClusterSlotRange& range : ranges) {
-        std::string host = range.host.empty() ? host_of(asked) : range.host;
-        RedisServer server;
-        if (!parse_redis_server(host, range.port, server)) {
-            reason = "the primary " + quoted_bytes(host + ":" + std::to_string(range.port)) + " of slots " +
-                     std::to_string(range.first) + "-" + std::to_string(range.last) +
-                     " is not a numeric address and port";
-            return false;
-        }
-        std::size_t i = 0;
-        while (i < shards.size() && !shards[i].server.same_address(server)) i++;
-        if (i == shards.size()) {
-            shards.push_back(Shard{server, nullptr, nullptr});
-            nodes.push_back(server);
-        }
-        for (std::uint32_t slot = range.first; slot <= range.last; slot++) link->slot_shard[slot] = std::uint16_t(i);
-        for (const std::string& replica : range.replicas) {
-            std::size_t colon = replica.rfind(':');
-            RedisServer node;
-            if (parse_redis_server(replica.substr(0, colon), std::atoi(replica.c_str() + colon + 1), node)) {
-                nodes.push_back(node);
-            }
-        }
-    }
-    link->shards = std::move(shards);
-    link->cluster_nodes = std::move(nodes);
-    return true;
-}
-
-void ask_next_cluster_node();
-
-void on_cluster_slots(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
-    if (reply.type == REDIS_REPLY_ERROR) {
-        std::string message(text(reply));
-        if (message.find("cluster support disabled") != std::string::npos) {
-            if (!link->refusal_logged) {
-                ngx_log_error(NGX_LOG_ERR, link->log, 0,
-                              "sse: redis at %s is not a Redis Cluster node, but sse_redis names several servers "
-                              "(the seeds of a cluster)",
-                              c.server().display.c_str());
-                link->refusal_logged = true;
-            }
-            fail("not a Redis Cluster node", true);
-            return;
-        }
-        fail("node " + c.server().display + " refused CLUSTER SLOTS: " + message);
-        return;
-    }
-    std::vector<ClusterSlotRange> ranges;
-    std::string reason;
-    if (!parse_cluster_slots(reply, ranges, reason) || !take_map(c.server(), ranges, reason)) {
-        fail("an unusable map of slots from " + c.server().display + ": " + reason);
-        return;
-    }
-    RedisConnection* probe = link->probe;
-    link->probe = nullptr;
-    RedisConnection::release(probe);
-    connect_to_shards();
-}
-
-void on_probe_auth(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
-    if (reply.type == REDIS_REPLY_ERROR) {
-        fail("node " + c.server().display + " refused authentication: " + std::string(text(reply)));
-    }
-}
-
-// Asks the seeds, then the nodes of the last map, one after another, for the map of slots.
-void ask_next_cluster_node() {
-    const std::vector<RedisServer>& seeds = link->config->servers;
-    std::string reason;
-    while (link->nodes_asked < seeds.size() + link->cluster_nodes.size()) {
-        std::size_t i = link->nodes_asked++;
-        const RedisServer& node = i < seeds.size() ? seeds[i] : link->cluster_nodes[i - seeds.size()];
-        link->probe = RedisConnection::open(node, link->config->tls, false, link->config->connect_timeout, link,
-                                            link->log, reason);
-        if (link->probe == nullptr) continue;
-        if (link->config->address.has_password) send_auth(link->probe, on_probe_auth);
-        link->probe->send({"CLUSTER", "SLOTS"}, on_cluster_slots);
-        return;
-    }
-    fail(reason.empty() ? "no node of the cluster answered" : "no node of the cluster answered: " + reason);
-}
-
-void discover_cluster() {
-    link->phase = Phase::kDiscovering;
-    link->nodes_asked = 0;
-    link->primary = RedisServer{};
-    ask_next_cluster_node();
+    handshake_pending += 4;
+    cmd->send({"INFO", "cluster"}, reply_to<&Link::on_handshake_reply>, kClusterCheck);
+    cmd->send({"FUNCTION", "LOAD", "REPLACE", kRedisFunctionLibrary}, reply_to<&Link::on_handshake_reply>,
+              kLoadFunctions);
+    shards.front().sub->send({"SUBSCRIBE", private_channel, control_channel}, nullptr);
 }
 
 // --- Sentinel -------------------------------------------------------------------------------
 
-void ask_next_sentinel();
-
-void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
-    RedisServer primary;
+void Link::on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
+    RedisServer named;
     if (reply.type == REDIS_REPLY_ERROR) {
         fail("sentinel " + c.server().display +
              " refused SENTINEL get-master-addr-by-name: " + std::string(text(reply)));
@@ -1165,12 +822,12 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
         // nil: this sentinel does not monitor that name (yet); another may.
         if (reply.type == REDIS_REPLY_NIL) {
             note_server(c.server(), RedisRole::kSentinel, RedisState::kOff);
-            ngx_log_error(NGX_LOG_INFO, link->log, 0, "sse: redis sentinel %s does not know the primary %s",
-                          c.server().display.c_str(), quoted_bytes(link->config->address.master_name).c_str());
-            link->sentinel_said = "sentinel " + c.server().display + " does not know the primary " +
-                                  quoted_bytes(link->config->address.master_name);
-            RedisConnection::release(link->watcher);
-            link->watcher = nullptr;
+            ngx_log_error(NGX_LOG_INFO, log, 0, "sse: redis sentinel %s does not know the primary %s",
+                          c.server().display.c_str(), quoted_bytes(config->address.master_name).c_str());
+            sentinel_said = "sentinel " + c.server().display + " does not know the primary " +
+                            quoted_bytes(config->address.master_name);
+            RedisConnection::release(watcher);
+            watcher = nullptr;
             ask_next_sentinel();
             return;
         }
@@ -1182,21 +839,21 @@ void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr
     std::string_view port_text = text(*reply.element[1]);
     for (char ch : port_text) port = ch >= '0' && ch <= '9' && port < 65536 ? port * 10 + (ch - '0') : 65536;
     note_server(c.server(), RedisRole::kSentinel, RedisState::kConnected);
-    if (!parse_redis_server(host, port, primary)) {
+    if (!parse_redis_server(host, port, named)) {
         fail("sentinel " + c.server().display + " named the primary " +
              quoted_bytes(host + ":" + std::string(port_text)) + ", which is not a numeric address and port");
         return;
     }
-    if (link->phase == Phase::kReady) {
+    if (phase == Phase::kReady) {
         // A watcher opened again while the link is up: the primary must not have moved.
-        if (!primary.same_address(link->primary)) fail("the sentinels now name " + primary.display + " as the primary");
+        if (!named.same_address(primary)) fail("the sentinels now name " + named.display + " as the primary");
         return;
     }
-    link->primary = primary;
+    primary = named;
     connect_to_primary();
 }
 
-void take_sentinel_message(const redisReply& reply) {
+void Link::take_sentinel_message(const redisReply& reply) {
     // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
     if (reply.type != REDIS_REPLY_ARRAY || reply.elements != 3 || !is_string(*reply.element[0]) ||
         !is_string(*reply.element[2]) || reply.element[2]->type == REDIS_REPLY_ERROR) {
@@ -1204,50 +861,50 @@ void take_sentinel_message(const redisReply& reply) {
             text(*reply.element[0]) == "subscribe") {
             return;
         }
-        fail("an unexpected message from sentinel " + link->watcher->server().display + ": " + shape_of(reply));
+        fail("an unexpected message from sentinel " + watcher->server().display + ": " + shape_of(reply));
         return;
     }
     if (text(*reply.element[0]) != "message") return;
     std::string_view m = text(*reply.element[2]);
-    const std::string& name = link->config->address.master_name;
+    const std::string& name = config->address.master_name;
     if (m.size() <= name.size() || m.substr(0, name.size()) != name || m[name.size()] != ' ') return;
-    if (link->phase == Phase::kReady || link->phase == Phase::kConnecting) {
+    if (phase == Phase::kReady || phase == Phase::kConnecting) {
         fail("the sentinels switched the primary (" + std::string(m.substr(name.size() + 1)) + ")");
     }
 }
 
 // Asks the sentinels, one after another, where the primary is; keeps the connection to the one
 // that answers, subscribed to +switch-master.
-void ask_next_sentinel() {
-    const std::vector<RedisServer>& sentinels = link->config->servers;
+void Link::ask_next_sentinel() {
+    const std::vector<RedisServer>& sentinels = config->servers;
     std::string reason;
-    while (link->sentinels_asked < sentinels.size()) {
-        const RedisServer& s = sentinels[link->next_sentinel % sentinels.size()];
-        link->next_sentinel++;
-        link->sentinels_asked++;
+    while (sentinels_asked < sentinels.size()) {
+        const RedisServer& s = sentinels[next_sentinel % sentinels.size()];
+        next_sentinel++;
+        sentinels_asked++;
         RedisTls plain;
-        link->watcher = RedisConnection::open(s, plain, true, link->config->connect_timeout, link, link->log, reason);
-        if (link->watcher == nullptr) {
+        watcher = RedisConnection::open(s, plain, true, config->connect_timeout, this, log, reason);
+        if (watcher == nullptr) {
             note_server(s, RedisRole::kSentinel, RedisState::kDisconnected);
             continue;
         }
         note_server(s, RedisRole::kSentinel, RedisState::kConnecting);
-        link->watcher->send({"SENTINEL", "get-master-addr-by-name", link->config->address.master_name},
-                            on_master_address);
-        link->watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
+        watcher->send({"SENTINEL", "get-master-addr-by-name", config->address.master_name},
+                      reply_to<&Link::on_master_address>);
+        watcher->send({"SUBSCRIBE", "+switch-master"}, nullptr);
         return;
     }
     // The last sentinel's own fault (a connection that failed, an answer without the primary)
     // says more than "none answered".
-    std::string why = !reason.empty() ? reason : link->sentinel_said;
-    if (link->phase != Phase::kReady) fail(why.empty() ? "no sentinel answered" : "no sentinel answered: " + why);
+    std::string why = !reason.empty() ? reason : sentinel_said;
+    if (phase != Phase::kReady) fail(why.empty() ? "no sentinel answered" : "no sentinel answered: " + why);
 }
 
-void discover_primary() {
-    link->phase = Phase::kDiscovering;
-    link->sentinels_asked = 0;
-    link->sentinel_said.clear();
-    link->primary = RedisServer{};
+void Link::discover_primary() {
+    phase = Phase::kDiscovering;
+    sentinels_asked = 0;
+    sentinel_said.clear();
+    primary = RedisServer{};
     ask_next_sentinel();
 }
 
@@ -1284,53 +941,55 @@ void Link::failed(RedisConnection& connection, const std::string& reason) {
     fail(reason);
 }
 
-void connect_now() {
-    link->connect_started = ngx_current_msec;
-    link->handshake_pending = 0;
-    if (!link->config->address.master_name.empty()) {
+void Link::connect_now() {
+    connect_started = ngx_current_msec;
+    handshake_pending = 0;
+    if (!config->address.master_name.empty()) {
         discover_primary();
-    } else if (link->cluster) {
+    } else if (cluster) {
         discover_cluster();
     } else {
-        link->primary = link->config->servers.front();
+        primary = config->servers.front();
         connect_to_primary();
     }
 }
 
 // While the link is up through a sentinel's answer, one sentinel is watched for failovers.
-void watch_sentinels() {
-    if (link->config->address.master_name.empty() || link->watcher != nullptr) return;
-    link->sentinels_asked = 0;
+void Link::watch_sentinels() {
+    if (config->address.master_name.empty() || watcher != nullptr) return;
+    sentinels_asked = 0;
     ask_next_sentinel();
 }
 
 // Gives up the connections without a word: the role went to another worker, or this one exits.
-void go_idle() {
-    if (link->phase != Phase::kIdle && link->phase != Phase::kBackoff) drop_connections();
-    if (link->retry.timer_set) ngx_del_timer(&link->retry);
-    link->phase = Phase::kIdle;
-    link->owner = false;
+void Link::go_idle() {
+    if (phase != Phase::kIdle && phase != Phase::kBackoff) drop_connections();
+    if (retry.timer_set) ngx_del_timer(&retry);
+    phase = Phase::kIdle;
+    owner = false;
 }
 
-void on_retry(ngx_event_t*) noexcept {
-    if (link == nullptr || !link->owner || link->stopped) return;
-    guarded(link->log, "connecting to redis", [] { connect_now(); });
+// static
+void Link::on_retry(ngx_event_t* ev) noexcept {
+    Link* link = static_cast<Link*>(ev->data);
+    if (!link->owner || link->stopped) return;
+    guarded(link->log, "connecting to redis", [link] { link->connect_now(); });
 }
 
-void check_link(ngx_msec_t now) {
-    if ((link->phase == Phase::kConnecting || link->phase == Phase::kDiscovering) &&
-        now - link->connect_started > link->config->connect_timeout) {
+void Link::check_link(ngx_msec_t now) {
+    if ((phase == Phase::kConnecting || phase == Phase::kDiscovering) &&
+        now - connect_started > config->connect_timeout) {
         fail("no answer within sse_redis_connect_timeout");
-    } else if (link->phase == Phase::kReady) {
-        if (link->in_flight > 0 && now - link->last_progress > link->config->command_timeout) {
+    } else if (phase == Phase::kReady) {
+        if (in_flight > 0 && now - last_progress > config->command_timeout) {
             fail("no reply within sse_redis_command_timeout");
             return;
         }
-        if (link->in_flight == 0 && now - link->last_progress > kIdlePingInterval) {
-            link->last_progress = now;
-            for (Shard& shard : link->shards) {
-                link->in_flight++;
-                shard.cmd->send({"PING"}, on_command_reply);
+        if (in_flight == 0 && now - last_progress > kIdlePingInterval) {
+            last_progress = now;
+            for (Shard& shard : shards) {
+                in_flight++;
+                shard.cmd->send({"PING"}, reply_to<&Link::on_command_reply>);
             }
         }
         watch_sentinels();
@@ -1340,91 +999,101 @@ void check_link(ngx_msec_t now) {
 
 // The figures the previous holder of the link left (their reconnect counts go on), with every
 // server named in sse_redis listed even before it is used.
-void take_over_figures() {
-    link->figures = link->store->redis_servers();
-    link->connected_before.assign(link->figures.size(), true);
-    bool sentinels = !link->config->address.master_name.empty();
-    for (const RedisServer& s : link->config->servers) {
+void Link::take_over_figures() {
+    figures = store->redis_servers();
+    connected_before.assign(figures.size(), true);
+    bool sentinels = !config->address.master_name.empty();
+    for (const RedisServer& s : config->servers) {
         note_server(s, sentinels ? RedisRole::kSentinel : shard_role(), RedisState::kOff);
     }
-    for (RedisServerFigures& f : link->figures) {
+    for (RedisServerFigures& f : figures) {
         if (f.state != RedisState::kOff) f.state = RedisState::kDisconnected;
     }
-    link->store->set_redis_servers(link->figures);
+    store->set_redis_servers(figures);
 }
 
-void on_tick(ngx_event_t*) noexcept {
-    if (link == nullptr || link->stopped) return;
-    guarded(link->log, "running the redis link", [] {
-        bool owner = link->store->claim_redis(link->slot, ngx_current_msec, kOwnerStaleAfter);
-        if (owner && !link->owner) {
+// static
+void Link::on_tick(ngx_event_t* ev) noexcept {
+    Link* link = static_cast<Link*>(ev->data);
+    if (link->stopped) return;
+    guarded(link->log, "running the redis link", [link] {
+        bool claimed = link->store->claim_redis(link->slot, ngx_current_msec, kOwnerStaleAfter);
+        if (claimed && !link->owner) {
             link->owner = true;
             link->ever_ready = false;
             link->attempts = 0;
             // A worker before this one may have found that the one server named is a cluster's.
-            link->cluster = link->config->seeds_a_cluster() || header()->cluster.sharded;
-            take_over_figures();
-            connect_now();
-        } else if (!owner && link->owner) {
-            go_idle();
-        } else if (owner) {
-            check_link(ngx_current_msec);
+            link->cluster = link->config->seeds_a_cluster() || link->header()->cluster.sharded;
+            link->take_over_figures();
+            link->connect_now();
+        } else if (!claimed && link->owner) {
+            link->go_idle();
+        } else if (claimed) {
+            link->check_link(ngx_current_msec);
         }
     });
-    if (link != nullptr && !link->stopped) ngx_add_timer(&link->tick, kTickInterval);
+    if (!link->stopped) ngx_add_timer(&link->tick, kTickInterval);
 }
 
-}  // namespace
-
-// The worker's link: RedisLink's constructor makes it, its destructor frees it. The free functions
-// above reach it here (a worker has one).
-RedisLink::RedisLink(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log) {
-    link = new Link();
-    link->config = config;
-    link->store = store;
-    link->slot = slot;
-    link->log = log;
-    link->where = config->address.display();
-    char origin[17];
-    std::snprintf(origin, sizeof(origin), "%016" PRIx64, store->header()->cluster.origin);
-    link->origin = origin;
+Link::Link(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log)
+    : config(config), store(store), slot(slot), log(log), where(config->address.display()) {
+    char id[17];
+    std::snprintf(id, sizeof(id), "%016" PRIx64, store->header()->cluster.origin);
+    origin = id;
     // '#' cannot be in a channel name, so this never meets a channel of ours.
-    link->private_channel = config->prefix + "#node:" + link->origin;
-    link->control_channel = config->prefix + "#control";
-    link->cluster = config->seeds_a_cluster();
-    for (ngx_event_t* ev : {&link->tick, &link->retry}) {
-        ev->data = link;
+    private_channel = config->prefix + "#node:" + origin;
+    control_channel = config->prefix + "#control";
+    cluster = config->seeds_a_cluster();
+    for (ngx_event_t* ev : {&tick, &retry}) {
+        ev->data = this;
         ev->log = log;
         ev->cancelable = 1;  // must not keep a retiring worker alive
     }
-    link->tick.handler = on_tick;
-    link->retry.handler = on_retry;
-    ngx_add_timer(&link->tick, kTickInterval);
+    tick.handler = on_tick;
+    retry.handler = on_retry;
+    ngx_add_timer(&tick, kTickInterval);
 }
 
-RedisLink::~RedisLink() {
-    stop();
-    delete link;
-    link = nullptr;
+// stop() has taken the timers away; should it have failed halfway, no handler may find the
+// Link freed.
+Link::~Link() {
+    if (tick.timer_set) ngx_del_timer(&tick);
+    if (retry.timer_set) ngx_del_timer(&retry);
 }
 
-void RedisLink::on_wake() {
-    if (link == nullptr || !link->owner || link->stopped) return;
-    guarded(link->log, "waking the redis link", [] { pump(); });
+void Link::on_wake() {
+    if (!owner || stopped) return;
+    guarded(log, "waking the redis link", [this] { pump(); });
 }
 
-void RedisLink::stop() {
-    if (link == nullptr || link->stopped) return;
-    link->stopped = true;
-    guarded(link->log, "stopping the redis link", [] {
-        bool was_owner = link->owner;
+void Link::stop() {
+    if (stopped) return;
+    stopped = true;
+    guarded(log, "stopping the redis link", [this] {
+        bool was_owner = owner;
         go_idle();
-        if (link->tick.timer_set) ngx_del_timer(&link->tick);
+        if (tick.timer_set) ngx_del_timer(&tick);
         if (was_owner) {
-            link->store->release_redis(link->slot);
+            store->release_redis(slot);
             set_state(RedisState::kConnecting);  // until another worker takes the role
         }
     });
+}
+
+// The worker's link: RedisLink's constructor makes it, its destructor frees it.
+RedisLink::RedisLink(const RedisConfig* config, Store* store, ngx_uint_t slot, ngx_log_t* log)
+    : link_(std::make_unique<Link>(config, store, slot, log)) {}
+
+RedisLink::~RedisLink() {
+    stop();
+}
+
+void RedisLink::on_wake() {
+    link_->on_wake();
+}
+
+void RedisLink::stop() {
+    link_->stop();
 }
 
 }  // namespace sse

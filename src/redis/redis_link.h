@@ -15,6 +15,7 @@ extern "C" {
 #include <ngx_core.h>
 }
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,8 @@ struct RedisConfig {
     bool seeds_a_cluster() const { return servers.size() > 1 && address.master_name.empty(); }
 };
 
+class Link;  // redis_link_state.h
+
 // One per worker of a node with sse_redis, owned by the worker's context: made in
 // init_process, destroyed in exit_process. Only one worker of the node (whichever claims the
 // role in the zone) holds the connections at a time.
@@ -60,6 +63,9 @@ public:
     void on_wake();
     // The worker is retiring (reload, quit): hands the role back at once.
     void stop();
+
+private:
+    std::unique_ptr<Link> link_;
 };
 
 }  // namespace sse
