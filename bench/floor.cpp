@@ -74,6 +74,7 @@
 #include <vector>
 
 #include "read_available.h"
+#include "tls_result.h"
 
 namespace {
 
@@ -192,28 +193,6 @@ struct Conn {
     Stream stream;
 };
 
-// What an SSL_read, SSL_write or SSL_do_handshake that returned r <= 0 means, in recv()'s and
-// send()'s terms: -1 with errno EAGAIN (wait for the socket), 0 (the peer closed), -1 with another
-// errno (failed). The error queue is left empty, so that the next call's SSL_get_error is its own.
-ssize_t tls_result(SSL* ssl, int r) {
-    const int e = SSL_get_error(ssl, r);
-    ERR_clear_error();
-    switch (e) {
-        case SSL_ERROR_WANT_READ:
-        case SSL_ERROR_WANT_WRITE:
-            errno = EAGAIN;
-            return -1;
-        case SSL_ERROR_ZERO_RETURN:
-            return 0;
-        case SSL_ERROR_SYSCALL:
-            if (errno == 0 || errno == EAGAIN) errno = ECONNRESET;
-            return -1;
-        default:
-            errno = EPROTO;
-            return -1;
-    }
-}
-
 // The TLS context of the --tls-port listener, set as nginx sets its own (ngx_ssl_create: no
 // compression, SSL_MODE_RELEASE_BUFFERS, read-ahead, an unexpected EOF as a close), TLS 1.3 only,
 // and OpenSSL's defaults otherwise (as nginx's, with no ssl_* directive but the certificate: its
@@ -226,7 +205,8 @@ SSL_CTX* make_tls_context(const std::string& cert, const std::string& key) {
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
     SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) die("cannot load the certificate %s", cert.c_str());
-    if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) die("cannot load the key %s", key.c_str());
+    if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1)
+        die("cannot load the key %s", key.c_str());
     if (SSL_CTX_check_private_key(ctx) != 1) die("the key %s does not match the certificate", key.c_str());
     return ctx;
 }
@@ -259,9 +239,11 @@ public:
             }
             deliver();
         }
-        std::fprintf(stderr, "floor: stopping: %llu stream writes carried %llu frames (%llu found the socket full), %llu publishes\n",
-                     (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
-                     (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
+        std::fprintf(
+            stderr,
+            "floor: stopping: %llu stream writes carried %llu frames (%llu found the socket full), %llu publishes\n",
+            (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
+            (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
     }
 
 private:
@@ -429,10 +411,11 @@ private:
             return false;  // the connection is a stream now
         } else if (method == "GET" && path == "/stats") {
             char b[200];
-            std::snprintf(b, sizeof b,
-                          "{\"stream_writes\":%llu,\"frames_written\":%llu,\"writes_blocked\":%llu,\"publishes\":%llu}\n",
-                          (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
-                          (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
+            std::snprintf(
+                b, sizeof b,
+                "{\"stream_writes\":%llu,\"frames_written\":%llu,\"writes_blocked\":%llu,\"publishes\":%llu}\n",
+                (unsigned long long)stream_writes_, (unsigned long long)frames_written_,
+                (unsigned long long)writes_blocked_, (unsigned long long)publishes_);
             answer_and_close(c, "200 OK", b);
             return false;
         } else if (method == "GET" && path == "/set") {
@@ -608,7 +591,8 @@ private:
             if (c.ssl) {
                 // The frames are taken now: from here on they are in s.tls_out until it has gone.
                 s.tls_out.reserve(bytes);
-                for (size_t k = 0; k < n; ++k) s.tls_out.append(static_cast<const char*>(iov[k].iov_base), iov[k].iov_len);
+                for (size_t k = 0; k < n; ++k)
+                    s.tls_out.append(static_cast<const char*>(iov[k].iov_base), iov[k].iov_len);
                 s.rest.clear();
                 s.next += frames;
                 s.preamble = false;

@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "read_available.h"
+#include "tls_result.h"
 
 namespace {
 
@@ -593,26 +594,6 @@ void init_tls() {
     SSL_CTX_set_options(g_tls, SSL_OP_IGNORE_UNEXPECTED_EOF);
     // SSL_write as send(): a part may go, and the rest is retried from wherever it now lies.
     SSL_CTX_set_mode(g_tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-}
-
-// What an SSL_read or SSL_write that returned r <= 0 means, as recv() and send() would say it.
-ssize_t tls_result(SSL* ssl, int r) {
-    switch (SSL_get_error(ssl, r)) {
-        case SSL_ERROR_WANT_READ:
-        case SSL_ERROR_WANT_WRITE:
-            errno = EAGAIN;
-            return -1;
-        case SSL_ERROR_ZERO_RETURN:
-            return 0;
-        case SSL_ERROR_SYSCALL:
-            if (errno == 0) errno = ECONNRESET;
-            ERR_clear_error();
-            return -1;
-        default:
-            ERR_clear_error();
-            errno = EPROTO;
-            return -1;
-    }
 }
 
 ssize_t conn_recv(int fd, SSL* ssl, char* buf, size_t n) {
