@@ -810,6 +810,18 @@ void Link::connect_to_primary() {
 
 // --- Sentinel -------------------------------------------------------------------------------
 
+namespace {
+
+// A port as a sentinel writes it, in decimal; out of range (refused by parse_redis_server) when
+// it is anything else.
+int port_number(std::string_view text) {
+    int port = 0;
+    for (char ch : text) port = ch >= '0' && ch <= '9' && port < 65536 ? port * 10 + (ch - '0') : 65536;
+    return port;
+}
+
+}  // namespace
+
 void Link::on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr_t) {
     RedisServer named;
     if (reply.type == REDIS_REPLY_ERROR) {
@@ -835,11 +847,9 @@ void Link::on_master_address(RedisConnection& c, const redisReply& reply, std::u
         return;
     }
     std::string host(text(*reply.element[0]));
-    int port = 0;
     std::string_view port_text = text(*reply.element[1]);
-    for (char ch : port_text) port = ch >= '0' && ch <= '9' && port < 65536 ? port * 10 + (ch - '0') : 65536;
     note_server(c.server(), RedisRole::kSentinel, RedisState::kConnected);
-    if (!parse_redis_server(host, port, named)) {
+    if (!parse_redis_server(host, port_number(port_text), named)) {
         fail("sentinel " + c.server().display + " named the primary " +
              quoted_bytes(host + ":" + std::string(port_text)) + ", which is not a numeric address and port");
         return;
@@ -868,9 +878,31 @@ void Link::take_sentinel_message(const redisReply& reply) {
     std::string_view m = text(*reply.element[2]);
     const std::string& name = config->address.master_name;
     if (m.size() <= name.size() || m.substr(0, name.size()) != name || m[name.size()] != ' ') return;
-    if (phase == Phase::kReady || phase == Phase::kConnecting) {
-        fail("the sentinels switched the primary (" + std::string(m.substr(name.size() + 1)) + ")");
+    if (phase != Phase::kReady && phase != Phase::kConnecting) return;
+    std::string_view switched = m.substr(name.size() + 1);
+    if (names_current_primary(switched)) {
+        // The link asked a sentinel after the failover and already follows the new primary: going
+        // through it again would only resubscribe and merge every channel's history once more.
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "sse: redis sentinels switched the primary to %s, which this node already uses",
+                      primary.display.c_str());
+        return;
     }
+    fail("the sentinels switched the primary (" + std::string(switched) + ")");
+}
+
+// "<old ip> <old port> <new ip> <new port>" of a +switch-master: whether the new primary is the
+// one the link uses.
+bool Link::names_current_primary(std::string_view switched) {
+    std::vector<std::string_view> words;
+    while (!switched.empty() && words.size() <= 4) {
+        std::size_t space = switched.find(' ');
+        words.push_back(switched.substr(0, space));
+        switched = space == std::string_view::npos ? std::string_view() : switched.substr(space + 1);
+    }
+    RedisServer named;
+    return words.size() == 4 && parse_redis_server(words[2], port_number(words[3]), named) &&
+           named.same_address(primary);
 }
 
 // Asks the sentinels, one after another, where the primary is; keeps the connection to the one

@@ -179,6 +179,7 @@ private:
     // Sentinel.
     void on_master_address(RedisConnection& c, const redisReply& reply, std::uintptr_t);
     void take_sentinel_message(const redisReply& reply);
+    bool names_current_primary(std::string_view switched);
     void ask_next_sentinel();
     void discover_primary();
     void watch_sentinels();
