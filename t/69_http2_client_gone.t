@@ -5,8 +5,9 @@
 # nothing new to write; the module must end the stream there too, and release what it pinned.
 # Each way of going away: close with unread data (RST), and SHUT_WR (FIN) with the socket left
 # open and unread; a quiet stream on the same HTTP/2 connection, and an HTTP/1.1 stream in the
-# same state, beside them. (Written while chasing a rare t/51 failure, a stream left registered
-# after the random phase; these paths were found sound, and this test keeps them so.)
+# same state, beside them. And the rare t/51 failure this test was written to find (a stream left
+# registered after the random phase): a stream request whose body came after its headers, which
+# is now refused with 400 (HTTP/1.1 by length or chunked, HTTP/2 with DATA).
 use strict;
 use warnings;
 use FindBin;
@@ -14,6 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
 use IO::Socket::INET;
+use IO::Select;
 use Socket qw(SOL_SOCKET SO_RCVBUF SHUT_WR);
 use SSETest;
 use SSEH2;
@@ -103,6 +105,64 @@ for my $how ('close', 'shut_wr') {
     $st = $t->stats_until({subscribers => 0, channels => 0, zone_bytes_used => $baseline}, 10);
     is_deeply([@$st{qw(subscribers channels zone_bytes_used)}], [0, 0, $baseline],
               'HTTP/1.1: the stream ended once the client closed; the zone is back to its baseline');
+}
+
+# A stream request with a body (EventSource sends none) is refused, whenever the body comes: while
+# nginx drops a body that comes after the headers, the request's read handler is nginx's, and a
+# stream opened meanwhile (heartbeat off) went unnoticed when its client went away: found by t/51
+# (seed 799863848: GET /plain, Content-Length: 42, the body in a later segment).
+sub raw_exchange {
+    my ($head, $body) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port, Proto => 'tcp') or die "connect: $!";
+    $sock->autoflush(1);
+    print $sock $head;
+    sleep 0.3;
+    print $sock $body if defined $body;
+    my $sel = IO::Select->new($sock);
+    my $got = '';
+    my $end = time + 2;
+    while (time < $end && $sel->can_read($end - time)) {
+        my $n = sysread($sock, my $buf, 65536);
+        last unless $n;
+        $got .= $buf;
+        last if $got =~ /\r\n\r\n/ && $got !~ /^HTTP\/1\.1 200/ && $got =~ /\n\z/;
+    }
+    return ($sock, $got);
+}
+my $BODY_REFUSED = "an event stream request cannot have a body\n";
+for my $case (['Content-Length, the body later', "Content-Length: 42\r\n", 'event: a' . "\ndata: d1" x 4 . "\n\n"],
+              ['chunked, the body later', "Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"],
+              ['Content-Length, the body at once', "Content-Length: 5\r\n", undef, 'hello']) {
+    my ($name, $header, $later, $now) = @$case;
+    my ($sock, $got) = raw_exchange("GET /events?topics=body_a,body_b HTTP/1.1\r\nHost: localhost\r\n$header\r\n" . ($now // ''), $later);
+    like($got, qr{\AHTTP/1\.1 400 }, "a stream request with a body ($name): 400");
+    is((split /\r\n\r\n/, $got, 2)[1], $BODY_REFUSED, "$name: the reason");
+    close $sock;
+    my $st = $t->stats_until({subscribers => 0, channels => 0, zone_bytes_used => $baseline}, 5);
+    is_deeply([@$st{qw(subscribers channels zone_bytes_used)}], [0, 0, $baseline], "$name: no stream, the zone at its baseline");
+}
+{
+    my ($sock, $got) = raw_exchange("GET /events?topics=body_a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    like($got, qr{\AHTTP/1\.1 200 }, 'Content-Length: 0 is no body: the stream opens');
+    is($t->stats_until({subscribers => 1}, 5)->{subscribers}, 1, 'Content-Length: 0: one stream');
+    close $sock;
+    my $st = $t->stats_until({subscribers => 0, channels => 0, zone_bytes_used => $baseline}, 5);
+    is_deeply([@$st{qw(subscribers channels zone_bytes_used)}], [0, 0, $baseline], 'Content-Length: 0: ended at the close');
+}
+{
+    # HTTP/2: HEADERS without END_STREAM, then DATA: nginx marks such a request chunked.
+    my $c = SSEH2->new(port => $t->port(1));
+    my $block = SSEH2::literal(':method', 'GET') . SSEH2::literal(':scheme', 'http')
+              . SSEH2::literal(':path', '/events?topics=body_a') . SSEH2::literal(':authority', 'localhost');
+    $c->_write(SSEH2::frame(1, 0x4, 1, $block));
+    $c->{streams}{1} = {data => '', status => undef, reset => undef, ended => 0};
+    $c->_write(SSEH2::frame(0, 0x1, 1, 'hello'));
+    $c->read_for(0.5);
+    is($c->status(1), 'other', 'HTTP/2: a stream request with DATA is not answered 200');
+    is($c->data(1), $BODY_REFUSED, 'HTTP/2: the reason');
+    $c->close;
+    my $st = $t->stats_until({subscribers => 0, channels => 0, zone_bytes_used => $baseline}, 5);
+    is_deeply([@$st{qw(subscribers channels zone_bytes_used)}], [0, 0, $baseline], 'HTTP/2: no stream, the zone at its baseline');
 }
 
 my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/, $t->error_log;
