@@ -54,7 +54,7 @@ public:
     void stop();
 
 private:
-    // kDiscovering: asking a sentinel where the primary is (redis-sentinel:// only).
+    // kDiscovering: asking a sentinel where the primary is, or a cluster node for its slot map.
     enum class Phase { kIdle, kDiscovering, kConnecting, kReady, kBackoff };
 
     // Handshake steps, told apart in their replies.
